@@ -1,0 +1,59 @@
+//! client_kafka: generates flash-sale requests and produces them to Kafka.
+
+use clap::Parser;
+use seckill_kafka::cli::{start, CommonArgs};
+use seckill_kafka::config::FlagOverrides;
+
+/// Flash-sale load generator: N users' requests, shuffled, JSON keyed by user id.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Activity (sale) id (seckill.activity_id)
+    #[arg(long)]
+    activity_id: Option<u64>,
+    /// Requests topic (seckill.requests_topic)
+    #[arg(long)]
+    topic: Option<String>,
+    /// Distinct users (client_kafka.users)
+    #[arg(long)]
+    users: Option<u64>,
+    /// Requests per user (client_kafka.requests_per_user)
+    #[arg(long)]
+    requests_per_user: Option<u32>,
+    /// Requests per second, 0 = unlimited (client_kafka.rate)
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Milliseconds to wait before sending (client_kafka.delay_ms)
+    #[arg(long)]
+    delay_ms: Option<u64>,
+    /// Shuffle seed (client_kafka.seed)
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut flags = FlagOverrides::new();
+    flags
+        .set("seckill.activity_id", "activity-id", args.activity_id)
+        .set("seckill.requests_topic", "topic", args.topic)
+        .set("client_kafka.users", "users", args.users)
+        .set(
+            "client_kafka.requests_per_user",
+            "requests-per-user",
+            args.requests_per_user,
+        )
+        .set("client_kafka.rate", "rate", args.rate)
+        .set("client_kafka.delay_ms", "delay-ms", args.delay_ms)
+        .set("client_kafka.seed", "seed", args.seed);
+    let Some(config) = start("client_kafka", &args.common, flags) else {
+        return;
+    };
+    tracing::warn!(
+        users = config.client_kafka.users,
+        topic = %config.seckill.requests_topic,
+        "configuration is valid; sending requests is not implemented in this build yet"
+    );
+}

@@ -1,0 +1,83 @@
+//! server_kafka: consumes seckill requests and runs the atomic Redis purchase for each.
+
+use clap::Parser;
+use seckill_kafka::cli::{start, CommonArgs};
+use seckill_kafka::config::{FlagOverrides, OffsetReset};
+
+/// Flash-sale request processor: Kafka consumer group -> one Lua call per request in Redis.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Activity (sale) id (seckill.activity_id)
+    #[arg(long)]
+    activity_id: Option<u64>,
+    /// Requests topic (seckill.requests_topic)
+    #[arg(long)]
+    topic: Option<String>,
+    /// Consumer group id (server_kafka.group_id)
+    #[arg(long)]
+    group_id: Option<String>,
+    /// Stock set in Redis at start (server_kafka.initial_stock)
+    #[arg(long)]
+    initial_stock: Option<u64>,
+    /// Consumer tasks (server_kafka.consumers)
+    #[arg(long)]
+    consumers: Option<usize>,
+    /// Requests in flight per consumer (server_kafka.concurrency)
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Requests older than this are answered TIMEOUT; 0 disables (server_kafka.timeout_ms)
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Where a new consumer group starts (server_kafka.offset_reset)
+    #[arg(long, value_enum)]
+    offset_reset: Option<OffsetReset>,
+    /// Keep the stock and counters already in Redis (server_kafka.keep_state)
+    #[arg(long)]
+    keep_state: bool,
+    /// Seconds between status lines (server_kafka.status_interval_secs)
+    #[arg(long)]
+    status_interval_secs: Option<u64>,
+    /// Dead-letter topic (server_kafka.dlq_topic; default <topic>.dlq)
+    #[arg(long)]
+    dlq_topic: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut flags = FlagOverrides::new();
+    flags
+        .set("seckill.activity_id", "activity-id", args.activity_id)
+        .set("seckill.requests_topic", "topic", args.topic)
+        .set("server_kafka.group_id", "group-id", args.group_id)
+        .set(
+            "server_kafka.initial_stock",
+            "initial-stock",
+            args.initial_stock,
+        )
+        .set("server_kafka.consumers", "consumers", args.consumers)
+        .set("server_kafka.concurrency", "concurrency", args.concurrency)
+        .set("server_kafka.timeout_ms", "timeout-ms", args.timeout_ms)
+        .set(
+            "server_kafka.offset_reset",
+            "offset-reset",
+            args.offset_reset,
+        )
+        .switch("server_kafka.keep_state", "keep-state", args.keep_state)
+        .set(
+            "server_kafka.status_interval_secs",
+            "status-interval-secs",
+            args.status_interval_secs,
+        )
+        .set("server_kafka.dlq_topic", "dlq-topic", args.dlq_topic);
+    let Some(config) = start("server_kafka", &args.common, flags) else {
+        return;
+    };
+    tracing::warn!(
+        activity_id = config.seckill.activity_id,
+        topic = %config.seckill.requests_topic,
+        "configuration is valid; request processing is not implemented in this build yet"
+    );
+}

@@ -1,0 +1,262 @@
+//! The flash-sale data model shared by client_kafka, server_kafka and log_worker:
+//! the request on the wire, the record of a successful purchase, the outcome of processing a
+//! request and its wire format.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// One purchase attempt, as client_kafka sends it (JSON, keyed by user id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeckillRequest {
+    /// Unique per attempt; a redelivered or duplicated message carries the same id.
+    pub request_id: String,
+    pub user_id: u64,
+    pub activity_id: u64,
+    /// When the client created the request, in milliseconds since the Unix epoch.
+    pub request_initiation_time: i64,
+}
+
+/// Why a payload is not a valid request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestDecodeError {
+    #[error("request is not valid JSON for a SeckillRequest: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("request has an empty request_id")]
+    EmptyRequestId,
+    #[error("request_id is {0} bytes long; the limit is {MAX_REQUEST_ID_LEN}")]
+    RequestIdTooLong(usize),
+}
+
+/// Longest accepted `request_id`; it is stored in Redis for deduplication.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+impl SeckillRequest {
+    /// Decodes and checks a request payload.
+    pub fn from_json(payload: &[u8]) -> Result<Self, RequestDecodeError> {
+        let request: Self = serde_json::from_slice(payload)?;
+        if request.request_id.is_empty() {
+            return Err(RequestDecodeError::EmptyRequestId);
+        }
+        if request.request_id.len() > MAX_REQUEST_ID_LEN {
+            return Err(RequestDecodeError::RequestIdTooLong(
+                request.request_id.len(),
+            ));
+        }
+        Ok(request)
+    }
+
+    /// Encodes the request into `buffer` (cleared first), so callers can reuse one buffer.
+    pub fn write_json(&self, buffer: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        buffer.clear();
+        serde_json::to_writer(buffer, self)
+    }
+
+    /// Milliseconds from the request's creation to `now_ms`; negative clock skew counts as 0.
+    pub fn cost_ms(&self, now_ms: i64) -> u64 {
+        u64::try_from(now_ms.saturating_sub(self.request_initiation_time)).unwrap_or(0)
+    }
+}
+
+/// A successful purchase: pushed to the Redis log list by the Lua script and written to
+/// PostgreSQL by log_worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeckillRecord {
+    pub request_id: String,
+    pub user_id: u64,
+    pub activity_id: u64,
+    pub request_initiation_time: i64,
+    /// When server_kafka processed the request, in milliseconds since the Unix epoch.
+    pub processed_time: i64,
+    pub cost_ms: u64,
+}
+
+impl SeckillRecord {
+    pub fn new(request: &SeckillRequest, processed_time: i64) -> Self {
+        Self {
+            request_id: request.request_id.clone(),
+            user_id: request.user_id,
+            activity_id: request.activity_id,
+            request_initiation_time: request.request_initiation_time,
+            processed_time,
+            cost_ms: request.cost_ms(processed_time),
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    pub fn from_json(payload: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+/// What processing one request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SeckillOutcome {
+    /// Stock was taken and the record queued.
+    Success,
+    /// No stock left.
+    SoldOut,
+    /// This request_id was processed before (redelivery or a duplicated send).
+    Duplicate,
+    /// The user already has a purchase in this activity.
+    AlreadyBought,
+    /// The request was older than `timeout_ms` when processed; stock untouched.
+    Timeout,
+}
+
+impl SeckillOutcome {
+    pub const ALL: [SeckillOutcome; 5] = [
+        Self::Success,
+        Self::SoldOut,
+        Self::Duplicate,
+        Self::AlreadyBought,
+        Self::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::SoldOut => "SOLD_OUT",
+            Self::Duplicate => "DUPLICATE",
+            Self::AlreadyBought => "ALREADY_BOUGHT",
+            Self::Timeout => "TIMEOUT",
+        }
+    }
+}
+
+impl fmt::Display for SeckillOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown seckill outcome `{0}`")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for SeckillOutcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == text)
+            .ok_or_else(|| UnknownOutcome(text.to_string()))
+    }
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeckillResult {
+    pub request_id: String,
+    pub user_id: u64,
+    pub activity_id: u64,
+    pub outcome: SeckillOutcome,
+    pub cost_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock (requests carry wall-clock times).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> SeckillRequest {
+        SeckillRequest {
+            request_id: "r-1".into(),
+            user_id: 42,
+            activity_id: 7,
+            request_initiation_time: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let mut buffer = b"stale".to_vec();
+        request().write_json(&mut buffer).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&buffer).unwrap(),
+            r#"{"request_id":"r-1","user_id":42,"activity_id":7,"request_initiation_time":1700000000000}"#
+        );
+        assert_eq!(SeckillRequest::from_json(&buffer).unwrap(), request());
+    }
+
+    #[test]
+    fn record_and_result_round_trip() {
+        let record = SeckillRecord::new(&request(), 1_700_000_000_250);
+        assert_eq!(record.cost_ms, 250);
+        let json = record.to_json().unwrap();
+        assert_eq!(SeckillRecord::from_json(json.as_bytes()).unwrap(), record);
+
+        let result = SeckillResult {
+            request_id: "r-1".into(),
+            user_id: 42,
+            activity_id: 7,
+            outcome: SeckillOutcome::AlreadyBought,
+            cost_ms: 3,
+        };
+        let json = serde_json::to_string(&result).unwrap();
+        assert!(json.contains(r#""outcome":"ALREADY_BOUGHT""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<SeckillResult>(&json).unwrap(),
+            result
+        );
+        for outcome in SeckillOutcome::ALL {
+            assert_eq!(outcome.as_str().parse::<SeckillOutcome>().unwrap(), outcome);
+            assert_eq!(
+                serde_json::to_string(&outcome).unwrap(),
+                format!("\"{outcome}\"")
+            );
+        }
+        assert!("NOPE".parse::<SeckillOutcome>().is_err());
+    }
+
+    #[test]
+    fn malformed_requests_give_typed_errors() {
+        let cases: [&[u8]; 6] = [
+            b"",
+            b"not json",
+            b"{\"request_id\":\"r\"}",
+            b"{\"request_id\":\"r\",\"user_id\":-1,\"activity_id\":1,\"request_initiation_time\":0}",
+            b"{\"request_id\":\"r\",\"user_id\":1,\"activity_id\":1,\"request_initiation_time\":0,\"x\":1}",
+            b"\xff\xfe",
+        ];
+        for payload in cases {
+            let error = SeckillRequest::from_json(payload).unwrap_err();
+            assert!(matches!(error, RequestDecodeError::Json(_)), "{error}");
+        }
+        let empty_id =
+            br#"{"request_id":"","user_id":1,"activity_id":1,"request_initiation_time":0}"#;
+        assert!(matches!(
+            SeckillRequest::from_json(empty_id),
+            Err(RequestDecodeError::EmptyRequestId)
+        ));
+        let long_id = format!(
+            r#"{{"request_id":"{}","user_id":1,"activity_id":1,"request_initiation_time":0}}"#,
+            "x".repeat(MAX_REQUEST_ID_LEN + 1)
+        );
+        assert!(matches!(
+            SeckillRequest::from_json(long_id.as_bytes()),
+            Err(RequestDecodeError::RequestIdTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn cost_ignores_negative_skew() {
+        assert_eq!(request().cost_ms(1_699_999_999_000), 0);
+        assert_eq!(request().cost_ms(1_700_000_001_000), 1_000);
+    }
+}

@@ -1,0 +1,81 @@
+//! The local test broker: librdkafka's in-memory mock cluster, with the suite's topics
+//! created up front and its bootstrap address written to a file for scripts and tests.
+//!
+//! It speaks the real Kafka protocol, so every client of the suite talks to it as to Apache
+//! Kafka, but it is a test tool: no persistence, no SASL, no CreateTopics API, and each
+//! partition keeps only roughly its last 5 MB or 100,000 message sets.
+
+use crate::shutdown::Shutdown;
+use rdkafka::mocking::MockCluster;
+use std::path::PathBuf;
+
+/// The suite's topics and their partition counts.
+pub const SUITE_TOPICS: &[(&str, i32)] = &[
+    ("seckill-requests", 8),
+    ("seckill-requests.dlq", 1),
+    ("integer-list-input-avro", 3),
+    ("integer-list-input-avro.dlq", 1),
+    ("integer-sum-output-avro", 3),
+    ("integer-list-input-benchmark", 3),
+    ("integer-sum-output-benchmark", 3),
+    ("user-events", 3),
+];
+
+#[derive(Debug, Clone)]
+pub struct DevBrokerOptions {
+    pub brokers: i32,
+    /// Where the bootstrap address is written once the cluster is up.
+    pub bootstrap_file: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DevBrokerError {
+    #[error("cannot start the mock cluster: {0}")]
+    Start(#[source] rdkafka::error::KafkaError),
+    #[error("cannot create topic {topic}: {source}")]
+    CreateTopic {
+        topic: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("cannot write the bootstrap file {path}: {source}")]
+    WriteBootstrap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Runs the mock cluster until `shutdown` fires, then removes the bootstrap file.
+pub async fn run(options: DevBrokerOptions, mut shutdown: Shutdown) -> Result<(), DevBrokerError> {
+    let cluster = MockCluster::new(options.brokers).map_err(DevBrokerError::Start)?;
+    let replication = options.brokers.min(3);
+    for (topic, partitions) in SUITE_TOPICS {
+        cluster
+            .create_topic(topic, *partitions, replication)
+            .map_err(|source| DevBrokerError::CreateTopic {
+                topic: topic.to_string(),
+                source,
+            })?;
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    // Write then rename, so a reader never sees a half-written address.
+    let partial = options.bootstrap_file.with_extension("partial");
+    std::fs::write(&partial, format!("{bootstrap}\n"))
+        .and_then(|()| std::fs::rename(&partial, &options.bootstrap_file))
+        .map_err(|source| DevBrokerError::WriteBootstrap {
+            path: options.bootstrap_file.clone(),
+            source,
+        })?;
+    tracing::info!(
+        %bootstrap,
+        brokers = options.brokers,
+        topics = SUITE_TOPICS.len(),
+        file = %options.bootstrap_file.display(),
+        "dev broker up"
+    );
+    shutdown.wait().await;
+    let _ = std::fs::remove_file(&options.bootstrap_file);
+    tracing::info!("dev broker stopped");
+    drop(cluster);
+    Ok(())
+}

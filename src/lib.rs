@@ -1,0 +1,31 @@
+//! seckill-kafka: a flash-sale ("seckill") pipeline and Kafka throughput tools on rdkafka,
+//! Redis and PostgreSQL.
+//!
+//! # Layout
+//!
+//! | module          | what lives there                                                     |
+//! |-----------------|----------------------------------------------------------------------|
+//! | [`config`]      | layered configuration: defaults < `config.yaml` < env < CLI flags    |
+//! | [`secret`]      | `Secret` / `SecretUrl`: credentials kept out of logs and `Debug`      |
+//! | [`cli`]         | flags shared by every program, config loading, one-line errors        |
+//! | [`telemetry`]   | `tracing` setup (text or JSON, `RUST_LOG`)                           |
+//! | [`shutdown`]    | SIGINT/SIGTERM to a shutdown handle every task watches                |
+//! | [`common`]      | `SeckillRequest`, `SeckillRecord`, `SeckillResult`, `SeckillOutcome`  |
+//! | [`redis_state`] | the flash-sale state in Redis and the atomic Lua purchase script     |
+//! | [`postgres`]    | PostgreSQL pool and the embedded `migrations/`                       |
+//! | [`kafka`]       | rdkafka client configuration and the Kafka error taxonomy            |
+//! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
+//!
+//! The programs in `src/bin/` are thin: they parse flags, set up logging, load the
+//! configuration and call one function of this library.
+
+pub mod cli;
+pub mod common;
+pub mod config;
+pub mod dev_broker;
+pub mod kafka;
+pub mod postgres;
+pub mod redis_state;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,196 @@
+//! The programs as a user runs them: `--help`, config loading, one-line config errors,
+//! and no secrets in what they print.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const PROGRAMS: [(&str, &str); 5] = [
+    ("client_kafka", env!("CARGO_BIN_EXE_client_kafka")),
+    ("server_kafka", env!("CARGO_BIN_EXE_server_kafka")),
+    ("log_worker", env!("CARGO_BIN_EXE_log_worker")),
+    ("stream_sum", env!("CARGO_BIN_EXE_stream_sum")),
+    ("zstd_producer", env!("CARGO_BIN_EXE_zstd_producer")),
+];
+
+/// Runs a program in an empty directory (no stray config.yaml) with no SECKILL_/stack vars.
+fn run(binary: &str, args: &[&str], env: &[(&str, &str)], dir: &PathBuf) -> Output {
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_BACKTRACE", "1");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SECKILL_")
+            || ["KAFKA_BROKERS", "REDIS_URL", "DATABASE_URL"].contains(&name.as_str())
+        {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("program starts")
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(support::unique_name("seckill-cli"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn every_program_has_help_and_starts_with_defaults() {
+    let dir = temp_dir();
+    for (name, binary) in PROGRAMS {
+        let help = run(binary, &["--help"], &[], &dir);
+        assert!(help.status.success(), "{name} --help");
+        let usage = text(&help.stdout);
+        assert!(
+            usage.contains("--config") && usage.contains("--brokers"),
+            "{name}:\n{usage}"
+        );
+
+        let plain = run(binary, &[], &[], &dir);
+        assert!(
+            plain.status.success(),
+            "{name} exits 0: {}",
+            text(&plain.stderr)
+        );
+        assert!(
+            text(&plain.stdout).is_empty(),
+            "{name} prints no results it does not have"
+        );
+    }
+}
+
+#[test]
+fn unknown_key_is_one_line_naming_key_and_file() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("bad.yaml"), "server_kafka:\n  consumerz: 4\n").unwrap();
+    for (name, binary) in PROGRAMS {
+        let output = run(binary, &["--config", "bad.yaml"], &[], &dir);
+        assert_eq!(output.status.code(), Some(1), "{name}");
+        let stderr = text(&output.stderr);
+        assert_eq!(
+            stderr,
+            format!("{name}: error: config file bad.yaml: unknown key `server_kafka.consumerz`\n")
+        );
+        assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+    }
+}
+
+#[test]
+fn config_file_env_and_flags_reach_the_program() {
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join("config.yaml"),
+        "server_kafka:\n  consumers: 3\n  concurrency: 5\n",
+    )
+    .unwrap();
+    let binary = PROGRAMS[1].1;
+    // ./config.yaml is read by default; env beats file; flags beat env.
+    let output = run(
+        binary,
+        &["--print-config", "--concurrency", "9"],
+        &[
+            ("SECKILL_SERVER_KAFKA_CONCURRENCY", "7"),
+            ("KAFKA_BROKERS", "b:9092"),
+        ],
+        &dir,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let printed: serde_yaml::Value = serde_yaml::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["server_kafka"]["consumers"], 3);
+    assert_eq!(printed["server_kafka"]["concurrency"], 9);
+    assert_eq!(printed["kafka"]["brokers"], "b:9092");
+
+    // SECKILL_CONFIG names a file; a missing one is an error, not silently skipped.
+    let output = run(binary, &[], &[("SECKILL_CONFIG", "missing.yaml")], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("cannot read config file missing.yaml"));
+
+    // Bad values from the environment name the variable and the key.
+    let output = run(
+        binary,
+        &[],
+        &[("SECKILL_SERVER_KAFKA_CONSUMERS", "many")],
+        &dir,
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.starts_with("server_kafka: error: environment variable SECKILL_SERVER_KAFKA_CONSUMERS: key `server_kafka.consumers`:"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn secrets_never_appear_in_output() {
+    let dir = temp_dir();
+    std::fs::write(
+        dir.join("secret.yaml"),
+        "kafka:\n  sasl_username: app\n  properties:\n    sasl.oauthbearer.client.secret: s3cret-oauth\n",
+    )
+    .unwrap();
+    let env = [
+        (
+            "DATABASE_URL",
+            "postgres://seckill:s3cret-pg@db:5432/seckill",
+        ),
+        ("REDIS_URL", "redis://:s3cret-redis@cache:6379/0"),
+        ("SECKILL_KAFKA_SASL_PASSWORD", "s3cret-sasl"),
+        ("RUST_LOG", "trace"),
+    ];
+    for (name, binary) in PROGRAMS {
+        for args in [
+            &["--config", "secret.yaml", "--print-config"][..],
+            &["--config", "secret.yaml"][..],
+        ] {
+            let output = run(binary, args, &env, &dir);
+            assert!(output.status.success(), "{name}: {}", text(&output.stderr));
+            let all = text(&output.stdout) + &text(&output.stderr);
+            assert!(
+                !all.contains("s3cret"),
+                "{name} {args:?} leaked a secret:\n{all}"
+            );
+        }
+    }
+    let printed = run(
+        PROGRAMS[2].1,
+        &["--config", "secret.yaml", "--print-config"],
+        &env,
+        &dir,
+    );
+    assert!(text(&printed.stdout).contains("postgres://seckill:***@db:5432/seckill"));
+}
+
+#[test]
+fn shipped_config_yaml_is_the_defaults() {
+    use seckill_kafka::config::{Config, ConfigLoader};
+    let mut loader = ConfigLoader::new();
+    loader
+        .file(&support::repo_root().join("config.yaml"))
+        .unwrap();
+    assert_eq!(
+        loader.build().unwrap(),
+        Config::default(),
+        "config.yaml drifted from the defaults"
+    );
+}
+
+#[test]
+fn readme_documents_every_key_and_env_name() {
+    let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
+    for (key, env) in seckill_kafka::config::ConfigLoader::new().env_names() {
+        assert!(
+            readme.contains(&format!("`{key}`")),
+            "README lacks key `{key}`"
+        );
+        assert!(readme.contains(&env), "README lacks {env}");
+    }
+}
