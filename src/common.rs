@@ -28,6 +28,9 @@ pub enum RequestDecodeError {
     EmptyRequestId,
     #[error("request_id is {0} bytes long; the limit is {MAX_REQUEST_ID_LEN}")]
     RequestIdTooLong(usize),
+    /// Ids are stored as PostgreSQL BIGINT.
+    #[error("{field} {value} is above the largest supported id {}", i64::MAX)]
+    IdOutOfRange { field: &'static str, value: u64 },
 }
 
 /// Longest accepted `request_id`; it is stored in Redis for deduplication.
@@ -44,6 +47,14 @@ impl SeckillRequest {
             return Err(RequestDecodeError::RequestIdTooLong(
                 request.request_id.len(),
             ));
+        }
+        for (field, value) in [
+            ("user_id", request.user_id),
+            ("activity_id", request.activity_id),
+        ] {
+            if i64::try_from(value).is_err() {
+                return Err(RequestDecodeError::IdOutOfRange { field, value });
+            }
         }
         Ok(request)
     }
@@ -251,6 +262,17 @@ mod tests {
         assert!(matches!(
             SeckillRequest::from_json(long_id.as_bytes()),
             Err(RequestDecodeError::RequestIdTooLong(_))
+        ));
+        let huge_user = format!(
+            r#"{{"request_id":"r","user_id":{},"activity_id":1,"request_initiation_time":0}}"#,
+            u64::MAX
+        );
+        assert!(matches!(
+            SeckillRequest::from_json(huge_user.as_bytes()),
+            Err(RequestDecodeError::IdOutOfRange {
+                field: "user_id",
+                ..
+            })
         ));
     }
 

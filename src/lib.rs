@@ -15,10 +15,13 @@
 //! | [`postgres`]    | PostgreSQL pool and the embedded `migrations/`                       |
 //! | [`kafka`]       | rdkafka client configuration and the Kafka error taxonomy            |
 //! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
+//! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
+//! | [`backoff`]     | exponential backoff with jitter for unreachable services             |
 //!
 //! The programs in `src/bin/` are thin: they parse flags, set up logging, load the
 //! configuration and call one function of this library.
 
+pub mod backoff;
 pub mod cli;
 pub mod common;
 pub mod config;
@@ -26,6 +29,7 @@ pub mod dev_broker;
 pub mod kafka;
 pub mod postgres;
 pub mod redis_state;
+pub mod seckill;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

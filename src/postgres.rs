@@ -41,3 +41,35 @@ pub async fn migrate(pool: &PgPool) -> Result<(), PostgresError> {
     sqlx::migrate!("./migrations").run(pool).await?;
     Ok(())
 }
+
+/// Whether a failed statement may succeed later: the connection broke, the pool timed out,
+/// the server is starting or shutting down, or it ran out of connections. Such errors are
+/// retried with backoff; anything else (bad SQL, constraint violations) is not.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            // 08: connection exception; 57P0x: shutdown/crash/cannot connect now;
+            // 53300: too many connections; 40001/40P01: serialization failure/deadlock.
+            code.starts_with("08")
+                || code.starts_with("57P0")
+                || code == "53300"
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+impl PostgresError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } | Self::Query(source) => is_transient(source),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(source)) => is_transient(source),
+            _ => false,
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //! | `seckill:{id}:success`        | string  | number of successful purchases                 |
 //! | `seckill:{id}:logs`           | list    | `SeckillRecord` JSON waiting for log_worker    |
 //! | `seckill:{id}:logs:processing`| list    | records log_worker took but has not yet stored |
+//! | `seckill:{id}:logs:dead`      | list    | records log_worker could not decode            |
 //!
 //! log_worker moves records with the reliable-queue pattern: `LMOVE logs -> processing`,
 //! insert into PostgreSQL, then `LREM` them from processing; records a crashed worker left in
@@ -120,6 +121,7 @@ pub struct ActivityKeys {
     pub success: String,
     pub logs: String,
     pub processing: String,
+    pub dead: String,
 }
 
 impl ActivityKeys {
@@ -134,10 +136,11 @@ impl ActivityKeys {
             success: key("success"),
             logs: key("logs"),
             processing: key("logs:processing"),
+            dead: key("logs:dead"),
         }
     }
 
-    fn all(&self) -> [&str; 8] {
+    fn all(&self) -> [&str; 9] {
         [
             &self.stock,
             &self.initial_stock,
@@ -147,6 +150,7 @@ impl ActivityKeys {
             &self.success,
             &self.logs,
             &self.processing,
+            &self.dead,
         ]
     }
 }
@@ -159,6 +163,8 @@ pub struct ActivitySnapshot {
     pub success: i64,
     pub over: bool,
     pub buyers: u64,
+    /// Distinct request ids the script has seen (every answer except TIMEOUT).
+    pub requests_seen: u64,
     pub queued_records: u64,
     pub processing_records: u64,
 }
@@ -310,14 +316,24 @@ impl RedisState {
     pub async fn snapshot(&self, activity_id: u64) -> Result<ActivitySnapshot, RedisStateError> {
         let keys = ActivityKeys::new(activity_id);
         let mut connection = self.pool.get().await?;
-        type Reply = (Option<i64>, Option<i64>, Option<i64>, bool, u64, u64, u64);
-        let (initial_stock, stock, success, over, buyers, queued, processing): Reply =
+        type Reply = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            bool,
+            u64,
+            u64,
+            u64,
+            u64,
+        );
+        let (initial_stock, stock, success, over, buyers, requests_seen, queued, processing): Reply =
             redis::pipe()
                 .get(&keys.initial_stock)
                 .get(&keys.stock)
                 .get(&keys.success)
                 .exists(&keys.over)
                 .scard(&keys.buyers)
+                .scard(&keys.requests)
                 .llen(&keys.logs)
                 .llen(&keys.processing)
                 .query_async(&mut *connection)
@@ -328,6 +344,7 @@ impl RedisState {
             success: success.unwrap_or(0),
             over,
             buyers,
+            requests_seen,
             queued_records: queued,
             processing_records: processing,
         })
@@ -387,6 +404,28 @@ impl RedisState {
         let keys = ActivityKeys::new(activity_id);
         let mut pipe = redis::pipe();
         for record in records {
+            pipe.lrem(&keys.processing, 1, record).ignore();
+        }
+        let mut connection = self.pool.get().await?;
+        pipe.exec_async(&mut *connection).await?;
+        Ok(())
+    }
+
+    /// Moves undecodable records from the processing list to the dead-letter list, so they
+    /// are kept for inspection but no longer block the queue.
+    pub async fn dead_letter_log_records(
+        &self,
+        activity_id: u64,
+        records: &[String],
+    ) -> Result<(), RedisStateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let keys = ActivityKeys::new(activity_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for record in records {
+            pipe.rpush(&keys.dead, record).ignore();
             pipe.lrem(&keys.processing, 1, record).ignore();
         }
         let mut connection = self.pool.get().await?;

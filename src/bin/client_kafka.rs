@@ -1,8 +1,10 @@
 //! client_kafka: generates flash-sale requests and produces them to Kafka.
 
 use clap::Parser;
-use seckill_kafka::cli::{start, CommonArgs};
+use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
+use seckill_kafka::seckill::client::run_client;
+use seckill_kafka::shutdown::Shutdown;
 
 /// Flash-sale load generator: N users' requests, shuffled, JSON keyed by user id.
 #[derive(Debug, Parser)]
@@ -33,7 +35,8 @@ struct Args {
     seed: Option<u64>,
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let args = Args::parse();
     let mut flags = FlagOverrides::new();
     flags
@@ -51,9 +54,15 @@ fn main() {
     let Some(config) = start("client_kafka", &args.common, flags) else {
         return;
     };
-    tracing::warn!(
-        users = config.client_kafka.users,
-        topic = %config.seckill.requests_topic,
-        "configuration is valid; sending requests is not implemented in this build yet"
-    );
+    let result = async {
+        let summary = run_client(&config, Shutdown::on_signals()?).await?;
+        println!("{summary}");
+        // Exit non-zero when a request did not reach the broker.
+        anyhow::ensure!(summary.failed == 0, "{} requests failed", summary.failed);
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        exit_with_error("client_kafka", &error);
+    }
 }

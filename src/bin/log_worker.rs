@@ -1,8 +1,11 @@
 //! log_worker: moves purchase records from the Redis log list into PostgreSQL.
 
 use clap::Parser;
-use seckill_kafka::cli::{start, CommonArgs};
+use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
+use seckill_kafka::seckill::log_worker::run_log_worker;
+use seckill_kafka::seckill::verify::verify;
+use seckill_kafka::shutdown::Shutdown;
 
 /// Reliable Redis -> PostgreSQL mover for purchase records.
 #[derive(Debug, Parser)]
@@ -22,9 +25,17 @@ struct Args {
     /// Exit once the queue is empty (log_worker.drain)
     #[arg(long)]
     drain: bool,
+    /// Check the activity's invariants (Redis vs PostgreSQL) instead of moving records;
+    /// exits 1 when one fails
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: distinct users who asked, to also check sold = min(stock, buyers)
+    #[arg(long, requires = "verify", value_name = "N")]
+    expect_buyers: Option<u64>,
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let args = Args::parse();
     let mut flags = FlagOverrides::new();
     flags
@@ -39,9 +50,23 @@ fn main() {
     let Some(config) = start("log_worker", &args.common, flags) else {
         return;
     };
-    tracing::warn!(
-        activity_id = config.seckill.activity_id,
-        postgres = %config.postgres.url,
-        "configuration is valid; moving records is not implemented in this build yet"
-    );
+    let result = async {
+        if args.verify {
+            let report = verify(&config, args.expect_buyers).await?;
+            println!("{report}");
+            anyhow::ensure!(
+                report.holds(),
+                "invariants violated for activity {}",
+                report.activity_id
+            );
+        } else {
+            let summary = run_log_worker(&config, Shutdown::on_signals()?).await?;
+            println!("{summary}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        exit_with_error("log_worker", &error);
+    }
 }

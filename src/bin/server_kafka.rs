@@ -1,8 +1,10 @@
 //! server_kafka: consumes seckill requests and runs the atomic Redis purchase for each.
 
 use clap::Parser;
-use seckill_kafka::cli::{start, CommonArgs};
+use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::{FlagOverrides, OffsetReset};
+use seckill_kafka::seckill::server::run_server;
+use seckill_kafka::shutdown::Shutdown;
 
 /// Flash-sale request processor: Kafka consumer group -> one Lua call per request in Redis.
 #[derive(Debug, Parser)]
@@ -45,7 +47,8 @@ struct Args {
     dlq_topic: Option<String>,
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let args = Args::parse();
     let mut flags = FlagOverrides::new();
     flags
@@ -75,9 +78,13 @@ fn main() {
     let Some(config) = start("server_kafka", &args.common, flags) else {
         return;
     };
-    tracing::warn!(
-        activity_id = config.seckill.activity_id,
-        topic = %config.seckill.requests_topic,
-        "configuration is valid; request processing is not implemented in this build yet"
-    );
+    let result = async {
+        let summary = run_server(&config, Shutdown::on_signals()?).await?;
+        println!("{summary}");
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        exit_with_error("server_kafka", &error);
+    }
 }

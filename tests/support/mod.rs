@@ -66,3 +66,280 @@ pub fn unique_id() -> u64 {
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", unique_id())
 }
+
+// ------------------------------------------------------------------ running the programs
+
+use seckill_kafka::redis_state::{ActivitySnapshot, RedisState};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A program of the suite running as a child process, its output captured to files.
+pub struct Program {
+    pub name: String,
+    child: Child,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+/// What a finished program left.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The number after `name=` in the program's summary (stdout).
+    pub fn figure(&self, name: &str) -> u64 {
+        let needle = format!("{name}=");
+        self.stdout
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(&needle))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {name}= in stdout:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    pub fn assert_success(&self, what: &str) {
+        assert!(
+            self.status.success(),
+            "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+pub fn binary(name: &str) -> &'static str {
+    match name {
+        "client_kafka" => env!("CARGO_BIN_EXE_client_kafka"),
+        "server_kafka" => env!("CARGO_BIN_EXE_server_kafka"),
+        "log_worker" => env!("CARGO_BIN_EXE_log_worker"),
+        "stream_sum" => env!("CARGO_BIN_EXE_stream_sum"),
+        "zstd_producer" => env!("CARGO_BIN_EXE_zstd_producer"),
+        other => panic!("unknown program {other}"),
+    }
+}
+
+impl Program {
+    /// Starts `name` with `args`, the given environment, and no inherited SECKILL_/stack
+    /// variables, in a scratch directory (so no stray config.yaml is read).
+    pub fn spawn(name: &str, args: &[&str], env: &[(String, String)]) -> Program {
+        let dir = std::env::temp_dir().join(unique_name(&format!("seckill-{name}")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stdout_path = dir.join("stdout");
+        let stderr_path = dir.join("stderr");
+        let mut command = Command::new(binary(name));
+        command
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SECKILL_")
+                || ["KAFKA_BROKERS", "REDIS_URL", "DATABASE_URL"].contains(&key.as_str())
+            {
+                command.env_remove(key);
+            }
+        }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Program {
+            name: name.to_string(),
+            child,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {signal} {}", self.name);
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the program to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Finished {
+                    status,
+                    stdout: std::fs::read_to_string(&self.stdout_path).unwrap_or_default(),
+                    stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
+                };
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+                panic!(
+                    "{} did not exit within {timeout:?}; stderr:\n{stderr}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then wait for the drain to finish.
+    pub fn terminate(self) -> Finished {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// SIGKILL: no drain, no commit, no flush.
+    pub fn kill(self) -> Finished {
+        self.signal("KILL");
+        self.wait(Duration::from_secs(10))
+    }
+}
+
+/// One flash-sale scenario's names and settings: a unique activity, topic and group, a
+/// config file with test-friendly Kafka timings, and the stack's addresses.
+pub struct Pipeline {
+    pub activity_id: u64,
+    pub topic: String,
+    pub group: String,
+    pub brokers: String,
+    config_path: PathBuf,
+}
+
+impl Pipeline {
+    pub fn new(prefix: &str) -> Self {
+        Self::with_brokers(prefix, stack_var("KAFKA_BROKERS"))
+    }
+
+    pub fn with_brokers(prefix: &str, brokers: String) -> Self {
+        let activity_id = unique_id();
+        let topic = unique_name(prefix);
+        let group = format!("{topic}-group");
+        let config_path = std::env::temp_dir().join(format!("{topic}.yaml"));
+        // A killed member is noticed after 6 s instead of 45; offsets commit every 0.5 s.
+        let yaml = format!(
+            "seckill:\n  activity_id: {activity_id}\n  requests_topic: {topic}\n\
+             server_kafka:\n  group_id: {group}\n  status_interval_secs: 1\n  timeout_ms: 0\n\
+             log_worker:\n  flush_interval_ms: 100\n\
+             kafka:\n  properties:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '500'\n    auto.commit.interval.ms: '500'\n"
+        );
+        std::fs::write(&config_path, yaml).unwrap();
+        Self {
+            activity_id,
+            topic,
+            group,
+            brokers,
+            config_path,
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "SECKILL_CONFIG".into(),
+                self.config_path.display().to_string(),
+            ),
+            ("KAFKA_BROKERS".into(), self.brokers.clone()),
+            ("REDIS_URL".into(), stack_var("REDIS_URL")),
+            ("DATABASE_URL".into(), stack_var("DATABASE_URL")),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Program {
+        Program::spawn(program, args, &self.env())
+    }
+
+    /// Runs a program to completion.
+    pub fn run(&self, program: &str, args: &[&str]) -> Finished {
+        self.spawn(program, args).wait(Duration::from_secs(120))
+    }
+
+    pub fn redis(&self) -> RedisState {
+        RedisState::connect(&redis_config()).unwrap()
+    }
+
+    /// Polls the activity's Redis figures until `done` holds.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&ActivitySnapshot) -> bool,
+    ) -> ActivitySnapshot {
+        let redis = self.redis();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snapshot = redis.snapshot(self.activity_id).await.unwrap();
+            if done(&snapshot) {
+                return snapshot;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {snapshot:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Rows of the activity in PostgreSQL.
+    pub async fn rows(&self) -> i64 {
+        let pool = seckill_kafka::postgres::connect(&postgres_config())
+            .await
+            .unwrap();
+        seckill_kafka::postgres::migrate(&pool).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM seckill_records WHERE activity_id = $1")
+            .bind(self.activity_id as i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Produces `(key, payload)` messages (payload `None` = no payload) and waits for every
+/// delivery report.
+pub async fn produce(brokers: &str, topic: &str, messages: &[(String, Option<Vec<u8>>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let deliveries: Vec<_> = messages
+        .iter()
+        .map(|(key, payload)| {
+            let mut record = FutureRecord::<str, [u8]>::to(topic).key(key.as_str());
+            if let Some(payload) = payload {
+                record = record.payload(payload.as_slice());
+            }
+            producer.send(record, Duration::from_secs(60))
+        })
+        .collect();
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery.map_err(|(error, _)| error).expect("delivered");
+    }
+}
+
+/// A JSON request as client_kafka would send it.
+pub fn request_json(activity_id: u64, user_id: u64, request_id: &str) -> Vec<u8> {
+    let request = seckill_kafka::common::SeckillRequest {
+        request_id: request_id.to_string(),
+        user_id,
+        activity_id,
+        request_initiation_time: seckill_kafka::common::now_ms(),
+    };
+    serde_json::to_vec(&request).unwrap()
+}

@@ -1,0 +1,9 @@
+//! The flash-sale programs' logic, testable without a command line: `server` (what
+//! server_kafka runs), `client` (client_kafka), `log_worker`, `verify` (the invariant check)
+//! and `offsets` (at-least-once offset tracking).
+
+pub mod client;
+pub mod log_worker;
+pub mod offsets;
+pub mod server;
+pub mod verify;

@@ -1,0 +1,781 @@
+//! server_kafka's engine: a consumer group whose members process requests concurrently,
+//! each with one atomic Lua call, storing offsets only behind fully processed messages.
+//!
+//! Per message: decode (malformed -> dead-letter topic), skip requests of other activities
+//! (another group serves them), answer TIMEOUT for requests older than `timeout_ms`, else run
+//! the purchase script. Redis being unreachable is retried with backoff until it answers or
+//! shutdown; an abandoned message's offset is never stored, so it is redelivered.
+
+use crate::backoff::{retry, RetryError};
+use crate::common::{now_ms, SeckillOutcome, SeckillRecord, SeckillRequest};
+use crate::config::Config;
+use crate::kafka::client_config::set_default;
+use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
+use crate::seckill::offsets::PartitionOffsets;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
+use futures::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Header of a dead-letter message that says why it was rejected.
+pub const DLQ_ERROR_HEADER: &str = "seckill.error";
+/// Header of a dead-letter message that says where it was read: `topic/partition/offset`.
+pub const DLQ_SOURCE_HEADER: &str = "seckill.source";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisStateError),
+    #[error("cannot create the latency histogram: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
+    #[error("a consumer task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<rdkafka::error::KafkaError> for ServerError {
+    fn from(error: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(error.into())
+    }
+}
+
+/// Counters shared by the consumer tasks and the status line.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    /// Milliseconds since the run started: first message received, last one finished.
+    first_received_ms: AtomicU64,
+    last_finished_ms: AtomicU64,
+    success: AtomicU64,
+    sold_out: AtomicU64,
+    duplicate: AtomicU64,
+    already_bought: AtomicU64,
+    timeout: AtomicU64,
+    malformed: AtomicU64,
+    other_activity: AtomicU64,
+}
+
+impl ServerCounters {
+    fn count(&self, outcome: SeckillOutcome) {
+        let counter = match outcome {
+            SeckillOutcome::Success => &self.success,
+            SeckillOutcome::SoldOut => &self.sold_out,
+            SeckillOutcome::Duplicate => &self.duplicate,
+            SeckillOutcome::AlreadyBought => &self.already_bought,
+            SeckillOutcome::Timeout => &self.timeout,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn received(&self, started: Instant) {
+        let now = started.elapsed().as_millis() as u64;
+        // Only the first call changes it (0 means unset; a 0 ms start is counted as 1).
+        let _ = self.first_received_ms.compare_exchange(
+            0,
+            now.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn finished(&self, started: Instant) {
+        self.last_finished_ms
+            .fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn active(&self) -> Duration {
+        let first = self.first_received_ms.load(Ordering::Relaxed);
+        let last = self.last_finished_ms.load(Ordering::Relaxed);
+        Duration::from_millis(last.saturating_sub(first))
+    }
+
+    pub fn snapshot(&self) -> OutcomeCounts {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        OutcomeCounts {
+            success: get(&self.success),
+            sold_out: get(&self.sold_out),
+            duplicate: get(&self.duplicate),
+            already_bought: get(&self.already_bought),
+            timeout: get(&self.timeout),
+            malformed: get(&self.malformed),
+            other_activity: get(&self.other_activity),
+        }
+    }
+}
+
+/// How many messages ended how.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    pub success: u64,
+    pub sold_out: u64,
+    pub duplicate: u64,
+    pub already_bought: u64,
+    pub timeout: u64,
+    /// Undecodable messages, sent to the dead-letter topic.
+    pub malformed: u64,
+    /// Valid requests for another activity, left to that activity's group.
+    pub other_activity: u64,
+}
+
+impl OutcomeCounts {
+    /// Messages fully handled.
+    pub fn total(&self) -> u64 {
+        self.success
+            + self.sold_out
+            + self.duplicate
+            + self.already_bought
+            + self.timeout
+            + self.malformed
+            + self.other_activity
+    }
+}
+
+/// Request latency (`cost_ms`: creation by the client to processing) percentiles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// What a run of server_kafka did.
+#[derive(Debug, Clone)]
+pub struct ServerSummary {
+    pub activity_id: u64,
+    pub counts: OutcomeCounts,
+    pub elapsed: Duration,
+    /// From the first message received to the last one finished: the busy part of the run.
+    pub active: Duration,
+    pub latency: LatencySummary,
+    pub redis: Option<ActivitySnapshot>,
+}
+
+impl ServerSummary {
+    /// Throughput while there was work (idle time before and after is not counted).
+    pub fn requests_per_sec(&self) -> f64 {
+        self.counts.total() as f64 / self.active.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for ServerSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        writeln!(f, "server_kafka summary (activity {})", self.activity_id)?;
+        writeln!(
+            f,
+            "  processed       {} messages in {:.2} s busy ({:.0}/s), {:.2} s run",
+            c.total(),
+            self.active.as_secs_f64(),
+            self.requests_per_sec(),
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  outcomes        success={} sold_out={} duplicate={} already_bought={} timeout={} malformed={} other_activity={}",
+            c.success, c.sold_out, c.duplicate, c.already_bought, c.timeout, c.malformed, c.other_activity
+        )?;
+        let l = &self.latency;
+        writeln!(
+            f,
+            "  latency cost_ms p50={} p95={} p99={} max={} (n={})",
+            l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.count
+        )?;
+        match &self.redis {
+            Some(s) => write!(
+                f,
+                "  redis           stock={} initial={} success_counter={} over={} queued_records={}",
+                s.stock.map_or("none".into(), |v| v.to_string()),
+                s.initial_stock.map_or("none".into(), |v| v.to_string()),
+                s.success,
+                s.over,
+                s.queued_records + s.processing_records
+            ),
+            None => write!(f, "  redis           unavailable"),
+        }
+    }
+}
+
+/// What every consumer task shares.
+struct Shared {
+    started: Instant,
+    config: Config,
+    redis: RedisState,
+    dlq: FutureProducer,
+    dlq_topic: String,
+    counters: Arc<ServerCounters>,
+}
+
+/// Records which partitions a rebalance took away, for the consumer task to forget them.
+struct RebalanceContext {
+    consumer_index: usize,
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                let assigned: Vec<i32> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                tracing::info!(
+                    consumer = self.consumer_index,
+                    ?assigned,
+                    "rebalance: partitions assigned"
+                );
+            }
+            Rebalance::Revoke(partitions) => {
+                let revoked: Vec<i32> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                tracing::info!(
+                    consumer = self.consumer_index,
+                    ?revoked,
+                    "rebalance: partitions revoked"
+                );
+                if let Ok(mut pending) = self.revoked.lock() {
+                    pending.extend(revoked);
+                }
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(consumer = self.consumer_index, %error, "rebalance error");
+            }
+        }
+    }
+}
+
+/// What one message came to.
+enum Handled {
+    Outcome {
+        outcome: SeckillOutcome,
+        cost_ms: u64,
+    },
+    Malformed,
+    OtherActivity,
+    /// Shutdown came while Redis or the dead-letter topic was unreachable: not processed,
+    /// offset not stored, so the message is delivered again.
+    Abandoned,
+}
+
+struct Completion {
+    partition: i32,
+    offset: i64,
+    /// The partition's epoch when the message started; a rebalance bumps it.
+    epoch: u64,
+    result: Result<Handled, ServerError>,
+}
+
+/// Runs server_kafka until `shutdown` fires (then drains and commits) or a fatal error.
+pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSummary, ServerError> {
+    let started = Instant::now();
+    let activity_id = config.seckill.activity_id;
+    let redis = RedisState::connect(&config.redis)?;
+    prepare_state(&redis, config, shutdown.clone()).await?;
+
+    let mut dlq_config = client_config(&config.kafka, ClientRole::Producer, "server_kafka-dlq")?;
+    set_default(&mut dlq_config, "enable.idempotence", "true");
+    let dlq: FutureProducer = dlq_config.create()?;
+    let dlq_topic = config
+        .server_kafka
+        .dlq_topic
+        .clone()
+        .unwrap_or_else(|| format!("{}.dlq", config.seckill.requests_topic));
+    let counters = Arc::new(ServerCounters::default());
+    let shared = Arc::new(Shared {
+        started,
+        config: config.clone(),
+        redis: redis.clone(),
+        dlq,
+        dlq_topic,
+        counters: counters.clone(),
+    });
+
+    // One internal trigger: a signal or the first failing consumer stops every task.
+    let (trigger, stop) = Shutdown::new();
+    let trigger = Arc::new(trigger);
+    tokio::spawn(forward_shutdown(shutdown, trigger.clone()));
+
+    tracing::info!(
+        activity_id,
+        topic = %config.seckill.requests_topic,
+        group = %config.server_kafka.group_id,
+        consumers = config.server_kafka.consumers,
+        concurrency = config.server_kafka.concurrency,
+        "server_kafka started"
+    );
+    let status = tokio::spawn(status_loop(shared.clone(), stop.clone(), started));
+    let mut tasks = Vec::new();
+    for index in 0..config.server_kafka.consumers {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let trigger = trigger.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = consume(index, shared, stop).await;
+            if result.is_err() {
+                trigger.trigger();
+            }
+            result
+        }));
+    }
+
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(histogram)) => {
+                // Same precision and auto-resize, so adding cannot fail.
+                let _ = latency.add(histogram);
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "consumer failed");
+                first_error.get_or_insert(error);
+            }
+            Err(join_error) => {
+                first_error.get_or_insert(join_error.into());
+            }
+        }
+    }
+    trigger.trigger();
+    let _ = status.await;
+    // Dead-letter messages were awaited one by one; this only catches stragglers.
+    let flush_result = shared.dlq.flush(Timeout::After(Duration::from_secs(10)));
+    if let Err(error) = flush_result {
+        tracing::warn!(%error, "flushing the dead-letter producer");
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let summary = ServerSummary {
+        activity_id,
+        counts: counters.snapshot(),
+        elapsed: started.elapsed(),
+        active: counters.active(),
+        latency: LatencySummary {
+            count: latency.len(),
+            p50_ms: latency.value_at_quantile(0.50),
+            p95_ms: latency.value_at_quantile(0.95),
+            p99_ms: latency.value_at_quantile(0.99),
+            max_ms: latency.max(),
+        },
+        redis: redis.snapshot(activity_id).await.ok(),
+    };
+    tracing::info!(
+        processed = summary.counts.total(),
+        success = summary.counts.success,
+        elapsed_secs = summary.elapsed.as_secs_f64(),
+        "server_kafka stopped"
+    );
+    Ok(summary)
+}
+
+async fn forward_shutdown(mut external: Shutdown, trigger: Arc<ShutdownTrigger>) {
+    external.wait().await;
+    trigger.trigger();
+}
+
+/// Sets the initial stock (or checks the kept state), retrying while Redis is unreachable.
+async fn prepare_state(
+    redis: &RedisState,
+    config: &Config,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let activity_id = config.seckill.activity_id;
+    let stock = config.server_kafka.initial_stock;
+    let result = if config.server_kafka.keep_state {
+        retry(
+            "Redis",
+            &shutdown,
+            || redis.get_stock(activity_id),
+            RedisStateError::is_transient,
+        )
+        .await
+        .map(|kept| match kept {
+            Some(stock) => {
+                tracing::info!(activity_id, stock, "keeping the state in Redis");
+                Ok(())
+            }
+            None => Err(RedisStateError::NotInitialised(activity_id)),
+        })
+    } else {
+        retry(
+            "Redis",
+            &shutdown,
+            || redis.init_state(activity_id, stock),
+            RedisStateError::is_transient,
+        )
+        .await
+        .map(|()| {
+            tracing::info!(activity_id, stock, "activity initialised in Redis");
+            Ok(())
+        })
+    };
+    match result {
+        Ok(outcome) => Ok(outcome?),
+        Err(RetryError::Failed(error) | RetryError::Stopped(error)) => Err(error.into()),
+    }
+}
+
+async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) {
+    let interval = Duration::from_secs(shared.config.server_kafka.status_interval_secs);
+    let activity_id = shared.config.seckill.activity_id;
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut previous_total = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait() => return,
+        }
+        let counts = shared.counters.snapshot();
+        let rate = (counts.total() - previous_total) as f64 / interval.as_secs_f64();
+        previous_total = counts.total();
+        match shared.redis.snapshot(activity_id).await {
+            Ok(redis) => tracing::info!(
+                remaining_stock = redis.stock.unwrap_or(0),
+                over = redis.over,
+                success = counts.success,
+                sold_out = counts.sold_out,
+                duplicate = counts.duplicate,
+                already_bought = counts.already_bought,
+                timeout = counts.timeout,
+                malformed = counts.malformed,
+                other_activity = counts.other_activity,
+                rate_per_sec = rate.round(),
+                uptime_secs = started.elapsed().as_secs(),
+                "status"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, success = counts.success, rate_per_sec = rate.round(), "status: Redis unreachable")
+            }
+        }
+    }
+}
+
+/// One group member: receives, processes up to `concurrency` messages at once, stores
+/// offsets behind finished messages, and on stop drains and commits.
+async fn consume(
+    index: usize,
+    shared: Arc<Shared>,
+    mut stop: Shutdown,
+) -> Result<Histogram<u64>, ServerError> {
+    let config = &shared.config;
+    let mut consumer_config = client_config(
+        &config.kafka,
+        ClientRole::Consumer {
+            group_id: &config.server_kafka.group_id,
+        },
+        "server_kafka",
+    )?;
+    consumer_config.set(
+        "auto.offset.reset",
+        config.server_kafka.offset_reset.as_librdkafka(),
+    );
+    let context = RebalanceContext {
+        consumer_index: index,
+        revoked: Mutex::new(Vec::new()),
+    };
+    let consumer: StreamConsumer<RebalanceContext> =
+        consumer_config.create_with_context(context)?;
+    let topic = config.seckill.requests_topic.as_str();
+    consumer.subscribe(&[topic])?;
+
+    let concurrency = config.server_kafka.concurrency;
+    let mut offsets = PartitionOffsets::new();
+    let mut epochs: std::collections::HashMap<i32, u64> = std::collections::HashMap::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut latency = Histogram::<u64>::new(3)?;
+    let mut fatal: Option<ServerError> = None;
+    let mut consume_errors = 0u64;
+
+    while !stop.is_triggered() {
+        tokio::select! {
+            biased;
+            _ = stop.wait() => break,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(error) = complete(done, &shared, &consumer, &mut offsets, &epochs, &mut latency, topic) {
+                    fatal = Some(error);
+                    break;
+                }
+            }
+            received = consumer.recv(), if in_flight.len() < concurrency => {
+                forget_revoked(&consumer, &mut offsets, &mut epochs);
+                match received {
+                    Ok(message) => {
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        let epoch = *epochs.entry(partition).or_insert(0);
+                        shared.counters.received(shared.started);
+                        offsets.start(partition, offset);
+                        let work = Work::from_message(&message, config.seckill.activity_id);
+                        in_flight.push(handle(shared.clone(), work, partition, offset, epoch, stop.clone()));
+                    }
+                    Err(error) => {
+                        let error = KafkaError::from(error);
+                        if error.is_fatal() {
+                            fatal = Some(error.into());
+                            break;
+                        }
+                        consume_errors += 1;
+                        // librdkafka recovers by itself; say so now and then, not per poll.
+                        if consume_errors.is_power_of_two() {
+                            tracing::warn!(consumer = index, %error, count = consume_errors, "consume error (retrying)");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Drain: in-flight messages finish (or are abandoned if their service is down).
+    while let Some(done) = in_flight.next().await {
+        if let Err(error) = complete(
+            done,
+            &shared,
+            &consumer,
+            &mut offsets,
+            &epochs,
+            &mut latency,
+            topic,
+        ) {
+            fatal.get_or_insert(error);
+        }
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!(consumer = index, "offsets committed"),
+        // Nothing stored since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(error) => {
+            tracing::warn!(consumer = index, %error, "final commit failed; the next start re-reads from the last commit")
+        }
+    }
+    match fatal {
+        Some(error) => Err(error),
+        None => Ok(latency),
+    }
+}
+
+fn forget_revoked(
+    consumer: &StreamConsumer<RebalanceContext>,
+    offsets: &mut PartitionOffsets,
+    epochs: &mut std::collections::HashMap<i32, u64>,
+) {
+    let revoked: Vec<i32> = match consumer.context().revoked.lock() {
+        Ok(mut pending) => pending.drain(..).collect(),
+        Err(_) => return,
+    };
+    for partition in revoked {
+        offsets.forget(partition);
+        *epochs.entry(partition).or_insert(0) += 1;
+    }
+}
+
+fn complete(
+    done: Completion,
+    shared: &Shared,
+    consumer: &StreamConsumer<RebalanceContext>,
+    offsets: &mut PartitionOffsets,
+    epochs: &std::collections::HashMap<i32, u64>,
+    latency: &mut Histogram<u64>,
+    topic: &str,
+) -> Result<(), ServerError> {
+    let handled = done.result?;
+    shared.counters.finished(shared.started);
+    match handled {
+        Handled::Outcome { outcome, cost_ms } => {
+            shared.counters.count(outcome);
+            latency.saturating_record(cost_ms);
+        }
+        Handled::Malformed => {
+            shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+        Handled::OtherActivity => {
+            shared
+                .counters
+                .other_activity
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // Not finished: its offset stays unstored and blocks the partition's commits.
+        Handled::Abandoned => return Ok(()),
+    }
+    let current_epoch = epochs.get(&done.partition).copied().unwrap_or(0);
+    if done.epoch != current_epoch {
+        return Ok(());
+    }
+    if let Some(offset) = offsets.finish(done.partition, done.offset) {
+        if let Err(error) = consumer.store_offset(topic, done.partition, offset) {
+            // The partition was revoked meanwhile; its new owner re-reads from the commit.
+            tracing::debug!(partition = done.partition, offset, %error, "offset not stored");
+        }
+    }
+    Ok(())
+}
+
+/// A message decoded just enough to process it without holding the consumer's buffer.
+enum Work {
+    Request(SeckillRequest),
+    OtherActivity,
+    Malformed {
+        reason: String,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+        source: String,
+    },
+}
+
+impl Work {
+    fn from_message(message: &impl Message, activity_id: u64) -> Work {
+        let malformed = |reason: String| Work::Malformed {
+            reason,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            source: format!(
+                "{}/{}/{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            ),
+        };
+        let Some(payload) = message.payload() else {
+            return malformed("empty message (no payload)".into());
+        };
+        match SeckillRequest::from_json(payload) {
+            Ok(request) if request.activity_id == activity_id => Work::Request(request),
+            Ok(_) => Work::OtherActivity,
+            Err(error) => malformed(error.to_string()),
+        }
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    work: Work,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+    stop: Shutdown,
+) -> Completion {
+    let result = match work {
+        Work::Request(request) => purchase(&shared, &request, &stop).await,
+        Work::OtherActivity => Ok(Handled::OtherActivity),
+        Work::Malformed {
+            reason,
+            key,
+            payload,
+            source,
+        } => {
+            dead_letter(
+                &shared,
+                &reason,
+                key.as_deref(),
+                payload.as_deref(),
+                &source,
+                &stop,
+            )
+            .await
+        }
+    };
+    Completion {
+        partition,
+        offset,
+        epoch,
+        result,
+    }
+}
+
+async fn purchase(
+    shared: &Shared,
+    request: &SeckillRequest,
+    stop: &Shutdown,
+) -> Result<Handled, ServerError> {
+    let now = now_ms();
+    let cost_ms = request.cost_ms(now);
+    let timeout_ms = shared.config.server_kafka.timeout_ms;
+    if timeout_ms > 0 && cost_ms > timeout_ms {
+        return Ok(Handled::Outcome {
+            outcome: SeckillOutcome::Timeout,
+            cost_ms,
+        });
+    }
+    let record = SeckillRecord::new(request, now);
+    match retry(
+        "Redis",
+        stop,
+        || shared.redis.run_seckill_script(request, &record),
+        RedisStateError::is_transient,
+    )
+    .await
+    {
+        Ok(outcome) => Ok(Handled::Outcome { outcome, cost_ms }),
+        Err(RetryError::Stopped(_)) => Ok(Handled::Abandoned),
+        Err(RetryError::Failed(error)) => Err(error.into()),
+    }
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    reason: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    source: &str,
+    stop: &Shutdown,
+) -> Result<Handled, ServerError> {
+    tracing::warn!(%reason, %source, dlq = %shared.dlq_topic, "malformed request sent to the dead-letter topic");
+    let send = || {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: DLQ_ERROR_HEADER,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: DLQ_SOURCE_HEADER,
+                value: Some(source),
+            });
+        let mut record = FutureRecord::<[u8], [u8]>::to(&shared.dlq_topic).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        async move {
+            shared
+                .dlq
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+                .map_err(|(error, _)| KafkaError::from(error))
+        }
+    };
+    match retry(
+        "Kafka dead-letter topic",
+        stop,
+        send,
+        KafkaError::is_retriable,
+    )
+    .await
+    {
+        Ok(_) => Ok(Handled::Malformed),
+        Err(RetryError::Stopped(_)) => Ok(Handled::Abandoned),
+        Err(RetryError::Failed(error)) => Err(error.into()),
+    }
+}

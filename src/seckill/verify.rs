@@ -1,0 +1,211 @@
+//! The invariant check behind `log_worker --verify`: for one activity, compares Redis and
+//! PostgreSQL and reports each guarantee of the pipeline with its figures.
+
+use crate::config::Config;
+use crate::postgres::{self, PostgresError};
+use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] PostgresError),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisStateError),
+}
+
+impl From<sqlx::Error> for VerifyError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Postgres(error.into())
+    }
+}
+
+/// The figures of one activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub activity_id: u64,
+    pub redis: ActivitySnapshot,
+    pub rows: i64,
+    pub users_with_several_rows: i64,
+    /// Distinct users who asked, when the caller knows it (`--expect-buyers`).
+    pub expected_buyers: Option<u64>,
+}
+
+/// One checked invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub holds: bool,
+    pub figures: String,
+}
+
+impl VerifyReport {
+    pub fn checks(&self) -> Vec<Check> {
+        let r = &self.redis;
+        let initial = r.initial_stock.unwrap_or(0);
+        let stock = r.stock.unwrap_or(0);
+        let mut checks = vec![
+            Check {
+                name: "activity initialised",
+                holds: r.initial_stock.is_some() && r.stock.is_some(),
+                figures: format!(
+                    "initial stock {:?}, remaining {:?}",
+                    r.initial_stock, r.stock
+                ),
+            },
+            Check {
+                name: "stock >= 0",
+                holds: stock >= 0,
+                figures: format!("remaining {stock}"),
+            },
+            Check {
+                name: "initial - remaining = success counter",
+                holds: initial - stock == r.success,
+                figures: format!("{initial} - {stock} = {} vs {}", initial - stock, r.success),
+            },
+            Check {
+                name: "success counter = buyers in Redis",
+                holds: r.success == r.buyers as i64,
+                figures: format!("{} vs {}", r.success, r.buyers),
+            },
+            Check {
+                name: "log queue drained",
+                holds: r.queued_records == 0 && r.processing_records == 0,
+                figures: format!(
+                    "{} queued, {} processing",
+                    r.queued_records, r.processing_records
+                ),
+            },
+            Check {
+                name: "success counter = rows in PostgreSQL",
+                holds: r.success == self.rows,
+                figures: format!("{} vs {}", r.success, self.rows),
+            },
+            Check {
+                name: "no user with two rows",
+                holds: self.users_with_several_rows == 0,
+                figures: format!("{} users", self.users_with_several_rows),
+            },
+        ];
+        if let Some(buyers) = self.expected_buyers {
+            let sold = initial - stock;
+            let expected = initial.min(i64::try_from(buyers).unwrap_or(i64::MAX));
+            checks.push(Check {
+                name: "sold = min(stock, distinct buyers)",
+                holds: sold == expected,
+                figures: format!("sold {sold}, min({initial}, {buyers}) = {expected}"),
+            });
+        }
+        checks
+    }
+
+    pub fn holds(&self) -> bool {
+        self.checks().iter().all(|check| check.holds)
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "verify activity {}", self.activity_id)?;
+        for check in self.checks() {
+            let mark = if check.holds { "ok  " } else { "FAIL" };
+            writeln!(f, "  [{mark}] {:<40} {}", check.name, check.figures)?;
+        }
+        let verdict = if self.holds() {
+            "all invariants hold"
+        } else {
+            "INVARIANTS VIOLATED"
+        };
+        write!(f, "  result: {verdict}")
+    }
+}
+
+/// Reads the figures of the configured activity from Redis and PostgreSQL.
+pub async fn verify(
+    config: &Config,
+    expected_buyers: Option<u64>,
+) -> Result<VerifyReport, VerifyError> {
+    let activity_id = config.seckill.activity_id;
+    let redis = RedisState::connect(&config.redis)?;
+    let snapshot = redis.snapshot(activity_id).await?;
+    let pool = postgres::connect(&config.postgres).await?;
+    postgres::migrate(&pool).await?;
+    let activity = i64::try_from(activity_id).unwrap_or(i64::MAX);
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM seckill_records WHERE activity_id = $1")
+            .bind(activity)
+            .fetch_one(&pool)
+            .await?;
+    let users_with_several_rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT user_id FROM seckill_records WHERE activity_id = $1
+             GROUP BY user_id HAVING count(*) > 1) AS repeated",
+    )
+    .bind(activity)
+    .fetch_one(&pool)
+    .await?;
+    Ok(VerifyReport {
+        activity_id,
+        redis: snapshot,
+        rows,
+        users_with_several_rows,
+        expected_buyers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(stock: i64, success: i64, rows: i64) -> VerifyReport {
+        VerifyReport {
+            activity_id: 1,
+            redis: ActivitySnapshot {
+                initial_stock: Some(10),
+                stock: Some(stock),
+                success,
+                over: stock == 0,
+                buyers: success as u64,
+                requests_seen: 40,
+                queued_records: 0,
+                processing_records: 0,
+            },
+            rows,
+            users_with_several_rows: 0,
+            expected_buyers: Some(25),
+        }
+    }
+
+    #[test]
+    fn consistent_figures_hold() {
+        let report = report(0, 10, 10);
+        assert!(report.holds(), "{report}");
+        assert!(report.to_string().ends_with("all invariants hold"));
+    }
+
+    #[test]
+    fn each_violation_is_named() {
+        let lost_row = report(0, 10, 9);
+        assert!(!lost_row.holds());
+        let failing: Vec<_> = lost_row
+            .checks()
+            .into_iter()
+            .filter(|c| !c.holds)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failing, vec!["success counter = rows in PostgreSQL"]);
+
+        let oversold = report(-1, 11, 11);
+        let failing: Vec<_> = oversold
+            .checks()
+            .into_iter()
+            .filter(|c| !c.holds)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            failing,
+            vec!["stock >= 0", "sold = min(stock, distinct buyers)"]
+        );
+        assert!(oversold.to_string().contains("[FAIL] stock >= 0"));
+    }
+}

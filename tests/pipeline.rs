@@ -1,0 +1,470 @@
+//! The flash-sale pipeline end to end, as processes: client_kafka -> Kafka -> server_kafka ->
+//! Redis -> log_worker -> PostgreSQL, including crashes (SIGKILL), a full replay, malformed
+//! input and a broker outage. Every scenario ends with `log_worker --verify`.
+
+mod support;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use seckill_kafka::seckill::server::{DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
+use std::collections::HashSet;
+use std::time::Duration;
+use support::{Finished, Pipeline};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Drains the log queue and checks every invariant, including sold = min(stock, buyers).
+fn drain_and_verify(pipeline: &Pipeline, buyers: u64) -> Finished {
+    pipeline
+        .run("log_worker", &["--drain"])
+        .assert_success("log_worker --drain");
+    let verify = pipeline.run(
+        "log_worker",
+        &["--verify", "--expect-buyers", &buyers.to_string()],
+    );
+    verify.assert_success("log_worker --verify");
+    assert!(
+        verify.stdout.contains("all invariants hold"),
+        "{}",
+        verify.stdout
+    );
+    verify
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_small_demo() {
+    let pipeline = Pipeline::new("e2e");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "200"]);
+    let worker = pipeline.spawn("log_worker", &[]);
+    let client = pipeline.run(
+        "client_kafka",
+        &["--users", "1000", "--requests-per-user", "3", "--seed", "7"],
+    );
+    client.assert_success("client_kafka");
+    assert_eq!((client.figure("sent"), client.figure("failed")), (3000, 0));
+
+    pipeline
+        .wait_for("all 3000 requests", WAIT, |s| s.requests_seen == 3000)
+        .await;
+    let rows_target = 200;
+    pipeline
+        .wait_for("records stored", WAIT, |s| {
+            s.queued_records == 0 && s.processing_records == 0
+        })
+        .await;
+    let server = server.terminate();
+    server.assert_success("server_kafka");
+    assert_eq!(server.figure("success"), 200);
+    assert_eq!(
+        server.figure("already_bought") + server.figure("sold_out") + 200,
+        3000
+    );
+    assert!(
+        server.stdout.contains("latency cost_ms p50="),
+        "{}",
+        server.stdout
+    );
+    let worker = worker.terminate();
+    worker.assert_success("log_worker");
+    assert_eq!(worker.figure("inserted"), rows_target);
+
+    drain_and_verify(&pipeline, 1000);
+    assert_eq!(pipeline.rows().await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_server_and_log_worker_mid_run_loses_nothing() {
+    let pipeline = Pipeline::new("crash");
+    let client = pipeline.spawn(
+        "client_kafka",
+        &[
+            "--users",
+            "3000",
+            "--requests-per-user",
+            "2",
+            "--rate",
+            "1500",
+            "--seed",
+            "3",
+        ],
+    );
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "400"]);
+    let worker = pipeline.spawn("log_worker", &["--batch-size", "20"]);
+
+    pipeline
+        .wait_for("a quarter of the requests", WAIT, |s| {
+            s.requests_seen >= 1500
+        })
+        .await;
+    server.kill();
+    // Restart on the kept state; the group resumes from the committed offsets and the
+    // requests processed but not committed come back as DUPLICATE.
+    let server = pipeline.spawn("server_kafka", &["--keep-state"]);
+    pipeline
+        .wait_for("records flowing", WAIT, |s| s.success >= 150)
+        .await;
+    worker.kill();
+    let worker = pipeline.spawn("log_worker", &["--batch-size", "20"]);
+
+    let client = client.wait(WAIT);
+    client.assert_success("client_kafka");
+    assert_eq!(client.figure("sent"), 6000);
+    pipeline
+        .wait_for("all 6000 requests", WAIT, |s| s.requests_seen == 6000)
+        .await;
+    pipeline
+        .wait_for("records stored", WAIT, |s| {
+            s.queued_records == 0 && s.processing_records == 0
+        })
+        .await;
+    server.terminate().assert_success("restarted server_kafka");
+    worker.terminate().assert_success("restarted log_worker");
+
+    drain_and_verify(&pipeline, 3000);
+    assert_eq!(pipeline.rows().await, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_worker_recovers_what_a_crashed_worker_took() {
+    let pipeline = Pipeline::new("recover");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "50"]);
+    let client = pipeline.run("client_kafka", &["--users", "80", "--seed", "1"]);
+    client.assert_success("client_kafka");
+    pipeline
+        .wait_for("50 sales", WAIT, |s| {
+            s.success == 50 && s.requests_seen == 80
+        })
+        .await;
+    server.terminate().assert_success("server_kafka");
+
+    // What a worker killed between taking and acknowledging leaves behind.
+    let taken = pipeline
+        .redis()
+        .take_log_records(pipeline.activity_id, 30, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 30);
+    let worker = pipeline.run("log_worker", &["--drain"]);
+    worker.assert_success("log_worker --drain");
+    assert_eq!(worker.figure("recovered"), 30);
+    assert_eq!(worker.figure("inserted"), 50);
+
+    // And a second crash after the insert but before the acknowledgement: the replay
+    // inserts nothing twice.
+    let redis = pipeline.redis();
+    let keys = seckill_kafka::redis_state::ActivityKeys::new(pipeline.activity_id);
+    {
+        let mut connection = redis.pool().get().await.unwrap();
+        for record in &taken {
+            let () = redis::cmd("RPUSH")
+                .arg(&keys.processing)
+                .arg(record)
+                .query_async(&mut *connection)
+                .await
+                .unwrap();
+        }
+    }
+    let replay = pipeline.run("log_worker", &["--drain"]);
+    replay.assert_success("log_worker replay");
+    assert_eq!(
+        (
+            replay.figure("recovered"),
+            replay.figure("inserted"),
+            replay.figure("already_stored")
+        ),
+        (30, 0, 30)
+    );
+    drain_and_verify(&pipeline, 80);
+}
+
+/// Resets `group` to the earliest offsets, the way `kafka-consumer-groups --reset-offsets
+/// --to-earliest` does: join the (otherwise empty) group, then commit every partition's low
+/// watermark as a member.
+async fn reset_group_to_earliest(brokers: &str, group: &str, topic: &str) {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // Should its leave be missed, the group frees its slot in 6 s, not 45.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while consumer.assignment().unwrap().count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no assignment for the reset"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    }
+    let mut offsets = TopicPartitionList::new();
+    for element in consumer.assignment().unwrap().elements() {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+            .unwrap();
+        offsets
+            .add_partition_offset(topic, element.partition(), Offset::Offset(low))
+            .unwrap();
+    }
+    consumer.commit(&offsets, CommitMode::Sync).unwrap();
+    consumer.unsubscribe();
+}
+
+/// Waits until the group's committed offsets reach the end of every partition.
+async fn wait_group_caught_up(brokers: &str, group: &str, topic: &str) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut wanted = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            wanted.add_partition(topic, partition.id());
+        }
+        let committed = consumer
+            .committed_offsets(wanted, Duration::from_secs(10))
+            .unwrap();
+        let positions: Vec<(Offset, i64)> = committed
+            .elements()
+            .iter()
+            .map(|element| {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+                    .unwrap();
+                (element.offset(), high)
+            })
+            .collect();
+        if positions
+            .iter()
+            .all(|(committed, high)| *high == 0 || *committed == Offset::Offset(*high))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "group {group} did not catch up: {positions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_whole_topic_changes_nothing() {
+    let pipeline = Pipeline::new("replay");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "100"]);
+    pipeline
+        .run(
+            "client_kafka",
+            &["--users", "300", "--requests-per-user", "2", "--seed", "5"],
+        )
+        .assert_success("client_kafka");
+    pipeline
+        .wait_for("600 requests", WAIT, |s| s.requests_seen == 600)
+        .await;
+    wait_group_caught_up(&pipeline.brokers, &pipeline.group, &pipeline.topic).await;
+    server.terminate().assert_success("server_kafka");
+    pipeline
+        .run("log_worker", &["--drain"])
+        .assert_success("log_worker");
+    let before = pipeline
+        .redis()
+        .snapshot(pipeline.activity_id)
+        .await
+        .unwrap();
+    let rows_before = pipeline.rows().await;
+    assert_eq!((before.success, rows_before), (100, 100));
+
+    reset_group_to_earliest(&pipeline.brokers, &pipeline.group, &pipeline.topic).await;
+    let replay = pipeline.spawn("server_kafka", &["--keep-state"]);
+    let caught_up = tokio::time::timeout(
+        Duration::from_secs(40),
+        wait_group_caught_up(&pipeline.brokers, &pipeline.group, &pipeline.topic),
+    )
+    .await;
+    let replay = replay.terminate();
+    assert!(
+        caught_up.is_ok(),
+        "replay did not catch up:\n{}\n{}",
+        replay.stdout,
+        replay.stderr
+    );
+    replay.assert_success("replaying server_kafka");
+    assert_eq!(
+        replay.figure("duplicate"),
+        600,
+        "every replayed request is a duplicate"
+    );
+    assert_eq!(replay.figure("success"), 0);
+
+    pipeline
+        .run("log_worker", &["--drain"])
+        .assert_success("log_worker");
+    let after = pipeline
+        .redis()
+        .snapshot(pipeline.activity_id)
+        .await
+        .unwrap();
+    assert_eq!((after.stock, after.success), (before.stock, before.success));
+    assert_eq!(pipeline.rows().await, rows_before);
+    drain_and_verify(&pipeline, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_go_to_the_dead_letter_topic() {
+    let pipeline = Pipeline::new("malformed");
+    let garbage: Vec<Option<Vec<u8>>> = vec![
+        Some(b"not json".to_vec()),
+        Some(b"{}".to_vec()),
+        Some(b"\xff\xfe\x00".to_vec()),
+        Some(
+            br#"{"request_id":"x","user_id":"seven","activity_id":1,"request_initiation_time":0}"#
+                .to_vec(),
+        ),
+        Some(
+            br#"{"request_id":"","user_id":7,"activity_id":1,"request_initiation_time":0}"#
+                .to_vec(),
+        ),
+        None,
+    ];
+    let mut messages = Vec::new();
+    for n in 0..60u64 {
+        let payload = support::request_json(pipeline.activity_id, n, &format!("good-{n}"));
+        messages.push((n.to_string(), Some(payload)));
+        if n % 10 == 0 {
+            let bad = garbage[(n / 10) as usize].clone();
+            messages.push((format!("bad-{n}"), bad));
+        }
+    }
+    // Valid, but for another activity: not this server's, and not malformed.
+    messages.push((
+        "other".into(),
+        Some(support::request_json(
+            pipeline.activity_id + 1,
+            1,
+            "other-1",
+        )),
+    ));
+    support::produce(&pipeline.brokers, &pipeline.topic, &messages).await;
+
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "1000"]);
+    pipeline
+        .wait_for("60 good requests", WAIT, |s| s.requests_seen == 60)
+        .await;
+    wait_group_caught_up(&pipeline.brokers, &pipeline.group, &pipeline.topic).await;
+    let server = server.terminate();
+    server.assert_success("server_kafka kept running through garbage");
+    assert_eq!(
+        (
+            server.figure("success"),
+            server.figure("malformed"),
+            server.figure("other_activity")
+        ),
+        (60, 6, 1)
+    );
+
+    // The dead-letter topic has each bad payload once, with the reason and the source.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.brokers)
+        .set("group.id", support::unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let dlq = format!("{}.dlq", pipeline.topic);
+    consumer.subscribe(&[&dlq]).unwrap();
+    let mut seen = HashSet::new();
+    while seen.len() < garbage.len() {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("DLQ messages")
+            .unwrap();
+        let headers = message.headers().expect("DLQ headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        assert!(!header(DLQ_ERROR_HEADER).is_empty(), "reason header");
+        assert!(
+            header(DLQ_SOURCE_HEADER).starts_with(&pipeline.topic),
+            "source header"
+        );
+        assert!(message.key().unwrap().starts_with(b"bad-"));
+        seen.insert(message.payload().map(<[u8]>::to_vec));
+    }
+    let expected: HashSet<Option<Vec<u8>>> = garbage.into_iter().collect();
+    assert_eq!(seen, expected);
+}
+
+/// The broker goes down for 3 s mid-run (mock cluster fault injection, in this process);
+/// once it is back, every request is processed and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_loses_nothing() {
+    let cluster = MockCluster::new(1).unwrap();
+    let pipeline = Pipeline::with_brokers("outage", cluster.bootstrap_servers());
+    cluster.create_topic(&pipeline.topic, 4, 1).unwrap();
+    let first: Vec<_> = (0..500u64)
+        .map(|n| {
+            (
+                n.to_string(),
+                Some(support::request_json(
+                    pipeline.activity_id,
+                    n,
+                    &format!("a-{n}"),
+                )),
+            )
+        })
+        .collect();
+    let second: Vec<_> = (500..1000u64)
+        .map(|n| {
+            (
+                n.to_string(),
+                Some(support::request_json(
+                    pipeline.activity_id,
+                    n,
+                    &format!("b-{n}"),
+                )),
+            )
+        })
+        .collect();
+
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "700"]);
+    support::produce(&pipeline.brokers, &pipeline.topic, &first).await;
+    pipeline
+        .wait_for("the first half", WAIT, |s| s.requests_seen == 500)
+        .await;
+
+    cluster.broker_down(1).unwrap();
+    let producing = {
+        let brokers = pipeline.brokers.clone();
+        let topic = pipeline.topic.clone();
+        tokio::spawn(async move { support::produce(&brokers, &topic, &second).await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(1).unwrap();
+    producing.await.unwrap();
+
+    pipeline
+        .wait_for("every request", WAIT, |s| s.requests_seen == 1000)
+        .await;
+    let server = server.terminate();
+    server.assert_success("server_kafka survived the outage");
+    let snapshot = pipeline
+        .redis()
+        .snapshot(pipeline.activity_id)
+        .await
+        .unwrap();
+    assert_eq!((snapshot.success, snapshot.stock), (700, Some(0)));
+    drain_and_verify(&pipeline, 1000);
+}
