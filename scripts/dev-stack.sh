@@ -26,14 +26,12 @@ free_port() {
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
-    local seconds=$1 what=$2; shift 2
-    local deadline=$((SECONDS + seconds))
+wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds, at most SECONDS
+    local deadline=$((SECONDS + $1)); shift
     until "$@" >/dev/null 2>&1; do
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.2
     done
-    log "$what is ready"
 }
 
 apt_install() {
@@ -64,15 +62,16 @@ redis_up() {
         --pidfile "$DEV/redis.pid" --logfile "$DEV/redis.log" --dir "$DEV/redis" \
         --save '' --appendonly no --protected-mode yes
     echo "$port" > "$DEV/redis.port"
-    wait_for 20 "redis on 127.0.0.1:$port" redis-cli -h 127.0.0.1 -p "$port" ping \
-        || die "redis did not start; see $DEV/redis.log"
+    wait_for 20 redis-cli -h 127.0.0.1 -p "$port" ping || die "redis did not start; see $DEV/redis.log"
+    log "redis on 127.0.0.1:$port is ready"
 }
 
 redis_down() {
     if pid_alive "$DEV/redis.pid"; then
         local pid; pid=$(cat "$DEV/redis.pid")
         kill "$pid"
-        wait_for 20 "redis stop" sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+        wait_for 20 sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+        log "redis stopped"
     fi
     rm -f "$DEV/redis.pid"
 }
@@ -163,15 +162,17 @@ kafka_up() {
     setsid "$target_dir/debug/dev_broker" --bootstrap-file "$DEV/kafka.bootstrap" \
         >"$DEV/dev_broker.log" 2>&1 < /dev/null &
     echo $! > "$DEV/dev_broker.pid"
-    wait_for 30 "dev_broker" test -s "$DEV/kafka.bootstrap" \
+    wait_for 30 test -s "$DEV/kafka.bootstrap" \
         || { tail -20 "$DEV/dev_broker.log" >&2; die "dev_broker did not start"; }
+    log "dev_broker at $(cat "$DEV/kafka.bootstrap") is ready"
 }
 
 kafka_down() {
     if pid_alive "$DEV/dev_broker.pid"; then
         local pid; pid=$(cat "$DEV/dev_broker.pid")
         kill "$pid"
-        wait_for 20 "dev_broker stop" sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+        wait_for 20 sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+        log "dev_broker stopped"
     fi
     rm -f "$DEV/dev_broker.pid" "$DEV/kafka.bootstrap"
 }

@@ -43,11 +43,14 @@ pub struct LogWorkerSummary {
     pub malformed: u64,
     pub batches: u64,
     pub elapsed: Duration,
+    /// From the start of the first batch to the end of the last: the busy part of the run.
+    pub active: Duration,
+    first_batch_started: Option<Instant>,
 }
 
 impl LogWorkerSummary {
     pub fn rows_per_sec(&self) -> f64 {
-        self.inserted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.inserted as f64 / self.active.as_secs_f64().max(1e-9)
     }
 }
 
@@ -55,13 +58,14 @@ impl fmt::Display for LogWorkerSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "log_worker summary (activity {}): inserted={} already_stored={} recovered={} malformed={} batches={} elapsed={:.2}s rate={:.0} rows/s",
+            "log_worker summary (activity {}): inserted={} already_stored={} recovered={} malformed={} batches={} busy={:.2}s elapsed={:.2}s rate={:.0} rows/s",
             self.activity_id,
             self.inserted,
             self.already_stored,
             self.recovered,
             self.malformed,
             self.batches,
+            self.active.as_secs_f64(),
             self.elapsed.as_secs_f64(),
             self.rows_per_sec()
         )
@@ -213,6 +217,7 @@ async fn store(
     shutdown: &Shutdown,
     summary: &mut LogWorkerSummary,
 ) -> Result<(), LogWorkerError> {
+    let started = Instant::now();
     let mut columns = Columns::with_capacity(batch.len());
     let mut malformed = Vec::new();
     for raw in batch {
@@ -275,6 +280,7 @@ async fn store(
     summary.already_stored += columns.len() as u64 - inserted;
     summary.malformed += malformed.len() as u64;
     summary.batches += 1;
+    summary.active = summary.first_batch_started.get_or_insert(started).elapsed();
     Ok(())
 }
 

@@ -152,6 +152,18 @@ pub struct LatencySummary {
     pub max_ms: u64,
 }
 
+impl LatencySummary {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        Self {
+            count: histogram.len(),
+            p50_ms: histogram.value_at_quantile(0.50),
+            p95_ms: histogram.value_at_quantile(0.95),
+            p99_ms: histogram.value_at_quantile(0.99),
+            max_ms: histogram.max(),
+        }
+    }
+}
+
 /// What a run of server_kafka did.
 #[derive(Debug, Clone)]
 pub struct ServerSummary {
@@ -338,7 +350,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         }));
     }
 
-    let mut latency = Histogram::<u64>::new(3)?;
+    let mut latency = latency_histogram()?;
     let mut first_error = None;
     for task in tasks {
         match task.await {
@@ -370,13 +382,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         counts: counters.snapshot(),
         elapsed: started.elapsed(),
         active: counters.active(),
-        latency: LatencySummary {
-            count: latency.len(),
-            p50_ms: latency.value_at_quantile(0.50),
-            p95_ms: latency.value_at_quantile(0.95),
-            p99_ms: latency.value_at_quantile(0.99),
-            max_ms: latency.max(),
-        },
+        latency: LatencySummary::of(&latency),
         redis: redis.snapshot(activity_id).await.ok(),
     };
     tracing::info!(
@@ -459,12 +465,12 @@ async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) 
                 timeout = counts.timeout,
                 malformed = counts.malformed,
                 other_activity = counts.other_activity,
-                rate_per_sec = rate.round(),
+                rate_per_sec = rate.round() as u64,
                 uptime_secs = started.elapsed().as_secs(),
                 "status"
             ),
             Err(error) => {
-                tracing::warn!(%error, success = counts.success, rate_per_sec = rate.round(), "status: Redis unreachable")
+                tracing::warn!(%error, success = counts.success, rate_per_sec = rate.round() as u64, "status: Redis unreachable")
             }
         }
     }
@@ -502,7 +508,7 @@ async fn consume(
     let mut offsets = PartitionOffsets::new();
     let mut epochs: std::collections::HashMap<i32, u64> = std::collections::HashMap::new();
     let mut in_flight = FuturesUnordered::new();
-    let mut latency = Histogram::<u64>::new(3)?;
+    let mut latency = latency_histogram()?;
     let mut fatal: Option<ServerError> = None;
     let mut consume_errors = 0u64;
 
@@ -777,5 +783,33 @@ async fn dead_letter(
         Ok(_) => Ok(Handled::Malformed),
         Err(RetryError::Stopped(_)) => Ok(Handled::Abandoned),
         Err(RetryError::Failed(error)) => Err(error.into()),
+    }
+}
+
+/// Request latencies from 1 ms to 1 hour at 3 significant digits; longer ones are counted
+/// as 1 hour rather than growing the histogram without bound.
+fn latency_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, 3_600_000, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_percentiles_cover_the_whole_range() {
+        let mut histogram = latency_histogram().unwrap();
+        for cost_ms in 1..=10_000 {
+            histogram.saturating_record(cost_ms);
+        }
+        histogram.saturating_record(7_200_000); // two hours: counted as the 1 h ceiling
+        let summary = LatencySummary::of(&histogram);
+        assert_eq!(summary.count, 10_001);
+        assert!((4_990..=5_010).contains(&summary.p50_ms), "{summary:?}");
+        assert!((9_490..=9_510).contains(&summary.p95_ms), "{summary:?}");
+        assert!(
+            (3_599_000..=3_601_000).contains(&summary.max_ms),
+            "{summary:?}"
+        );
     }
 }

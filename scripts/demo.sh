@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The flash-sale demo on the local stack:
+#   1. start the dev stack (Redis, PostgreSQL, dev broker) and build the programs (release)
+#   2. run server_kafka and log_worker in the background
+#   3. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests against
+#      DEMO_STOCK items (several requests per user, so duplicates happen)
+#   4. wait until every request is processed and every record is in PostgreSQL
+#   5. SIGTERM both programs (they drain and commit), verify the invariants, print a report
+# Each run uses a new activity id and consumer group, so runs do not disturb each other.
+# Logs: .dev/demo/<run>/*.log
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+USERS=${DEMO_USERS:-20000}
+PER_USER=${DEMO_REQUESTS_PER_USER:-3}
+STOCK=${DEMO_STOCK:-1000}
+TOTAL=$((USERS * PER_USER))
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "starting the local stack"
+scripts/dev-stack.sh up
+eval "$(scripts/dev-stack.sh env)"
+
+say "building the programs (release)"
+cargo build --release --quiet --bin client_kafka --bin server_kafka --bin log_worker
+BIN=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+
+RUN=$(date +%s)
+export SECKILL_SECKILL_ACTIVITY_ID=$RUN
+export SECKILL_SERVER_KAFKA_GROUP_ID=seckill-demo-$RUN
+LOGS=.dev/demo/$RUN
+mkdir -p "$LOGS"
+REDIS_PORT=$(cat .dev/redis.port)
+key() { echo "seckill:{$RUN}:$1"; }
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+SERVER_PID= WORKER_PID=
+cleanup() {
+    for pid in $SERVER_PID $WORKER_PID; do kill "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+say "activity $RUN: stock $STOCK, $USERS users x $PER_USER requests = $TOTAL requests"
+"$BIN/server_kafka" --initial-stock "$STOCK" >"$LOGS/server.out" 2>"$LOGS/server.log" &
+SERVER_PID=$!
+"$BIN/log_worker" >"$LOGS/log_worker.out" 2>"$LOGS/log_worker.log" &
+WORKER_PID=$!
+# The server resets the activity in Redis at start; wait for that before sending.
+for _ in $(seq 100); do [ "$(rcli EXISTS "$(key stock)")" = 1 ] && break; sleep 0.1; done
+
+started=$(date +%s.%N)
+"$BIN/client_kafka" --users "$USERS" --requests-per-user "$PER_USER" 2>"$LOGS/client.log" | tee "$LOGS/client.out"
+
+say "waiting for the pipeline to drain"
+deadline=$((SECONDS + 90))
+while :; do
+    seen=$(rcli SCARD "$(key requests)")
+    queued=$(( $(rcli LLEN "$(key logs)") + $(rcli LLEN "$(key logs:processing)") ))
+    [ "$seen" -ge "$TOTAL" ] && [ "$queued" = 0 ] && break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        echo "demo: the pipeline did not drain in 90 s ($seen/$TOTAL requests seen, $queued records queued); logs in $LOGS" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+drained=$(date +%s.%N)
+
+say "stopping server_kafka and log_worker (SIGTERM: drain, commit, exit)"
+kill -TERM "$SERVER_PID" "$WORKER_PID"
+server_status=0 worker_status=0
+wait "$SERVER_PID" || server_status=$?
+wait "$WORKER_PID" || worker_status=$?
+SERVER_PID= WORKER_PID=
+cat "$LOGS/server.out" "$LOGS/log_worker.out"
+[ "$server_status" = 0 ] && [ "$worker_status" = 0 ] \
+    || { echo "demo: server_kafka exited $server_status, log_worker $worker_status; logs in $LOGS" >&2; exit 1; }
+
+say "verifying the invariants"
+verify_status=0
+"$BIN/log_worker" --verify --expect-buyers "$USERS" 2>"$LOGS/verify.log" || verify_status=$?
+
+say "report"
+python3 - "$started" "$drained" "$TOTAL" <<'EOF'
+import sys
+started, drained, total = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+print(f"{total} requests from send to the last row in PostgreSQL in {drained - started:.2f} s "
+      f"({total / (drained - started):.0f} requests/s end to end)")
+EOF
+grep -h "processed\|rows/s" "$LOGS/server.out" "$LOGS/log_worker.out" | sed 's/^ */  /'
+echo "  logs: $LOGS"
+exit "$verify_status"
