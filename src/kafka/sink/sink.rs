@@ -1,0 +1,568 @@
+//! [`KafkaSink`]: the generic producer.
+//!
+//! One librdkafka producer with a background polling thread serves two send paths:
+//! - `send` / `send_batch` await each message's delivery report, retry retriable failures
+//!   with backoff, and feed the circuit breaker;
+//! - `enqueue` (the fast path) hands the message to librdkafka and returns; delivery reports
+//!   are counted in the metrics, and `flush` / `close` wait for them. It allocates nothing per
+//!   message beyond what librdkafka itself copies.
+//!
+//! The delivery opaque tells the paths apart without an allocation: odd values carry the
+//! enqueue time of a fast-path message, even values the id of an awaited one.
+
+use super::circuit_breaker::{BreakerState, CircuitBreaker};
+use super::config::{DeliveryGuarantee, InvalidSinkConfig, SinkConfig};
+use super::message::KafkaMessage;
+use super::metrics::{MetricsSnapshot, SinkMetrics};
+use super::partition::StrategyPartitioner;
+use super::serializer::{JsonSerializer, MessageSerializer, SerializeError, CONTENT_TYPE_HEADER};
+use crate::backoff::Backoff;
+use crate::kafka::{ErrorClass, KafkaError};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How long dropping a sink that was not closed waits for outstanding deliveries.
+const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    #[error(transparent)]
+    InvalidConfig(#[from] InvalidSinkConfig),
+    #[error(transparent)]
+    Serialize(#[from] SerializeError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("the sink is closed")]
+    Closed,
+    #[error("circuit breaker open after repeated failures; sends fail fast until it recovers")]
+    CircuitOpen,
+    #[error("the producer queue stayed full for {0:?}")]
+    QueueFullTimeout(Duration),
+    #[error("transaction state: {0}")]
+    TransactionState(&'static str),
+    #[error("the delivery report was lost (producer shut down)")]
+    DeliveryLost,
+    #[error("cannot create the latency histogram: {0}")]
+    Histogram(#[from] hdrhistogram::CreationError),
+    #[error("a blocking producer call failed: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
+}
+
+impl SinkError {
+    /// Whether the error comes from a condition that may clear (broker down, queue full,
+    /// breaker open).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Kafka(error) => error.is_retriable(),
+            Self::CircuitOpen | Self::QueueFullTimeout(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<RdKafkaError> for SinkError {
+    fn from(error: RdKafkaError) -> Self {
+        Self::Kafka(error.into())
+    }
+}
+
+/// Where an acknowledged message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// What `close` found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloseReport {
+    /// Messages still undelivered when the flush timeout ran out. Never dropped silently:
+    /// they are reported here and in the log.
+    pub undelivered: u64,
+    pub aborted_transaction: bool,
+    pub metrics: MetricsSnapshot,
+}
+
+type Waiter = oneshot::Sender<Result<DeliveryReport, RdKafkaError>>;
+
+/// State shared between the sink and librdkafka's delivery-report thread.
+struct Shared {
+    metrics: SinkMetrics,
+    breaker: CircuitBreaker,
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    next_waiter: AtomicU64,
+    epoch: Instant,
+    /// Messages handed to librdkafka whose delivery report has not arrived. (librdkafka's
+    /// own queue length also counts protocol requests, so it cannot say this.)
+    outstanding: AtomicU64,
+}
+
+impl Shared {
+    fn fast_opaque(&self) -> usize {
+        ((self.epoch.elapsed().as_micros() as usize) << 1) | 1
+    }
+}
+
+/// The producer context: delivery reports and the partition strategy.
+pub struct SinkContext {
+    shared: Arc<Shared>,
+    partitioner: StrategyPartitioner,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext<StrategyPartitioner> for SinkContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let shared = &self.shared;
+        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if opaque & 1 == 1 {
+            // Fast path: account here; nobody awaits this message.
+            let enqueued = Duration::from_micros((opaque >> 1) as u64);
+            match result {
+                Ok(message) => {
+                    let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
+                    let latency = shared.epoch.elapsed().saturating_sub(enqueued);
+                    shared.metrics.delivered(bytes, Some(latency));
+                    shared.breaker.record_success();
+                }
+                Err((error, _)) => {
+                    shared.metrics.failed(error);
+                    if shared.breaker.record_failure() {
+                        shared.metrics.breaker_trip();
+                    }
+                }
+            }
+            return;
+        }
+        let waiter = shared
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|mut waiters| waiters.remove(&((opaque >> 1) as u64)));
+        let outcome = match result {
+            Ok(message) => {
+                let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
+                shared.metrics.delivered(bytes, None);
+                Ok(DeliveryReport {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                })
+            }
+            Err((error, _)) => Err(error.clone()),
+        };
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    fn get_custom_partitioner(&self) -> Option<&StrategyPartitioner> {
+        Some(&self.partitioner)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransactionState {
+    /// `init_transactions` not called yet.
+    Uninitialised,
+    Idle,
+    Open,
+}
+
+thread_local! {
+    /// The serialization buffer of the calling thread, reused for every message
+    /// (librdkafka copies the payload when enqueueing).
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
+}
+
+/// A generic Kafka producer for values of type `T`, serialized by `S`.
+pub struct KafkaSink<T, S = JsonSerializer> {
+    producer: Arc<ThreadedProducer<SinkContext, StrategyPartitioner>>,
+    serializer: S,
+    config: SinkConfig,
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    transaction: tokio::sync::Mutex<TransactionState>,
+    _values: PhantomData<fn(&T)>,
+}
+
+impl<T: serde::Serialize> KafkaSink<T, JsonSerializer> {
+    /// A sink that writes JSON.
+    pub fn new(config: SinkConfig) -> Result<Self, SinkError> {
+        Self::with_serializer(config, JsonSerializer)
+    }
+}
+
+impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
+    pub fn with_serializer(config: SinkConfig, serializer: S) -> Result<Self, SinkError> {
+        config.validate()?;
+        let shared = Arc::new(Shared {
+            metrics: SinkMetrics::new(&config.client_id)?,
+            breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_timeout),
+            waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(1),
+            epoch: Instant::now(),
+            outstanding: AtomicU64::new(0),
+        });
+        let context = SinkContext {
+            shared: shared.clone(),
+            partitioner: StrategyPartitioner::new(config.partition_strategy.clone()),
+        };
+        let producer = config.client_config()?.create_with_context(context)?;
+        let transaction = if config.guarantee == DeliveryGuarantee::ExactlyOnce {
+            TransactionState::Uninitialised
+        } else {
+            TransactionState::Idle
+        };
+        Ok(Self {
+            producer: Arc::new(producer),
+            serializer,
+            config,
+            shared,
+            closed: AtomicBool::new(false),
+            transaction: tokio::sync::Mutex::new(transaction),
+            _values: PhantomData,
+        })
+    }
+
+    pub fn config(&self) -> &SinkConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.shared.breaker.state()
+    }
+
+    /// Messages handed to librdkafka whose delivery report has not arrived yet.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.outstanding.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<(), SinkError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(SinkError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Serializes `message` into the thread's buffer and hands it to librdkafka with
+    /// `opaque`. A full queue is reported as `Ok(false)`, to wait and try again.
+    fn try_produce(&self, message: &KafkaMessage<T>, opaque: usize) -> Result<bool, SinkError> {
+        BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            self.serializer.serialize(&message.value, &mut buffer)?;
+            let topic = message.topic.as_deref().unwrap_or(&self.config.topic);
+            let mut headers =
+                OwnedHeaders::new_with_capacity(1 + message.headers.len()).insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(self.serializer.content_type()),
+                });
+            for (name, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque)
+                .payload(buffer.as_slice())
+                .headers(headers);
+            if let Some(key) = &message.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(partition) = message.partition {
+                record = record.partition(partition);
+            }
+            if let Some(timestamp) = message.timestamp {
+                record = record.timestamp(timestamp);
+            }
+            self.shared.metrics.attempt();
+            // Counted before the send: the delivery report may arrive before `send` returns.
+            self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+            match self.producer.send(record) {
+                Ok(()) => Ok(true),
+                Err((error, _)) => {
+                    self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    match error {
+                        RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Ok(false),
+                        error => Err(SinkError::from(error)),
+                    }
+                }
+            }
+        })
+    }
+
+    /// The fast path: hands the message to librdkafka and returns without waiting for its
+    /// delivery report, which is counted in [`metrics`](Self::metrics). When the queue is
+    /// full it blocks the calling thread (back-pressure) up to `send_timeout`; call it from a
+    /// dedicated thread or `spawn_blocking`, and [`flush`](Self::flush) at the end.
+    pub fn enqueue(&self, message: &KafkaMessage<T>) -> Result<(), SinkError> {
+        self.check_open()?;
+        if !self.shared.breaker.allow() {
+            return Err(self.refuse(SinkError::CircuitOpen));
+        }
+        let deadline = Instant::now() + self.config.send_timeout;
+        loop {
+            match self.try_produce(message, self.shared.fast_opaque()) {
+                Ok(true) => return Ok(()),
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Ok(false) => {
+                    return Err(self.fail(SinkError::QueueFullTimeout(self.config.send_timeout)))
+                }
+                Err(error) => return Err(self.fail(error)),
+            }
+        }
+    }
+
+    /// Accounts a message that failed for good.
+    fn fail(&self, error: SinkError) -> SinkError {
+        self.shared.metrics.failed(&error);
+        if self.shared.breaker.record_failure() {
+            self.shared.metrics.breaker_trip();
+        }
+        error
+    }
+
+    /// Accounts a message refused without an attempt (breaker open).
+    fn refuse(&self, error: SinkError) -> SinkError {
+        self.shared.metrics.failed(&error);
+        error
+    }
+
+    /// Sends one message and waits for the broker's acknowledgement. Retriable failures
+    /// are retried `retries` times with exponential backoff; a full queue is waited out (up
+    /// to `send_timeout`); permanent and fatal errors return at once.
+    pub async fn send(&self, message: KafkaMessage<T>) -> Result<DeliveryReport, SinkError> {
+        self.check_open()?;
+        if !self.shared.breaker.allow() {
+            return Err(self.refuse(SinkError::CircuitOpen));
+        }
+        let mut backoff = Backoff::new(self.config.retry_backoff, self.config.retry_backoff * 64);
+        let mut retries_left = self.config.retries;
+        loop {
+            let outcome = self.send_once(&message).await;
+            match outcome {
+                Ok(report) => {
+                    self.shared.breaker.record_success();
+                    return Ok(report);
+                }
+                Err(error)
+                    if error.is_retriable()
+                        && retries_left > 0
+                        && !matches!(error, SinkError::CircuitOpen) =>
+                {
+                    retries_left -= 1;
+                    self.shared.metrics.retry();
+                    self.shared.metrics.set_last_error(&error);
+                    let delay = backoff.next_delay();
+                    tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "retrying a send");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(self.fail(error)),
+            }
+        }
+    }
+
+    /// One enqueue (waiting out a full queue) and its delivery report.
+    async fn send_once(&self, message: &KafkaMessage<T>) -> Result<DeliveryReport, SinkError> {
+        let id = self.shared.next_waiter.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiters) = self.shared.waiters.lock() {
+            waiters.insert(id, sender);
+        }
+        let opaque = (id as usize) << 1;
+        let deadline = Instant::now() + self.config.send_timeout;
+        let enqueued = loop {
+            match self.try_produce(message, opaque) {
+                Ok(true) => break Ok(()),
+                Ok(false) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                }
+                Ok(false) => break Err(SinkError::QueueFullTimeout(self.config.send_timeout)),
+                Err(error) => break Err(error),
+            }
+        };
+        if let Err(error) = enqueued {
+            if let Ok(mut waiters) = self.shared.waiters.lock() {
+                waiters.remove(&id);
+            }
+            return Err(error);
+        }
+        match receiver.await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(SinkError::DeliveryLost),
+        }
+    }
+
+    /// Sends every message concurrently (all are enqueued before any report is awaited) and
+    /// returns one result per message, in order.
+    pub async fn send_batch(
+        &self,
+        messages: Vec<KafkaMessage<T>>,
+    ) -> Vec<Result<DeliveryReport, SinkError>> {
+        futures::future::join_all(messages.into_iter().map(|message| self.send(message))).await
+    }
+
+    /// Waits until every message handed to librdkafka has its delivery report, or `timeout`.
+    /// Returns how many are still undelivered.
+    pub async fn flush(&self, timeout: Duration) -> Result<u64, SinkError> {
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await?;
+        match flushed {
+            Ok(()) => Ok(0),
+            Err(RdKafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => Ok(self.in_flight()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Starts a transaction (exactly-once sinks only; registers the transactional id with
+    /// the broker on first use). Nested transactions are rejected.
+    pub async fn begin_transaction(&self) -> Result<(), SinkError> {
+        self.check_open()?;
+        let mut state = self.transaction.lock().await;
+        match *state {
+            _ if self.config.guarantee != DeliveryGuarantee::ExactlyOnce => {
+                return Err(SinkError::TransactionState(
+                    "transactions need DeliveryGuarantee::ExactlyOnce",
+                ));
+            }
+            TransactionState::Open => {
+                return Err(SinkError::TransactionState("a transaction is already open"))
+            }
+            TransactionState::Uninitialised => {
+                let producer = self.producer.clone();
+                let timeout = self.config.message_timeout;
+                tokio::task::spawn_blocking(move || {
+                    producer.init_transactions(Timeout::After(timeout))
+                })
+                .await??;
+            }
+            TransactionState::Idle => {}
+        }
+        self.producer.begin_transaction()?;
+        *state = TransactionState::Open;
+        Ok(())
+    }
+
+    /// Commits the open transaction (flushing its messages first). On failure the
+    /// transaction is aborted when the error requires it.
+    pub async fn commit_transaction(&self) -> Result<(), SinkError> {
+        let mut state = self.transaction.lock().await;
+        if *state != TransactionState::Open {
+            return Err(SinkError::TransactionState("no transaction is open"));
+        }
+        let producer = self.producer.clone();
+        let timeout = self.config.message_timeout;
+        let committed = tokio::task::spawn_blocking(move || {
+            producer.commit_transaction(Timeout::After(timeout))
+        })
+        .await?;
+        match committed {
+            Ok(()) => {
+                *state = TransactionState::Idle;
+                Ok(())
+            }
+            Err(error) => {
+                let error = KafkaError::from(error);
+                if error.class() == ErrorClass::AbortTransaction {
+                    let producer = self.producer.clone();
+                    tokio::task::spawn_blocking(move || {
+                        producer.abort_transaction(Timeout::After(timeout))
+                    })
+                    .await??;
+                    *state = TransactionState::Idle;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Aborts the open transaction: its messages are never seen by `read_committed` readers.
+    pub async fn abort_transaction(&self) -> Result<(), SinkError> {
+        let mut state = self.transaction.lock().await;
+        if *state != TransactionState::Open {
+            return Err(SinkError::TransactionState("no transaction is open"));
+        }
+        let producer = self.producer.clone();
+        let timeout = self.config.message_timeout;
+        tokio::task::spawn_blocking(move || producer.abort_transaction(Timeout::After(timeout)))
+            .await??;
+        *state = TransactionState::Idle;
+        Ok(())
+    }
+
+    /// Closes the sink: new sends fail with [`SinkError::Closed`], an open transaction is
+    /// aborted, queued messages are flushed for up to `timeout`, and whatever is still
+    /// undelivered is reported (never dropped silently). Logs the final metrics.
+    pub async fn close(&self, timeout: Duration) -> Result<CloseReport, SinkError> {
+        self.closed.store(true, Ordering::Release);
+        let mut aborted_transaction = false;
+        {
+            let state = *self.transaction.lock().await;
+            if state == TransactionState::Open {
+                self.abort_transaction().await?;
+                aborted_transaction = true;
+            }
+        }
+        let undelivered = self.flush(timeout).await?;
+        let metrics = self.metrics();
+        if undelivered > 0 {
+            tracing::error!(undelivered, "sink closed with undelivered messages");
+        }
+        tracing::info!(
+            sent = metrics.messages_sent,
+            failed = metrics.messages_failed,
+            bytes = metrics.bytes_sent,
+            retries = metrics.retries,
+            breaker_trips = metrics.breaker_trips,
+            latency_p99_ms = metrics.latency_p99.as_secs_f64() * 1e3,
+            "sink closed"
+        );
+        Ok(CloseReport {
+            undelivered,
+            aborted_transaction,
+            metrics,
+        })
+    }
+}
+
+impl<T, S> Drop for KafkaSink<T, S> {
+    /// A sink dropped without `close` still flushes (bounded wait) and says what it left.
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.producer.flush(Timeout::After(DROP_FLUSH_TIMEOUT));
+        let left = self.shared.outstanding.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::error!(
+                undelivered = left,
+                "sink dropped without close(); messages left undelivered"
+            );
+        } else {
+            tracing::debug!("sink dropped without close(); everything was delivered");
+        }
+    }
+}
