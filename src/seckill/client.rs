@@ -6,70 +6,31 @@
 
 use crate::common::{now_ms, SeckillRequest};
 use crate::config::Config;
-use crate::kafka::client_config::set_default;
-use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::kafka::sink::{Compression, KafkaMessage, KafkaSink, SinkConfig, SinkError};
 use crate::shutdown::Shutdown;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
 use std::fmt;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long `close` waits for outstanding deliveries.
+/// How long the final flush waits for outstanding deliveries.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     #[error(transparent)]
-    Kafka(#[from] KafkaError),
+    Sink(#[from] SinkError),
     #[error("the sending thread failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
-impl From<RdKafkaError> for ClientError {
-    fn from(error: RdKafkaError) -> Self {
-        Self::Kafka(error.into())
-    }
-}
-
-/// Delivery reports, counted as librdkafka's background thread hands them over.
-#[derive(Default)]
-pub struct DeliveryCounter {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
-        match result {
-            Ok(_) => {
-                self.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((error, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(error.to_string());
-                }
-            }
-        }
-    }
-}
+type RequestSink = KafkaSink<SeckillRequest>;
 
 /// What a run of client_kafka did.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,25 +80,23 @@ pub fn plan_requests(users: u64, requests_per_user: u32, seed: u64) -> Vec<(u64,
     plan
 }
 
+/// The sink client_kafka sends through: its fast path, tuned for throughput (lz4 batches of
+/// up to 10,000 requests), idempotent so librdkafka's retries never duplicate a request.
+fn request_sink(config: &Config) -> Result<RequestSink, SinkError> {
+    let mut sink_config =
+        SinkConfig::new(config.kafka.clone(), config.seckill.requests_topic.clone());
+    sink_config.client_id = "client_kafka".into();
+    sink_config.compression = Compression::Lz4;
+    sink_config.linger = Duration::from_millis(5);
+    KafkaSink::new(sink_config)
+}
+
 /// Runs client_kafka: sends the planned requests, waits for every delivery report.
 pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSummary, ClientError> {
     let settings = &config.client_kafka;
     let seed = settings.seed.unwrap_or_else(|| now_ms() as u64);
     let plan = plan_requests(settings.users, settings.requests_per_user, seed);
-    let mut producer_config = client_config(&config.kafka, ClientRole::Producer, "client_kafka")?;
-    // No duplicates from internal retries, and batches big enough for throughput.
-    for (property, value) in [
-        ("enable.idempotence", "true"),
-        ("linger.ms", "5"),
-        ("batch.num.messages", "10000"),
-        ("queue.buffering.max.messages", "500000"),
-        ("compression.type", "lz4"),
-    ] {
-        set_default(&mut producer_config, property, value);
-    }
-    let producer: ThreadedProducer<DeliveryCounter> =
-        producer_config.create_with_context(DeliveryCounter::default())?;
-    let producer = Arc::new(producer);
+    let sink = Arc::new(request_sink(config)?);
     tracing::info!(
         requests = plan.len(),
         users = settings.users,
@@ -157,36 +116,27 @@ pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSum
 
     let started = Instant::now();
     let planned = plan.len() as u64;
-    let progress = Progress::start(planned, producer.clone());
+    let progress = Progress::start(planned, sink.clone());
     let send = {
-        let producer = producer.clone();
-        let topic = config.seckill.requests_topic.clone();
+        let sink = sink.clone();
         let activity_id = config.seckill.activity_id;
         let rate = settings.rate;
         let shutdown = shutdown.clone();
-        // The loop only enqueues (no await per message), so it runs on a blocking thread.
+        // The fast path only enqueues (no await per message), so it runs on a blocking thread.
         tokio::task::spawn_blocking(move || {
-            send_all(&producer, &topic, activity_id, &plan, rate, seed, &shutdown)
+            send_all(&sink, activity_id, &plan, rate, seed, &shutdown)
         })
     };
-    let (attempted, refused) = send.await?;
-    let flush = {
-        let producer = producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(FLUSH_TIMEOUT)))
-    };
-    if let Err(error) = flush.await? {
-        tracing::error!(%error, in_flight = producer.in_flight_count(), "not every delivery report arrived in time");
-    }
+    let attempted = send.await?;
+    let report = sink.close(FLUSH_TIMEOUT).await?;
     progress.finish();
-    let context = producer.context();
-    let undelivered = producer.in_flight_count().max(0) as u64;
     let summary = ClientSummary {
         planned,
-        sent: context.delivered.load(Ordering::Relaxed),
-        failed: context.failed.load(Ordering::Relaxed) + refused + undelivered,
+        sent: report.metrics.messages_sent,
+        failed: report.metrics.messages_failed + report.undelivered,
         not_sent: planned - attempted,
         elapsed: started.elapsed(),
-        last_error: context.last_error.lock().ok().and_then(|last| last.clone()),
+        last_error: report.metrics.last_error.map(|last| last.message),
     };
     tracing::info!(
         sent = summary.sent,
@@ -197,29 +147,27 @@ pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSum
     Ok(summary)
 }
 
-/// Enqueues every planned request; returns (attempted, refused by librdkafka).
+/// Enqueues every planned request through the sink's fast path, reusing one message;
+/// returns how many were attempted (fewer when shutdown came first).
 fn send_all(
-    producer: &ThreadedProducer<DeliveryCounter>,
-    topic: &str,
+    sink: &RequestSink,
     activity_id: u64,
     plan: &[(u64, u32)],
     rate: u64,
     seed: u64,
     shutdown: &Shutdown,
-) -> (u64, u64) {
+) -> u64 {
     let started = Instant::now();
-    let mut payload = Vec::with_capacity(256);
-    let mut key = String::with_capacity(24);
-    let mut request = SeckillRequest {
+    let mut message = KafkaMessage::new(SeckillRequest {
         request_id: String::with_capacity(48),
         user_id: 0,
         activity_id,
         request_initiation_time: 0,
-    };
-    let mut refused = 0;
+    });
+    let mut key = String::with_capacity(24);
     for (index, &(user, attempt)) in plan.iter().enumerate() {
         if shutdown.is_triggered() {
-            return (index as u64, refused);
+            return index as u64;
         }
         if rate > 0 {
             // Pace against the start time, so short stalls are caught up.
@@ -230,37 +178,22 @@ fn send_all(
                 }
             }
         }
+        let request = &mut message.value;
         request.request_id.clear();
         let _ = write!(request.request_id, "{seed:x}-{user}-{attempt}");
         request.user_id = user;
         request.request_initiation_time = now_ms();
         key.clear();
         let _ = write!(key, "{user}");
-        if let Err(error) = request.write_json(&mut payload) {
-            tracing::error!(%error, "cannot encode a request");
-            refused += 1;
-            continue;
-        }
-        let mut record = BaseRecord::to(topic)
-            .key(key.as_str())
-            .payload(payload.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                // Back-pressure: wait for deliveries to make room, never drop.
-                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err((error, _)) => {
-                    tracing::error!(%error, user, "librdkafka refused a request");
-                    refused += 1;
-                    break;
-                }
-            }
+        let key_bytes = message.key.get_or_insert_with(Vec::new);
+        key_bytes.clear();
+        key_bytes.extend_from_slice(key.as_bytes());
+        // Failures are counted in the sink's metrics; keep sending the rest.
+        if let Err(error) = sink.enqueue(&message) {
+            tracing::error!(%error, user, "a request could not be enqueued");
         }
     }
-    (plan.len() as u64, refused)
+    plan.len() as u64
 }
 
 /// A progress bar on a terminal, a log line every 5 s otherwise; both count deliveries.
@@ -270,7 +203,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(total: u64, producer: Arc<ThreadedProducer<DeliveryCounter>>) -> Self {
+    fn start(total: u64, sink: Arc<RequestSink>) -> Self {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
             let style = ProgressStyle::with_template(
@@ -281,11 +214,10 @@ impl Progress {
             let ticker = bar.clone();
             let stop = tokio::spawn(async move {
                 loop {
-                    let context = producer.context();
-                    ticker.set_position(context.delivered.load(Ordering::Relaxed));
-                    let failed = context.failed.load(Ordering::Relaxed);
-                    if failed > 0 {
-                        ticker.set_message(format!("failed {failed}"));
+                    let metrics = sink.metrics();
+                    ticker.set_position(metrics.messages_sent);
+                    if metrics.messages_failed > 0 {
+                        ticker.set_message(format!("failed {}", metrics.messages_failed));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -300,16 +232,15 @@ impl Progress {
                 let mut previous = 0;
                 loop {
                     tokio::time::sleep(interval).await;
-                    let context = producer.context();
-                    let delivered = context.delivered.load(Ordering::Relaxed);
+                    let metrics = sink.metrics();
                     tracing::info!(
-                        delivered,
-                        failed = context.failed.load(Ordering::Relaxed),
+                        delivered = metrics.messages_sent,
+                        failed = metrics.messages_failed,
                         total,
-                        rate_per_sec = (delivered - previous) / interval.as_secs(),
+                        rate_per_sec = (metrics.messages_sent - previous) / interval.as_secs(),
                         "progress"
                     );
-                    previous = delivered;
+                    previous = metrics.messages_sent;
                 }
             });
             Self {

@@ -9,7 +9,7 @@
 use crate::backoff::{retry, RetryError};
 use crate::common::{now_ms, SeckillOutcome, SeckillRecord, SeckillRequest};
 use crate::config::Config;
-use crate::kafka::client_config::set_default;
+use crate::kafka::sink::{BytesSerializer, KafkaMessage, KafkaSink, SinkConfig, SinkError};
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
 use crate::seckill::offsets::PartitionOffsets;
@@ -19,9 +19,7 @@ use hdrhistogram::Histogram;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
+use rdkafka::message::Message;
 use rdkafka::ClientContext;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +36,8 @@ pub const DLQ_SOURCE_HEADER: &str = "seckill.source";
 pub enum ServerError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error("dead-letter topic: {0}")]
+    DeadLetter(#[from] SinkError),
     #[error("Redis: {0}")]
     Redis(#[from] RedisStateError),
     #[error("cannot create the latency histogram: {0}")]
@@ -226,8 +226,8 @@ struct Shared {
     started: Instant,
     config: Config,
     redis: RedisState,
-    dlq: FutureProducer,
-    dlq_topic: String,
+    /// Malformed payloads, forwarded unchanged (a missing payload stays missing).
+    dlq: KafkaSink<Option<Vec<u8>>, BytesSerializer>,
     counters: Arc<ServerCounters>,
 }
 
@@ -304,21 +304,24 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     let redis = RedisState::connect(&config.redis)?;
     prepare_state(&redis, config, shutdown.clone()).await?;
 
-    let mut dlq_config = client_config(&config.kafka, ClientRole::Producer, "server_kafka-dlq")?;
-    set_default(&mut dlq_config, "enable.idempotence", "true");
-    let dlq: FutureProducer = dlq_config.create()?;
     let dlq_topic = config
         .server_kafka
         .dlq_topic
         .clone()
         .unwrap_or_else(|| format!("{}.dlq", config.seckill.requests_topic));
+    let mut dlq_config = SinkConfig::new(config.kafka.clone(), dlq_topic);
+    dlq_config.client_id = "server_kafka-dlq".into();
+    // Retried below, without limit and aware of shutdown; the breaker would only add
+    // a second, shorter limit.
+    dlq_config.retries = 0;
+    dlq_config.breaker_threshold = 0;
+    let dlq = KafkaSink::with_serializer(dlq_config, BytesSerializer)?;
     let counters = Arc::new(ServerCounters::default());
     let shared = Arc::new(Shared {
         started,
         config: config.clone(),
         redis: redis.clone(),
         dlq,
-        dlq_topic,
         counters: counters.clone(),
     });
 
@@ -369,10 +372,16 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     }
     trigger.trigger();
     let _ = status.await;
-    // Dead-letter messages were awaited one by one; this only catches stragglers.
-    let flush_result = shared.dlq.flush(Timeout::After(Duration::from_secs(10)));
-    if let Err(error) = flush_result {
-        tracing::warn!(%error, "flushing the dead-letter producer");
+    // Dead-letter messages were awaited one by one; nothing should be left.
+    match shared.dlq.close(Duration::from_secs(10)).await {
+        Ok(report) if report.undelivered > 0 => {
+            tracing::error!(
+                undelivered = report.undelivered,
+                "dead-letter messages left undelivered"
+            )
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "closing the dead-letter sink"),
     }
     if let Some(error) = first_error {
         return Err(error);
@@ -746,37 +755,17 @@ async fn dead_letter(
     source: &str,
     stop: &Shutdown,
 ) -> Result<Handled, ServerError> {
-    tracing::warn!(%reason, %source, dlq = %shared.dlq_topic, "malformed request sent to the dead-letter topic");
-    let send = || {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: DLQ_ERROR_HEADER,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: DLQ_SOURCE_HEADER,
-                value: Some(source),
-            });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&shared.dlq_topic).headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        async move {
-            shared
-                .dlq
-                .send(record, Timeout::After(Duration::from_secs(30)))
-                .await
-                .map_err(|(error, _)| KafkaError::from(error))
-        }
-    };
+    tracing::warn!(%reason, %source, dlq = %shared.dlq.config().topic, "malformed request sent to the dead-letter topic");
+    let mut message = KafkaMessage::new(payload.map(<[u8]>::to_vec))
+        .header(DLQ_ERROR_HEADER, reason)
+        .header(DLQ_SOURCE_HEADER, source);
+    message.key = key.map(<[u8]>::to_vec);
+    let send = || shared.dlq.send(message.clone());
     match retry(
         "Kafka dead-letter topic",
         stop,
         send,
-        KafkaError::is_retriable,
+        SinkError::is_retriable,
     )
     .await
     {

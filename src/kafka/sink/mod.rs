@@ -28,7 +28,7 @@ pub use message::KafkaMessage;
 pub use metrics::{LastError, MetricsSnapshot};
 pub use partition::{java_partition, murmur2, PartitionStrategy};
 pub use serializer::{
-    AvroSerializer, BincodeSerializer, JsonSerializer, MessageSerializer, ProtobufSerializer,
-    SerializeError, CONTENT_TYPE_HEADER,
+    AvroSerializer, BincodeSerializer, BytesSerializer, JsonSerializer, MessageSerializer,
+    ProtobufSerializer, SerializeError, CONTENT_TYPE_HEADER,
 };
 pub use sink::{CloseReport, DeliveryReport, KafkaSink, SinkError};

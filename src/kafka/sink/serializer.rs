@@ -35,6 +35,37 @@ pub trait MessageSerializer<T>: Send + Sync {
 
     /// MIME type written to the `content-type` header.
     fn content_type(&self) -> &str;
+
+    /// Whether `value` is sent with a null payload (a tombstone) rather than serialized.
+    fn is_null(&self, _value: &T) -> bool {
+        false
+    }
+}
+
+/// Bytes as they are, `None` as a null payload: `application/octet-stream`. For forwarding
+/// messages unchanged (dead-letter topics) and tombstones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesSerializer;
+
+impl MessageSerializer<Option<Vec<u8>>> for BytesSerializer {
+    fn serialize(
+        &self,
+        value: &Option<Vec<u8>>,
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), SerializeError> {
+        if let Some(bytes) = value {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn content_type(&self) -> &str {
+        "application/octet-stream"
+    }
+
+    fn is_null(&self, value: &Option<Vec<u8>>) -> bool {
+        value.is_none()
+    }
 }
 
 /// JSON via serde_json: `application/json`.
@@ -222,6 +253,17 @@ mod tests {
         fn content_type(&self) -> &str {
             "text/plain"
         }
+    }
+
+    #[test]
+    fn bytes_pass_through_and_none_is_null() {
+        let mut buffer = Vec::new();
+        BytesSerializer
+            .serialize(&Some(b"\xff raw".to_vec()), &mut buffer)
+            .unwrap();
+        assert_eq!(buffer, b"\xff raw");
+        assert!(BytesSerializer.is_null(&None));
+        assert!(!BytesSerializer.is_null(&Some(Vec::new())));
     }
 
     #[test]

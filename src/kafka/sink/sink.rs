@@ -282,9 +282,11 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
                     value: Some(value),
                 });
             }
-            let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque)
-                .payload(buffer.as_slice())
-                .headers(headers);
+            let mut record =
+                BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque).headers(headers);
+            if !self.serializer.is_null(&message.value) {
+                record = record.payload(buffer.as_slice());
+            }
             if let Some(key) = &message.key {
                 record = record.key(key.as_slice());
             }
