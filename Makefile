@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint fmt demo stack-up stack-down stack-status clean
+.PHONY: help build test lint fmt demo bench stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ fmt: ## Format the code
 
 demo: ## Flash-sale demo: 20,000 users x 3 requests vs stock 1,000, then verify the invariants
 	@scripts/demo.sh
+
+bench: ## Criterion benches: serializers, and sink send throughput to the dev broker
+	@$(STACK) up
+	@$(STACK_ENV) && cargo bench --bench serializers --bench sink_throughput
 
 stack-up: ## Start Redis, PostgreSQL and the dev broker on loopback (data in .dev/)
 	@$(STACK) up

@@ -13,7 +13,7 @@
 //! | [`common`]      | `SeckillRequest`, `SeckillRecord`, `SeckillResult`, `SeckillOutcome`  |
 //! | [`redis_state`] | the flash-sale state in Redis and the atomic Lua purchase script     |
 //! | [`postgres`]    | PostgreSQL pool and the embedded `migrations/`                       |
-//! | [`kafka`]       | rdkafka client configuration and the Kafka error taxonomy            |
+//! | [`kafka`]       | rdkafka client config, the Kafka error taxonomy, `KafkaSink<T>`      |
 //! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
 //! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
 //! | [`backoff`]     | exponential backoff with jitter for unreachable services             |

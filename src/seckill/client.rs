@@ -88,6 +88,9 @@ fn request_sink(config: &Config) -> Result<RequestSink, SinkError> {
     sink_config.client_id = "client_kafka".into();
     sink_config.compression = Compression::Lz4;
     sink_config.linger = Duration::from_millis(5);
+    // server_kafka knows the format; the per-message header would cost more than half of
+    // the send rate (docs/BENCHMARKS.md).
+    sink_config.content_type_header = false;
     KafkaSink::new(sink_config)
 }
 

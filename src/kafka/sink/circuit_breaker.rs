@@ -2,6 +2,7 @@
 //! fail fast for `recovery_timeout`; then one trial send is let through (half-open), whose
 //! success closes the breaker and whose failure opens it again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,10 @@ pub struct CircuitBreaker {
     threshold: u32,
     recovery_timeout: Duration,
     inner: Mutex<Inner>,
+    /// True while Closed with no failure counted: the common case, answered without the
+    /// lock (the sending thread and the delivery-report thread would otherwise contend for
+    /// it on every message).
+    healthy: AtomicBool,
 }
 
 impl CircuitBreaker {
@@ -41,6 +46,7 @@ impl CircuitBreaker {
                 trial_in_flight: false,
                 trips: 0,
             }),
+            healthy: AtomicBool::new(true),
         }
     }
 
@@ -54,6 +60,9 @@ impl CircuitBreaker {
 
     /// Whether a send may go ahead now. In half-open state only one trial is allowed.
     pub fn allow(&self) -> bool {
+        if self.healthy.load(Ordering::Acquire) {
+            return true;
+        }
         let mut inner = self.lock();
         match inner.state {
             BreakerState::Closed => true,
@@ -82,6 +91,9 @@ impl CircuitBreaker {
     }
 
     pub fn record_success(&self) {
+        if self.healthy.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.lock();
         if inner.state != BreakerState::Closed {
             tracing::info!("circuit breaker closed");
@@ -90,6 +102,7 @@ impl CircuitBreaker {
         inner.consecutive_failures = 0;
         inner.trial_in_flight = false;
         inner.opened_at = None;
+        self.healthy.store(true, Ordering::Release);
     }
 
     /// Counts a failure; returns true when this failure opened the breaker (a trip).
@@ -98,6 +111,7 @@ impl CircuitBreaker {
             return false;
         }
         let mut inner = self.lock();
+        self.healthy.store(false, Ordering::Release);
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
         let trip = match inner.state {
             BreakerState::HalfOpen => true,

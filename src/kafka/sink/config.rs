@@ -112,6 +112,10 @@ pub struct SinkConfig {
     pub transactional_id: Option<String>,
     pub guarantee: DeliveryGuarantee,
     pub partition_strategy: PartitionStrategy,
+    /// Add the serializer's `content-type` header to every message. Default on. Headers
+    /// cost throughput in librdkafka (see docs/BENCHMARKS.md); turn it off when consumers
+    /// know the format.
+    pub content_type_header: bool,
 }
 
 /// A setting the sink rejects, with the field and the reason.
@@ -167,6 +171,7 @@ impl SinkConfig {
             transactional_id: None,
             guarantee: DeliveryGuarantee::AtLeastOnce,
             partition_strategy: PartitionStrategy::KeyHash,
+            content_type_header: true,
         }
     }
 

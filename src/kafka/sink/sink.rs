@@ -271,19 +271,24 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             buffer.clear();
             self.serializer.serialize(&message.value, &mut buffer)?;
             let topic = message.topic.as_deref().unwrap_or(&self.config.topic);
-            let mut headers =
-                OwnedHeaders::new_with_capacity(1 + message.headers.len()).insert(Header {
-                    key: CONTENT_TYPE_HEADER,
-                    value: Some(self.serializer.content_type()),
-                });
-            for (name, value) in &message.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
+            let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque);
+            // Only messages that carry headers pay for building them.
+            if self.config.content_type_header || !message.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(1 + message.headers.len());
+                if self.config.content_type_header {
+                    headers = headers.insert(Header {
+                        key: CONTENT_TYPE_HEADER,
+                        value: Some(self.serializer.content_type()),
+                    });
+                }
+                for (name, value) in &message.headers {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
+                }
+                record = record.headers(headers);
             }
-            let mut record =
-                BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque).headers(headers);
             if !self.serializer.is_null(&message.value) {
                 record = record.payload(buffer.as_slice());
             }
