@@ -398,17 +398,7 @@ impl RedisState {
         activity_id: u64,
         records: &[String],
     ) -> Result<(), RedisStateError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let keys = ActivityKeys::new(activity_id);
-        let mut pipe = redis::pipe();
-        for record in records {
-            pipe.lrem(&keys.processing, 1, record).ignore();
-        }
-        let mut connection = self.pool.get().await?;
-        pipe.exec_async(&mut *connection).await?;
-        Ok(())
+        self.leave_processing(activity_id, records, false).await
     }
 
     /// Moves undecodable records from the processing list to the dead-letter list, so they
@@ -418,14 +408,29 @@ impl RedisState {
         activity_id: u64,
         records: &[String],
     ) -> Result<(), RedisStateError> {
+        self.leave_processing(activity_id, records, true).await
+    }
+
+    /// Takes `records` off the processing list in one round trip, copying them to the
+    /// dead-letter list first when `to_dead_list` (atomically, so none is in neither).
+    async fn leave_processing(
+        &self,
+        activity_id: u64,
+        records: &[String],
+        to_dead_list: bool,
+    ) -> Result<(), RedisStateError> {
         if records.is_empty() {
             return Ok(());
         }
         let keys = ActivityKeys::new(activity_id);
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        if to_dead_list {
+            pipe.atomic();
+        }
         for record in records {
-            pipe.rpush(&keys.dead, record).ignore();
+            if to_dead_list {
+                pipe.rpush(&keys.dead, record).ignore();
+            }
             pipe.lrem(&keys.processing, 1, record).ignore();
         }
         let mut connection = self.pool.get().await?;

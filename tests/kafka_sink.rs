@@ -39,8 +39,8 @@ fn config(brokers: &str, topic: &str) -> SinkConfig {
     config
 }
 
-/// Reads `count` messages of `topic` from the start.
-async fn read(brokers: &str, topic: &str, count: usize, read_committed: bool) -> Vec<OwnedMessage> {
+/// A consumer of `topic` from the start, in a fresh group.
+fn reader(brokers: &str, topic: &str, read_committed: bool) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", support::unique_name("sink-reader"))
@@ -56,6 +56,12 @@ async fn read(brokers: &str, topic: &str, count: usize, read_committed: bool) ->
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
+/// Reads `count` messages of `topic` from the start.
+async fn read(brokers: &str, topic: &str, count: usize, read_committed: bool) -> Vec<OwnedMessage> {
+    let consumer = reader(brokers, topic, read_committed);
     let mut messages = Vec::new();
     while messages.len() < count {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -76,21 +82,7 @@ async fn read_until_quiet(
     read_committed: bool,
     quiet: Duration,
 ) -> Vec<OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", support::unique_name("sink-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = reader(brokers, topic, read_committed);
     let mut messages = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while consumer.assignment().unwrap().count() == 0 {
