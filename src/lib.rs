@@ -17,10 +17,12 @@
 //! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
 //! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
 //! | [`backoff`]     | exponential backoff with jitter for unreachable services             |
+//! | [`avro`]        | allocation-free binary Avro for `IntegerList` / `SumResult`          |
 //!
 //! The programs in `src/bin/` are thin: they parse flags, set up logging, load the
 //! configuration and call one function of this library.
 
+pub mod avro;
 pub mod backoff;
 pub mod cli;
 pub mod common;
