@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 pub struct Program {
     pub name: String,
     child: Child,
+    dir: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
 }
@@ -156,6 +157,7 @@ impl Program {
         Program {
             name: name.to_string(),
             child,
+            dir,
             stdout_path,
             stderr_path,
         }
@@ -178,11 +180,13 @@ impl Program {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return Finished {
+                let finished = Finished {
                     status,
                     stdout: std::fs::read_to_string(&self.stdout_path).unwrap_or_default(),
                     stderr: std::fs::read_to_string(&self.stderr_path).unwrap_or_default(),
                 };
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return finished;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -305,6 +309,12 @@ impl Pipeline {
             .fetch_one(&pool)
             .await
             .unwrap()
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config_path);
     }
 }
 
