@@ -34,6 +34,16 @@ wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds, at most SECO
     done
 }
 
+stop_by_pid_file() { # stop_by_pid_file NAME PIDFILE: SIGTERM, SIGKILL after 20 s
+    if pid_alive "$2"; then
+        local pid; pid=$(cat "$2")
+        kill "$pid"
+        wait_for 20 sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
+        log "$1 stopped"
+    fi
+    rm -f "$2"
+}
+
 apt_install() {
     [ "$(id -u)" = 0 ] || die "$* missing and not root: install it (apt-get install $*) and retry"
     log "installing $* with apt-get"
@@ -67,13 +77,7 @@ redis_up() {
 }
 
 redis_down() {
-    if pid_alive "$DEV/redis.pid"; then
-        local pid; pid=$(cat "$DEV/redis.pid")
-        kill "$pid"
-        wait_for 20 sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
-        log "redis stopped"
-    fi
-    rm -f "$DEV/redis.pid"
+    stop_by_pid_file redis "$DEV/redis.pid"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -168,13 +172,8 @@ kafka_up() {
 }
 
 kafka_down() {
-    if pid_alive "$DEV/dev_broker.pid"; then
-        local pid; pid=$(cat "$DEV/dev_broker.pid")
-        kill "$pid"
-        wait_for 20 sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
-        log "dev_broker stopped"
-    fi
-    rm -f "$DEV/dev_broker.pid" "$DEV/kafka.bootstrap"
+    stop_by_pid_file dev_broker "$DEV/dev_broker.pid"
+    rm -f "$DEV/kafka.bootstrap"
 }
 
 # ---------------------------------------------------------------- commands

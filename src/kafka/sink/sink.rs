@@ -535,10 +535,12 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         }
         let undelivered = self.flush(timeout).await?;
         let metrics = self.metrics();
+        let sink = self.config.client_id.as_str();
         if undelivered > 0 {
-            tracing::error!(undelivered, "sink closed with undelivered messages");
+            tracing::error!(sink, undelivered, "sink closed with undelivered messages");
         }
         tracing::info!(
+            sink,
             sent = metrics.messages_sent,
             failed = metrics.messages_failed,
             bytes = metrics.bytes_sent,
