@@ -16,7 +16,6 @@
 //! | [`kafka`]       | rdkafka client config, the Kafka error taxonomy, `KafkaSink<T>`      |
 //! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
 //! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
-//! | [`stream_sum`]  | the streaming-sum processor (Avro integer lists -> sums)             |
 //! | [`backoff`]     | exponential backoff with jitter for unreachable services             |
 //! | [`avro`]        | allocation-free binary Avro for `IntegerList` / `SumResult`          |
 //!
@@ -35,5 +34,4 @@ pub mod redis_state;
 pub mod seckill;
 pub mod secret;
 pub mod shutdown;
-pub mod stream_sum;
 pub mod telemetry;
