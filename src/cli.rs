@@ -4,20 +4,20 @@
 use crate::config::{Config, ConfigError, FlagOverrides, LogFormat};
 use std::path::PathBuf;
 
-/// Flags accepted by every program.
+/// Flags accepted by every program (after a subcommand too).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// YAML config file; without it ./config.yaml is read when present
-    #[arg(long, env = "SECKILL_CONFIG", value_name = "PATH")]
+    #[arg(long, env = "SECKILL_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
     /// Kafka bootstrap servers (kafka.brokers)
-    #[arg(long, value_name = "HOST:PORT,...")]
+    #[arg(long, value_name = "HOST:PORT,...", global = true)]
     pub brokers: Option<String>,
     /// Log format (telemetry.log_format); RUST_LOG sets the level
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, global = true)]
     pub log_format: Option<LogFormat>,
     /// Print the effective configuration, secrets redacted, and exit
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub print_config: bool,
 }
 

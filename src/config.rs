@@ -314,9 +314,16 @@ pub struct StreamSumConfig {
     pub group_id: String,
     /// Worker tasks; 0 means one per input partition.
     pub workers: usize,
-    /// Capacity of the bounded channel between consuming and producing.
+    /// Records each worker may hold between its consuming and producing threads (the
+    /// bounded channel); a full channel pauses consumption.
     pub channel_capacity: usize,
     pub exactly_once: bool,
+    /// Records per transaction at most, with `exactly_once` (a transaction also ends after
+    /// 100 ms).
+    pub transaction_records: usize,
+    /// Results each worker's producer may queue before it waits for acknowledgements (with
+    /// `channel_capacity`, what bounds a worker's memory).
+    pub producer_queue_messages: usize,
 }
 
 impl Default for StreamSumConfig {
@@ -326,8 +333,10 @@ impl Default for StreamSumConfig {
             output_topic: "integer-sum-output-avro".into(),
             group_id: "stream-sum".into(),
             workers: 0,
-            channel_capacity: 1_024,
+            channel_capacity: 16_384,
             exactly_once: false,
+            transaction_records: 10_000,
+            producer_queue_messages: 100_000,
         }
     }
 }
@@ -428,7 +437,7 @@ impl Config {
             key: key.to_string(),
             reason,
         };
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 13] = [
             ("redis.pool_size", self.redis.pool_size as u64),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
@@ -457,6 +466,14 @@ impl Config {
             (
                 "stream_sum.channel_capacity",
                 self.stream_sum.channel_capacity as u64,
+            ),
+            (
+                "stream_sum.transaction_records",
+                self.stream_sum.transaction_records as u64,
+            ),
+            (
+                "stream_sum.producer_queue_messages",
+                self.stream_sum.producer_queue_messages as u64,
             ),
         ];
         for (key, value) in positive {

@@ -18,6 +18,7 @@
 //! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
 //! | [`backoff`]     | exponential backoff with jitter for unreachable services             |
 //! | [`avro`]        | allocation-free binary Avro for `IntegerList` / `SumResult`          |
+//! | [`stream_sum`]  | the streaming-sum processor (at least once / exactly once) and bench  |
 //!
 //! The programs in `src/bin/` are thin: they parse flags, set up logging, load the
 //! configuration and call one function of this library.
@@ -34,4 +35,5 @@ pub mod redis_state;
 pub mod seckill;
 pub mod secret;
 pub mod shutdown;
+pub mod stream_sum;
 pub mod telemetry;

@@ -1,8 +1,13 @@
 //! stream_sum: the streaming-sum benchmark processor (Avro integer lists -> sums).
 
-use clap::Parser;
-use seckill_kafka::cli::{start, CommonArgs};
+use clap::{Parser, Subcommand};
+use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
+use seckill_kafka::shutdown::Shutdown;
+use seckill_kafka::stream_sum::bench::{
+    run_bench, BenchOptions, BENCH_INPUT_TOPIC, BENCH_OUTPUT_TOPIC,
+};
+use seckill_kafka::stream_sum::run_stream_sum;
 
 /// Streaming sum: binary-Avro IntegerList in, SumResult out.
 #[derive(Debug, Parser)]
@@ -10,30 +15,107 @@ use seckill_kafka::config::FlagOverrides;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Input topic (stream_sum.input_topic)
-    #[arg(long)]
-    input_topic: Option<String>,
-    /// Output topic (stream_sum.output_topic)
-    #[arg(long)]
-    output_topic: Option<String>,
-    /// Worker tasks, 0 = one per input partition (stream_sum.workers)
-    #[arg(long)]
-    workers: Option<usize>,
+    /// What to do; `run` when omitted
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn main() {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Process the input topic continuously until SIGTERM (drains and commits)
+    Run {
+        /// Input topic (stream_sum.input_topic)
+        #[arg(long)]
+        input_topic: Option<String>,
+        /// Output topic (stream_sum.output_topic)
+        #[arg(long)]
+        output_topic: Option<String>,
+        /// Consumer group (stream_sum.group_id)
+        #[arg(long)]
+        group_id: Option<String>,
+        /// Workers, 0 = one per input partition (stream_sum.workers)
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Transactional consume-transform-produce (stream_sum.exactly_once)
+        #[arg(long)]
+        exactly_once: bool,
+    },
+    /// Load N random lists, process the backlog, print records/seconds/msg_per_sec, verify
+    Bench {
+        /// Lists to load in phase 1
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Reuse the backlog already in the input topic (no phase 1)
+        #[arg(long)]
+        skip_load: bool,
+        /// Workers, 0 = one per input partition (default: stream_sum.workers)
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long, default_value = BENCH_INPUT_TOPIC)]
+        input_topic: String,
+        #[arg(long, default_value = BENCH_OUTPUT_TOPIC)]
+        output_topic: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
     let args = Args::parse();
+    let command = args.command.unwrap_or(Command::Run {
+        input_topic: None,
+        output_topic: None,
+        group_id: None,
+        workers: None,
+        exactly_once: false,
+    });
     let mut flags = FlagOverrides::new();
-    flags
-        .set("stream_sum.input_topic", "input-topic", args.input_topic)
-        .set("stream_sum.output_topic", "output-topic", args.output_topic)
-        .set("stream_sum.workers", "workers", args.workers);
+    if let Command::Run {
+        input_topic,
+        output_topic,
+        group_id,
+        workers,
+        exactly_once,
+    } = &command
+    {
+        flags
+            .set("stream_sum.input_topic", "input-topic", input_topic.clone())
+            .set(
+                "stream_sum.output_topic",
+                "output-topic",
+                output_topic.clone(),
+            )
+            .set("stream_sum.group_id", "group-id", group_id.clone())
+            .set("stream_sum.workers", "workers", *workers)
+            .switch("stream_sum.exactly_once", "exactly-once", *exactly_once);
+    }
     let Some(config) = start("stream_sum", &args.common, flags) else {
         return;
     };
-    tracing::warn!(
-        input = %config.stream_sum.input_topic,
-        output = %config.stream_sum.output_topic,
-        "configuration is valid; stream processing is not implemented in this build yet"
-    );
+    let result = async {
+        let shutdown = Shutdown::on_signals()?;
+        match command {
+            Command::Run { .. } => println!("{}", run_stream_sum(&config, shutdown).await?),
+            Command::Bench {
+                records,
+                skip_load,
+                workers,
+                input_topic,
+                output_topic,
+            } => {
+                let options = BenchOptions {
+                    records,
+                    skip_load,
+                    input_topic,
+                    output_topic,
+                    workers: workers.unwrap_or(config.stream_sum.workers),
+                };
+                println!("{}", run_bench(&config, options, shutdown).await?);
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        exit_with_error("stream_sum", &error);
+    }
 }

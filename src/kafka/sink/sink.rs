@@ -437,11 +437,42 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         let producer = self.producer.clone();
         let flushed =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await?;
+        self.flushed(flushed)
+    }
+
+    /// [`flush`](Self::flush) for a thread that may block (the fast path's own thread).
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<u64, SinkError> {
+        self.flushed(self.producer.flush(Timeout::After(timeout)))
+    }
+
+    fn flushed(&self, flushed: Result<(), RdKafkaError>) -> Result<u64, SinkError> {
         match flushed {
             Ok(()) => Ok(0),
             Err(RdKafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => Ok(self.in_flight()),
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Adds a consumer's offsets to the open transaction, so they commit or abort with the
+    /// messages produced in it (consume-transform-produce). `offsets` are the next offsets to
+    /// read, as committed offsets are; `group` fences a member a rebalance has replaced.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: rdkafka::TopicPartitionList,
+        group: rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), SinkError> {
+        // Held across the round trip so the transaction cannot end meanwhile.
+        let state = self.transaction.lock().await;
+        if *state != TransactionState::Open {
+            return Err(SinkError::TransactionState("no transaction is open"));
+        }
+        let producer = self.producer.clone();
+        let timeout = self.config.message_timeout;
+        tokio::task::spawn_blocking(move || {
+            producer.send_offsets_to_transaction(&offsets, &group, Timeout::After(timeout))
+        })
+        .await??;
+        Ok(())
     }
 
     /// Starts a transaction (exactly-once sinks only; registers the transactional id with

@@ -1,0 +1,620 @@
+//! One at-least-once worker: a consuming thread and a producing thread joined by a bounded
+//! [`BatchQueue`].
+//!
+//! The consuming thread polls its consumer, decodes each `IntegerList` straight into its
+//! sum (no allocation) and fills batches. When the queue stays full it pauses its partitions
+//! and keeps polling, so rebalances are still served while the producer catches up (a
+//! consumer that stops polling stalls its whole group until the session times out).
+//!
+//! The producing thread enqueues each result on the worker's own output sink (the
+//! allocation-free fast path). Every [`CHECKPOINT_INTERVAL`] it flushes that sink and only
+//! then stores and commits the input offsets behind what it flushed: a crash repeats sums,
+//! never loses one. Undecodable records go through the same sink to `<input>.dlq`.
+
+use super::batch_queue::{BatchQueue, Popped};
+use super::{output_sink, worker_consumer, Counters, StreamOutput, StreamSumError};
+use super::{StreamOutputSerializer, DLQ_ERROR_HEADER};
+use crate::avro::sum_integer_list;
+use crate::config::Config;
+use crate::kafka::sink::{KafkaMessage, KafkaSink};
+use crate::kafka::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Time between two flush-and-commit checkpoints, at most.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a full queue is waited on before the consumer pauses its partitions.
+const FULL_QUEUE_PATIENCE: Duration = Duration::from_millis(100);
+/// Records per batch handed from the consuming to the producing thread.
+const BATCH_LEN: usize = 1_024;
+/// Longest wait for the final flush at shutdown.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a worker's records come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The partitions the consumer group assigns (the consumer is subscribed); offsets are
+    /// committed after each checkpoint.
+    Group,
+    /// Fixed offset ranges, no group and no commits: a benchmark's backlog. The worker
+    /// stops when every range is read.
+    Ranges(Vec<PartitionRange>),
+}
+
+/// Offsets `start..end` of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// A record key, inline when short so ordinary keys cost no allocation.
+enum Key {
+    None,
+    Inline { len: u8, bytes: [u8; 32] },
+    Heap(Vec<u8>),
+}
+
+impl Key {
+    fn from(key: Option<&[u8]>) -> Self {
+        match key {
+            None => Self::None,
+            Some(key) if key.len() <= 32 => {
+                let mut bytes = [0; 32];
+                bytes[..key.len()].copy_from_slice(key);
+                Self::Inline {
+                    len: key.len() as u8,
+                    bytes,
+                }
+            }
+            Some(key) => Self::Heap(key.to_vec()),
+        }
+    }
+
+    fn as_slice(&self) -> Option<&[u8]> {
+        match self {
+            Self::None => None,
+            Self::Inline { len, bytes } => Some(&bytes[..usize::from(*len)]),
+            Self::Heap(bytes) => Some(bytes),
+        }
+    }
+}
+
+/// A decoded record on its way to the producing thread.
+struct Item {
+    partition: i32,
+    offset: i64,
+    key: Key,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Sum(i64),
+    /// Rare, so it may allocate: the record as it came and why it was rejected.
+    Undecodable(Box<(Option<Vec<u8>>, String)>),
+}
+
+fn item(message: &BorrowedMessage<'_>) -> Item {
+    let outcome = match message.payload().map(sum_integer_list) {
+        Some(Ok(sum)) => Outcome::Sum(sum),
+        Some(Err(error)) => Outcome::Undecodable(Box::new((
+            message.payload().map(<[u8]>::to_vec),
+            error.to_string(),
+        ))),
+        None => Outcome::Undecodable(Box::new((None, "empty record (no payload)".into()))),
+    };
+    Item {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: Key::from(message.key()),
+        outcome,
+    }
+}
+
+/// A batch being filled by the consuming thread, and one waiting for room in the queue.
+#[derive(Default)]
+struct Staged {
+    parked: Option<Vec<Item>>,
+    current: Vec<Item>,
+}
+
+/// What the consuming thread shares with its rebalance callback and the producing thread.
+pub struct Handoff {
+    queue: BatchQueue<Item>,
+    /// Kept here, not on the consuming thread's stack, so a revocation (a callback inside
+    /// `poll`) can hand it over first. Only the consuming thread locks it: never contended.
+    staged: Mutex<Staged>,
+}
+
+impl Handoff {
+    fn staged(&self) -> MutexGuard<'_, Staged> {
+        self.staged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves the staged records into the queue, oldest first, waiting up to `patience` for
+    /// room. True when nothing is left staged.
+    fn push_staged(&self, patience: Duration) -> bool {
+        let mut staged = self.staged();
+        loop {
+            if staged.parked.is_none() {
+                if staged.current.is_empty() {
+                    return true;
+                }
+                let fresh = self.queue.empty_batch();
+                staged.parked = Some(std::mem::replace(&mut staged.current, fresh));
+            }
+            let Some(batch) = staged.parked.take() else {
+                continue;
+            };
+            if let Err(batch) = self.queue.push(batch, patience) {
+                staged.parked = Some(batch);
+                return false;
+            }
+        }
+    }
+}
+
+/// The consumer context of an at-least-once worker: before partitions are revoked, hands
+/// over what was consumed and waits for the producing thread to flush it and commit its
+/// offsets, so the partitions' next owner starts right after it (no repeats).
+pub struct HandoffContext {
+    worker: usize,
+    handoff: Arc<Handoff>,
+}
+
+/// How long a revocation waits for the checkpoint (then the next owner may repeat some).
+const REVOKE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ClientContext for HandoffContext {}
+
+impl ConsumerContext for HandoffContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let committed = self.handoff.push_staged(REVOKE_CHECKPOINT_TIMEOUT)
+                && self
+                    .handoff
+                    .queue
+                    .request_checkpoint(REVOKE_CHECKPOINT_TIMEOUT);
+            tracing::info!(
+                worker = self.worker,
+                revoked = partitions.count(),
+                committed,
+                "rebalance: partitions revoked"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        super::log_rebalance(self.worker, rebalance);
+    }
+}
+
+/// Runs one worker until `stop` is raised or, for [`Source::Ranges`], its ranges are read.
+/// Drains, flushes and commits before returning.
+pub fn run_worker(
+    index: usize,
+    config: &Config,
+    group_id: &str,
+    source: Source,
+    counters: &Counters,
+    stop: &AtomicBool,
+) -> Result<(), StreamSumError> {
+    let settings = &config.stream_sum;
+    let capacity = settings.channel_capacity.div_ceil(BATCH_LEN).max(1);
+    let handoff = Arc::new(Handoff {
+        queue: BatchQueue::new(capacity, BATCH_LEN.min(settings.channel_capacity.max(1))),
+        staged: Mutex::new(Staged::default()),
+    });
+    let context = HandoffContext {
+        worker: index,
+        handoff: handoff.clone(),
+    };
+    let reading_ranges = matches!(source, Source::Ranges(_));
+    let consumer = worker_consumer(config, group_id, context, |consumer| {
+        if reading_ranges {
+            // A range that retention removed must fail the run, not restart elsewhere.
+            consumer.set("auto.offset.reset", "error");
+        }
+    })?;
+    let mut ranges = HashMap::new();
+    match &source {
+        Source::Group => consumer.subscribe(&[&settings.input_topic])?,
+        Source::Ranges(list) => {
+            let mut assignment = TopicPartitionList::new();
+            for range in list.iter().filter(|range| range.start < range.end) {
+                assignment.add_partition_offset(
+                    &settings.input_topic,
+                    range.partition,
+                    rdkafka::Offset::Offset(range.start),
+                )?;
+                ranges.insert(range.partition, range.end);
+            }
+            consumer.assign(&assignment)?;
+        }
+    }
+    let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
+    let dlq_topic = format!("{}.dlq", settings.input_topic);
+    let queue = &handoff.queue;
+    std::thread::scope(|scope| {
+        let producer = std::thread::Builder::new()
+            .name(format!("stream-sum-produce-{index}"))
+            .spawn_scoped(scope, || {
+                let outcome = produce(
+                    queue,
+                    &sink,
+                    (!reading_ranges).then_some(&consumer),
+                    &settings.input_topic,
+                    &dlq_topic,
+                    counters,
+                );
+                // Wakes a consumer waiting for room, which then sees the queue closed.
+                queue.close();
+                outcome
+            })
+            .map_err(StreamSumError::Thread)?;
+        let consumed = Consuming {
+            index,
+            counters,
+            consumer: &consumer,
+            handoff: &handoff,
+            stop,
+            input_topic: &settings.input_topic,
+            reading_ranges,
+            ranges,
+            paused: false,
+            paused_partitions: TopicPartitionList::new(),
+        }
+        .run();
+        queue.close();
+        let produced = producer.join().unwrap_or_else(|_| {
+            Err(StreamSumError::WorkerPanicked {
+                worker: index,
+                reason: "the producing thread panicked".into(),
+            })
+        });
+        consumed.and(produced)
+    })
+}
+
+struct Consuming<'a> {
+    index: usize,
+    counters: &'a Counters,
+    consumer: &'a BaseConsumer<HandoffContext>,
+    handoff: &'a Handoff,
+    stop: &'a AtomicBool,
+    input_topic: &'a str,
+    reading_ranges: bool,
+    /// For [`Source::Ranges`]: the end offset of each partition still being read.
+    ranges: HashMap<i32, i64>,
+    paused: bool,
+    /// Every partition paused for back-pressure and not resumed since. librdkafka keeps a
+    /// partition paused across a rebalance, so resuming only the current assignment would
+    /// leave one that was revoked and assigned again paused for good.
+    paused_partitions: TopicPartitionList,
+}
+
+impl Consuming<'_> {
+    fn run(mut self) -> Result<(), StreamSumError> {
+        let batch_len = self.handoff.queue.batch_len();
+        let mut staged_records = 0;
+        loop {
+            if self.stop.load(Ordering::Acquire) || (self.reading_ranges && self.ranges.is_empty())
+            {
+                break;
+            }
+            // Nothing staged: wait a while for data; otherwise hand over what there is as
+            // soon as the local queue runs dry.
+            let timeout = if staged_records == 0 {
+                Duration::from_millis(100)
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    if self.reading_ranges {
+                        self.track_range(message.partition(), message.offset());
+                    }
+                    let mut staged = self.handoff.staged();
+                    staged.current.push(item(&message));
+                    staged_records = staged.current.len();
+                    drop(staged);
+                    if staged_records >= batch_len {
+                        self.hand_over()?;
+                        staged_records = 0;
+                    }
+                }
+                Some(Err(error)) => {
+                    let error = KafkaError::from(error);
+                    // A benchmark's range that is gone (retention) will never complete.
+                    if error.is_fatal() || self.reading_ranges {
+                        return Err(error.into());
+                    }
+                    tracing::warn!(worker = self.index, %error, "consume error (retrying)");
+                }
+                None => {
+                    // A revocation inside `poll` may have handed the staged records over.
+                    staged_records = self.handoff.staged().current.len();
+                    if staged_records > 0 {
+                        self.hand_over()?;
+                        staged_records = 0;
+                    }
+                }
+            }
+        }
+        self.hand_over()
+    }
+
+    fn track_range(&mut self, partition: i32, offset: i64) {
+        if let Some(&end) = self.ranges.get(&partition) {
+            if offset + 1 >= end {
+                self.ranges.remove(&partition);
+                let mut done = TopicPartitionList::new();
+                done.add_partition(self.input_topic, partition);
+                // Read to its end: stop fetching past it.
+                let _ = self.consumer.pause(&done);
+            }
+        }
+    }
+
+    /// Queues the staged records. While the queue stays full, pauses the partitions and
+    /// keeps polling (serving rebalances) until there is room.
+    fn hand_over(&mut self) -> Result<(), StreamSumError> {
+        if self.handoff.push_staged(FULL_QUEUE_PATIENCE) {
+            return Ok(());
+        }
+        loop {
+            if self.handoff.queue.is_closed() {
+                // The producing thread stopped; its error is reported by the worker.
+                return Ok(());
+            }
+            if !self.paused {
+                self.set_paused(true);
+                self.counters.pauses.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(worker = self.index, "output is behind: partitions paused");
+            }
+            // Paused partitions deliver nothing; this serves rebalance events. A partition
+            // assigned meanwhile is not paused yet: keep its records and pause it too.
+            if let Some(Ok(message)) = self.consumer.poll(Duration::from_millis(10)) {
+                self.handoff.staged().current.push(item(&message));
+                self.set_paused(true);
+            }
+            if self.handoff.push_staged(Duration::from_millis(10)) {
+                self.set_paused(false);
+                return Ok(());
+            }
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        let changed = if paused {
+            let Ok(assignment) = self.consumer.assignment() else {
+                return;
+            };
+            for element in assignment.elements() {
+                let known = self
+                    .paused_partitions
+                    .find_partition(element.topic(), element.partition())
+                    .is_some();
+                if !known {
+                    self.paused_partitions
+                        .add_partition(element.topic(), element.partition());
+                }
+            }
+            self.consumer.pause(&assignment)
+        } else {
+            let mut resume = TopicPartitionList::new();
+            for element in self.paused_partitions.elements() {
+                // Ranges already read stay paused.
+                if !self.reading_ranges || self.ranges.contains_key(&element.partition()) {
+                    resume.add_partition(element.topic(), element.partition());
+                }
+            }
+            self.paused_partitions = TopicPartitionList::new();
+            self.consumer.resume(&resume)
+        };
+        if let Err(error) = changed {
+            tracing::warn!(worker = self.index, %error, paused, "cannot pause or resume partitions");
+        }
+        self.paused = paused;
+    }
+}
+
+/// The producing thread: enqueues every result, checkpoints (flush, then store and commit
+/// the offsets behind it) every [`CHECKPOINT_INTERVAL`] and once more at the end.
+fn produce(
+    queue: &BatchQueue<Item>,
+    sink: &KafkaSink<StreamOutput, StreamOutputSerializer>,
+    consumer: Option<&BaseConsumer<HandoffContext>>,
+    input_topic: &str,
+    dlq_topic: &str,
+    counters: &Counters,
+) -> Result<(), StreamSumError> {
+    let mut message = KafkaMessage::new(StreamOutput::Sum(0));
+    let mut spare_key = Vec::new();
+    let mut checkpoint = Checkpoint {
+        sink,
+        consumer,
+        input_topic,
+        highest: HashMap::new(),
+        pending: false,
+        failed_before: 0,
+        last: Instant::now(),
+    };
+    loop {
+        let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpoint.last.elapsed());
+        match queue.pop(wait) {
+            Popped::Batch(batch) => {
+                let mut sums = 0;
+                let mut dead = 0;
+                for item in &batch {
+                    match &item.outcome {
+                        Outcome::Sum(sum) => {
+                            message.value = StreamOutput::Sum(*sum);
+                            set_key(&mut message.key, &mut spare_key, item.key.as_slice());
+                            sink.enqueue(&message)?;
+                            sums += 1;
+                        }
+                        Outcome::Undecodable(record) => {
+                            let (payload, reason) = record.as_ref();
+                            tracing::warn!(
+                                partition = item.partition,
+                                offset = item.offset,
+                                %reason,
+                                "undecodable record sent to the dead-letter topic"
+                            );
+                            let mut dead_letter =
+                                KafkaMessage::new(StreamOutput::Undecodable(payload.clone()))
+                                    .topic(dlq_topic)
+                                    .header(DLQ_ERROR_HEADER, reason.as_str());
+                            dead_letter.key = item.key.as_slice().map(<[u8]>::to_vec);
+                            sink.enqueue(&dead_letter)?;
+                            dead += 1;
+                        }
+                    }
+                }
+                checkpoint.note(&batch);
+                queue.recycle(batch);
+                counters.processed.fetch_add(sums, Ordering::Relaxed);
+                if dead > 0 {
+                    counters.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+                }
+            }
+            Popped::Empty => {}
+            Popped::CheckpointRequested => {
+                // A revocation waits on this: everything it handed over is now enqueued.
+                let outcome = checkpoint.run(Urgency::Now);
+                queue.checkpoint_done(matches!(outcome, Ok(true)));
+                outcome?;
+            }
+            Popped::Closed => return checkpoint.run(Urgency::Final).map(drop),
+        }
+        if checkpoint.last.elapsed() >= CHECKPOINT_INTERVAL {
+            checkpoint.run(Urgency::Periodic)?;
+        }
+    }
+}
+
+/// Reuses the message's key buffer: no allocation per record.
+pub(crate) fn set_key(key: &mut Option<Vec<u8>>, spare: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(value) => {
+            let buffer = key.get_or_insert_with(|| std::mem::take(spare));
+            buffer.clear();
+            buffer.extend_from_slice(value);
+        }
+        None => {
+            if let Some(buffer) = key.take() {
+                *spare = buffer;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// The regular one: may be deferred when results are still in flight.
+    Periodic,
+    /// A revocation waits for it.
+    Now,
+    /// Shutdown.
+    Final,
+}
+
+/// The offsets behind what was enqueued, and how to make them durable.
+struct Checkpoint<'a> {
+    sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
+    consumer: Option<&'a BaseConsumer<HandoffContext>>,
+    input_topic: &'a str,
+    /// The highest offset per partition enqueued since the last checkpoint.
+    highest: HashMap<i32, i64>,
+    pending: bool,
+    failed_before: u64,
+    last: Instant,
+}
+
+impl Checkpoint<'_> {
+    fn note(&mut self, batch: &[Item]) {
+        // Records of one partition arrive in order: only the last of each run matters.
+        let mut runs = batch.iter().peekable();
+        while let Some(item) = runs.next() {
+            if runs
+                .peek()
+                .is_none_or(|next| next.partition != item.partition)
+            {
+                self.highest.insert(item.partition, item.offset);
+            }
+        }
+        self.pending |= !batch.is_empty();
+    }
+
+    /// Flushes, then stores and commits the offsets behind what was flushed. True when
+    /// everything enqueued so far is delivered and its offsets committed.
+    fn run(&mut self, urgency: Urgency) -> Result<bool, StreamSumError> {
+        self.last = Instant::now();
+        if !self.pending {
+            return Ok(true);
+        }
+        let urgent = urgency != Urgency::Periodic;
+        let timeout = if urgent {
+            FINAL_FLUSH_TIMEOUT
+        } else {
+            // Not urgent: a slow broker only delays this checkpoint.
+            CHECKPOINT_INTERVAL
+        };
+        let undelivered = self.sink.flush_blocking(timeout)?;
+        let failed = self.sink.metrics().messages_failed;
+        if failed > self.failed_before {
+            // librdkafka gave up on some results: committing past them would lose them.
+            return Err(StreamSumError::Undelivered {
+                failed: failed - self.failed_before,
+            });
+        }
+        if undelivered > 0 {
+            if urgent {
+                return Err(StreamSumError::Undelivered {
+                    failed: undelivered,
+                });
+            }
+            tracing::debug!(undelivered, "results still in flight; commit deferred");
+            return Ok(false);
+        }
+        if let Some(consumer) = self.consumer {
+            for (&partition, &offset) in &self.highest {
+                // `store_offset` commits offset + 1: the next record to read.
+                if let Err(error) = consumer.store_offset(self.input_topic, partition, offset) {
+                    // Revoked meanwhile: its next owner re-reads from the last commit.
+                    tracing::debug!(partition, offset, %error, "offset not stored");
+                }
+            }
+            let mode = if urgent {
+                CommitMode::Sync
+            } else {
+                CommitMode::Async
+            };
+            match consumer.commit_consumer_state(mode) {
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => {
+                    // The offsets stay stored and `pending` stays set: the next checkpoint
+                    // commits them again.
+                    tracing::warn!(%error, "offset commit failed; the next one retries");
+                    self.highest.clear();
+                    return Ok(false);
+                }
+            }
+        }
+        self.highest.clear();
+        self.pending = false;
+        Ok(true)
+    }
+}

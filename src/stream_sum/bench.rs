@@ -1,0 +1,355 @@
+//! `stream_sum bench`: the benchmark spec's two phases and a check of the result.
+//!
+//! Phase 1 loads N random `IntegerList`s (2-5 ints in 0..=99) into the benchmark input topic.
+//! Phase 2 processes exactly that backlog (fixed offset ranges, read by the same
+//! at-least-once workers as `run`, without a consumer group) into the benchmark output
+//! topic, timed from the workers' start to the last result delivered. Then the new output is
+//! read back: it must hold N records whose sums add up to the sum of every input number.
+
+use super::at_least_once::{self, PartitionRange, Source};
+use super::StreamSumError;
+use super::{partition_count, run_on_threads, stop_flag, worker_consumer, Counters};
+use crate::avro::{decode_sum_result, encode_integer_list, for_each_number};
+use crate::config::Config;
+use crate::kafka::sink::{
+    Compression, KafkaMessage, KafkaSink, MessageSerializer, SerializeError, SinkConfig,
+};
+use crate::shutdown::Shutdown;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::Rng;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The spec's benchmark topics.
+pub const BENCH_INPUT_TOPIC: &str = "integer-list-input-benchmark";
+pub const BENCH_OUTPUT_TOPIC: &str = "integer-sum-output-benchmark";
+/// Records the loader sends to one partition before moving to the next: whole batches.
+const LOAD_CHUNK: u64 = 10_000;
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Lists to load (ignored with `skip_load`).
+    pub records: u64,
+    /// Process the backlog already in the input topic instead of loading a new one.
+    pub skip_load: bool,
+    pub input_topic: String,
+    pub output_topic: String,
+    /// 0: one per input partition.
+    pub workers: usize,
+}
+
+/// The outcome of a verified run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    pub records: u64,
+    pub workers: usize,
+    pub seconds: f64,
+    pub input_sum: i64,
+    pub output_sum: i64,
+    pub output_records: u64,
+}
+
+impl BenchReport {
+    pub fn msg_per_sec(&self) -> f64 {
+        self.records as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+}
+
+impl fmt::Display for BenchReport {
+    /// The spec's result line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "records={} seconds={:.3} msg_per_sec={:.0}",
+            self.records,
+            self.seconds,
+            self.msg_per_sec()
+        )
+    }
+}
+
+/// `IntegerList` as binary Avro, from a reused list.
+struct IntegerListSerializer;
+
+impl MessageSerializer<Vec<i32>> for IntegerListSerializer {
+    fn serialize(&self, numbers: &Vec<i32>, buffer: &mut Vec<u8>) -> Result<(), SerializeError> {
+        encode_integer_list(numbers, buffer);
+        Ok(())
+    }
+
+    fn content_type(&self) -> &str {
+        "avro/binary"
+    }
+}
+
+/// Runs both phases and verifies the output. Errors when the output does not match.
+pub async fn run_bench(
+    config: &Config,
+    options: BenchOptions,
+    shutdown: Shutdown,
+) -> Result<BenchReport, StreamSumError> {
+    let mut config = config.clone();
+    config.stream_sum.input_topic = options.input_topic.clone();
+    config.stream_sum.output_topic = options.output_topic.clone();
+    super::ensure_topics(&config, &[&options.input_topic, &options.output_topic]).await?;
+    let partitions = partition_count(&config, &options.input_topic)?;
+
+    let (backlog, expected_records, expected_sum) = if options.skip_load {
+        let backlog = retained(&config, &options.input_topic, partitions)?;
+        let (records, sum) = scan(&config, &options.input_topic, &backlog, sum_of_list)?;
+        tracing::info!(
+            records,
+            "phase 1 skipped: reusing the backlog in the input topic"
+        );
+        (backlog, records, sum)
+    } else {
+        let before = high_watermarks(&config, &options.input_topic, partitions)?;
+        let loader_config = config.clone();
+        let records = options.records;
+        let sum = tokio::task::spawn_blocking(move || load(&loader_config, records, partitions))
+            .await
+            .map_err(|e| StreamSumError::Bench(format!("loader: {e}")))??;
+        let after = high_watermarks(&config, &options.input_topic, partitions)?;
+        let backlog = ranges(&before, &after);
+        let loaded: i64 = backlog.iter().map(|r| r.end - r.start).sum();
+        if loaded as u64 != records {
+            return Err(StreamSumError::Bench(format!(
+                "loaded {records} records but the input topic grew by {loaded}: another writer?"
+            )));
+        }
+        (backlog, records, sum)
+    };
+    if expected_records == 0 {
+        return Err(StreamSumError::Bench("the backlog is empty".into()));
+    }
+
+    let workers = match options.workers {
+        0 => partitions,
+        workers => workers.min(partitions),
+    };
+    let output_partitions = partition_count(&config, &options.output_topic)?;
+    let output_before = high_watermarks(&config, &options.output_topic, output_partitions)?;
+    tracing::info!(
+        records = expected_records,
+        workers,
+        "phase 2: processing the backlog"
+    );
+    let counters = Arc::new(Counters::default());
+    let stop = stop_flag(shutdown);
+    let group = format!("stream-sum-bench-{}", std::process::id());
+    let started = Instant::now();
+    {
+        let config = config.clone();
+        let counters = counters.clone();
+        let backlog = backlog.clone();
+        run_on_threads("stream-sum-bench", workers, move |index| {
+            let mine: Vec<PartitionRange> = backlog
+                .iter()
+                .filter(|range| range.partition as usize % workers == index)
+                .copied()
+                .collect();
+            at_least_once::run_worker(
+                index,
+                &config,
+                &group,
+                Source::Ranges(mine),
+                &counters,
+                &stop,
+            )
+        })
+        .await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let processed = counters.processed.load(Ordering::Relaxed);
+    let dead = counters.dead_lettered.load(Ordering::Relaxed);
+
+    let output_after = high_watermarks(&config, &options.output_topic, output_partitions)?;
+    let output = ranges(&output_before, &output_after);
+    let (output_records, output_sum) = scan(&config, &options.output_topic, &output, |payload| {
+        decode_sum_result(payload).ok()
+    })?;
+    let report = BenchReport {
+        records: expected_records,
+        workers,
+        seconds,
+        input_sum: expected_sum,
+        output_sum,
+        output_records,
+    };
+    if output_records != expected_records || output_sum != expected_sum || dead > 0 {
+        return Err(StreamSumError::Bench(format!(
+            "output does not match: {output_records} results (expected {expected_records}), \
+             sum {output_sum} (expected {expected_sum}), processed {processed}, \
+             dead-lettered {dead}"
+        )));
+    }
+    Ok(report)
+}
+
+/// Phase 1: sends `records` random lists and returns the sum of all their numbers.
+fn load(config: &Config, records: u64, partitions: usize) -> Result<i64, StreamSumError> {
+    let mut sink_config =
+        SinkConfig::new(config.kafka.clone(), config.stream_sum.input_topic.clone());
+    sink_config.client_id = "stream_sum-bench-loader".into();
+    sink_config.linger = Duration::from_millis(20);
+    sink_config.batch_size = 1_000_000;
+    sink_config.batch_messages = 10_000;
+    sink_config.compression = Compression::Lz4;
+    sink_config.content_type_header = false;
+    sink_config.breaker_threshold = 0;
+    let sink = KafkaSink::with_serializer(sink_config, IntegerListSerializer)?;
+    let bar = ProgressBar::with_draw_target(Some(records), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("phase 1 {bar:40} {pos}/{len} lists {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rng = rand::rng();
+    let mut message = KafkaMessage::new(Vec::with_capacity(5));
+    let mut total = 0_i64;
+    for n in 0..records {
+        message.value.clear();
+        for _ in 0..rng.random_range(2..=5) {
+            let number = rng.random_range(0..=99);
+            total += i64::from(number);
+            message.value.push(number);
+        }
+        // Whole batches to one partition, partitions in turn: an even, well-batched load.
+        message.partition = Some(((n / LOAD_CHUNK) % partitions as u64) as i32);
+        sink.enqueue(&message)?;
+        if n % 10_000 == 0 {
+            bar.set_position(n);
+        }
+    }
+    let undelivered = sink.flush_blocking(Duration::from_secs(120))?;
+    bar.finish_and_clear();
+    let metrics = sink.metrics();
+    if undelivered > 0 || metrics.messages_failed > 0 {
+        return Err(StreamSumError::Bench(format!(
+            "loading failed: {undelivered} undelivered, {} failed",
+            metrics.messages_failed
+        )));
+    }
+    tracing::info!(records, "phase 1: backlog loaded");
+    Ok(total)
+}
+
+fn sum_of_list(payload: &[u8]) -> Option<i64> {
+    let mut sum = 0_i64;
+    for_each_number(payload, |n| sum += i64::from(n)).ok()?;
+    Some(sum)
+}
+
+/// What the topic holds now, per partition: from the oldest retained offset to the end.
+fn retained(
+    config: &Config,
+    topic: &str,
+    partitions: usize,
+) -> Result<Vec<PartitionRange>, StreamSumError> {
+    let consumer: BaseConsumer = crate::kafka::client_config(
+        &config.kafka,
+        crate::kafka::ClientRole::Admin,
+        "stream_sum-bench-metadata",
+    )?
+    .create()?;
+    (0..partitions as i32)
+        .map(|partition| {
+            let (start, end) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            Ok(PartitionRange {
+                partition,
+                start,
+                end,
+            })
+        })
+        .collect()
+}
+
+/// The end offset of each partition: where the next record will go.
+fn high_watermarks(
+    config: &Config,
+    topic: &str,
+    partitions: usize,
+) -> Result<Vec<i64>, StreamSumError> {
+    Ok(retained(config, topic, partitions)?
+        .iter()
+        .map(|range| range.end)
+        .collect())
+}
+
+fn ranges(before: &[i64], after: &[i64]) -> Vec<PartitionRange> {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(partition, (&start, &end))| PartitionRange {
+            partition: partition as i32,
+            start,
+            end,
+        })
+        .collect()
+}
+
+/// Reads `ranges` of `topic` and returns how many records `value` accepted and the sum of
+/// what it returned. A record it rejects fails the scan.
+fn scan(
+    config: &Config,
+    topic: &str,
+    ranges: &[PartitionRange],
+    value: impl Fn(&[u8]) -> Option<i64>,
+) -> Result<(u64, i64), StreamSumError> {
+    let consumer: BaseConsumer = worker_consumer(
+        config,
+        "stream-sum-bench-scan",
+        rdkafka::consumer::DefaultConsumerContext,
+        |consumer| {
+            consumer.set("auto.offset.reset", "error");
+        },
+    )?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0_i64;
+    for range in ranges.iter().filter(|r| r.start < r.end) {
+        assignment.add_partition_offset(
+            topic,
+            range.partition,
+            rdkafka::Offset::Offset(range.start),
+        )?;
+        remaining += range.end - range.start;
+    }
+    consumer.assign(&assignment)?;
+    let ends: std::collections::HashMap<i32, i64> =
+        ranges.iter().map(|r| (r.partition, r.end)).collect();
+    let (mut records, mut sum) = (0_u64, 0_i64);
+    let mut idle_since = Instant::now();
+    while remaining > 0 {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                idle_since = Instant::now();
+                if message.offset() >= ends.get(&message.partition()).copied().unwrap_or(0) {
+                    continue;
+                }
+                remaining -= 1;
+                let parsed = message.payload().and_then(&value).ok_or_else(|| {
+                    StreamSumError::Bench(format!(
+                        "{topic} partition {} offset {}: not a valid record",
+                        message.partition(),
+                        message.offset()
+                    ))
+                })?;
+                records += 1;
+                sum += parsed;
+            }
+            Some(Err(error)) => return Err(error.into()),
+            None if idle_since.elapsed() > Duration::from_secs(30) => {
+                return Err(StreamSumError::Bench(format!(
+                    "{topic}: {remaining} records never arrived"
+                )))
+            }
+            None => {}
+        }
+    }
+    Ok((records, sum))
+}

@@ -1,0 +1,271 @@
+//! One exactly-once worker: a transactional consume-transform-produce loop.
+//!
+//! Each transaction holds up to `stream_sum.transaction_records` results (or 100 ms of
+//! them) and the input offsets that produced them, sent to the transaction with the
+//! consumer's group metadata; both commit or neither does. A crash leaves an open
+//! transaction that the restarted worker's `init_transactions` (same transactional id)
+//! aborts, and the restart reads on from the offsets of the last committed transaction, so a
+//! `read_committed` reader of the output sees each sum once.
+//!
+//! After a rebalance or a failed commit the open transaction is aborted and the consumer
+//! rewound to the committed offsets: its records are read again, by this worker or by the
+//! partition's new owner.
+
+use super::{output_sink, worker_consumer, Counters, StreamContext, StreamOutput};
+use super::{StreamOutputSerializer, StreamSumError, DLQ_ERROR_HEADER};
+use crate::avro::sum_integer_list;
+use crate::config::Config;
+use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
+use crate::kafka::KafkaError;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// A transaction is committed after this long even when it holds few records.
+pub const TRANSACTION_MAX_DURATION: Duration = Duration::from_millis(100);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The transactional id of worker `index`: stable across restarts, so a restarted worker
+/// fences its crashed predecessor and aborts what it left open.
+pub fn transactional_id(group_id: &str, index: usize) -> String {
+    format!("{group_id}-stream-sum-{index}")
+}
+
+/// Runs worker `index` until `stop` is raised; commits its open transaction before returning.
+pub fn run_worker(
+    index: usize,
+    config: &Config,
+    counters: &Counters,
+    stop: &AtomicBool,
+    runtime: &Handle,
+) -> Result<(), StreamSumError> {
+    let settings = &config.stream_sum;
+    let consumer = worker_consumer(
+        config,
+        &settings.group_id,
+        StreamContext::new(index),
+        |consumer| {
+            // Input written by transactional producers: only committed records.
+            consumer.set("isolation.level", "read_committed");
+        },
+    )?;
+    consumer.subscribe(&[&settings.input_topic])?;
+    let sink = output_sink(
+        config,
+        format!("stream_sum-txn-{index}"),
+        Some(transactional_id(&settings.group_id, index)),
+    )?;
+    let mut worker = TransactionalWorker {
+        index,
+        consumer: &consumer,
+        sink: &sink,
+        runtime,
+        input_topic: &settings.input_topic,
+        dlq_topic: format!("{}.dlq", settings.input_topic),
+        max_records: settings.transaction_records,
+        message: KafkaMessage::new(StreamOutput::Sum(0)),
+        spare_key: Vec::new(),
+        next_offsets: HashMap::new(),
+        open_since: None,
+        sums: 0,
+        dead: 0,
+    };
+    let outcome = worker.run(counters, stop);
+    let closed = runtime.block_on(sink.close(CLOSE_TIMEOUT));
+    outcome?;
+    closed?;
+    Ok(())
+}
+
+struct TransactionalWorker<'a> {
+    index: usize,
+    consumer: &'a BaseConsumer<StreamContext>,
+    sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
+    runtime: &'a Handle,
+    input_topic: &'a str,
+    dlq_topic: String,
+    max_records: usize,
+    message: KafkaMessage<StreamOutput>,
+    spare_key: Vec<u8>,
+    /// The next offset to read per partition, for the open transaction.
+    next_offsets: HashMap<i32, i64>,
+    open_since: Option<Instant>,
+    sums: u64,
+    dead: u64,
+}
+
+impl TransactionalWorker<'_> {
+    fn run(&mut self, counters: &Counters, stop: &AtomicBool) -> Result<(), StreamSumError> {
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if let Some(since) = self.open_since {
+                let records = self.sums + self.dead;
+                if stopping
+                    || records >= self.max_records as u64
+                    || since.elapsed() >= TRANSACTION_MAX_DURATION
+                {
+                    self.commit(counters)?;
+                }
+            }
+            if stopping {
+                return Ok(());
+            }
+            let timeout = self.open_since.map_or(Duration::from_millis(100), |since| {
+                TRANSACTION_MAX_DURATION.saturating_sub(since.elapsed())
+            });
+            let polled = self.consumer.poll(timeout);
+            if self.consumer.context().take_rebalanced() && self.open_since.is_some() {
+                // The transaction may hold records of partitions that moved: drop it. The
+                // record just polled, if any, is read again after the rewind.
+                tracing::info!(worker = self.index, "rebalance: open transaction aborted");
+                self.abort_and_rewind()?;
+                continue;
+            }
+            match polled {
+                None => {}
+                Some(Err(error)) => {
+                    let error = KafkaError::from(error);
+                    if error.is_fatal() {
+                        return Err(error.into());
+                    }
+                    tracing::warn!(worker = self.index, %error, "consume error (retrying)");
+                }
+                Some(Ok(record)) => {
+                    if self.open_since.is_none() {
+                        self.runtime.block_on(self.sink.begin_transaction())?;
+                        self.open_since = Some(Instant::now());
+                    }
+                    self.transform(&record)?;
+                    self.next_offsets
+                        .insert(record.partition(), record.offset() + 1);
+                }
+            }
+        }
+    }
+
+    /// Produces the record's sum (or dead letter) inside the open transaction.
+    fn transform(
+        &mut self,
+        record: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), StreamSumError> {
+        let decoded = match record.payload() {
+            Some(payload) => sum_integer_list(payload).map_err(|e| e.to_string()),
+            None => Err("empty record (no payload)".to_string()),
+        };
+        match decoded {
+            Ok(sum) => {
+                self.message.value = StreamOutput::Sum(sum);
+                super::at_least_once::set_key(
+                    &mut self.message.key,
+                    &mut self.spare_key,
+                    record.key(),
+                );
+                self.sink.enqueue(&self.message)?;
+                self.sums += 1;
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    worker = self.index,
+                    partition = record.partition(),
+                    offset = record.offset(),
+                    %reason,
+                    "undecodable record sent to the dead-letter topic"
+                );
+                let mut dead_letter = KafkaMessage::new(StreamOutput::Undecodable(
+                    record.payload().map(<[u8]>::to_vec),
+                ))
+                .topic(self.dlq_topic.as_str())
+                .header(DLQ_ERROR_HEADER, reason);
+                dead_letter.key = record.key().map(<[u8]>::to_vec);
+                self.sink.enqueue(&dead_letter)?;
+                self.dead += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the offsets to the transaction and commits it. A commit that fails is aborted
+    /// and the consumer rewound, so its records are processed again.
+    fn commit(&mut self, counters: &Counters) -> Result<(), StreamSumError> {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &next) in &self.next_offsets {
+            offsets.add_partition_offset(self.input_topic, partition, Offset::Offset(next))?;
+        }
+        let group = self
+            .consumer
+            .group_metadata()
+            .ok_or(StreamSumError::NoGroupMetadata);
+        let committed = group.and_then(|group| {
+            self.runtime
+                .block_on(async {
+                    self.sink
+                        .send_offsets_to_transaction(offsets.clone(), group)
+                        .await?;
+                    self.sink.commit_transaction().await
+                })
+                .map_err(StreamSumError::from)
+        });
+        match committed {
+            Ok(()) => {
+                // Redundant on Apache Kafka, where the transaction committed these offsets;
+                // the dev broker (librdkafka's mock) acknowledges TxnOffsetCommit without
+                // storing it, and only a plain commit lets a restart resume there.
+                if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
+                    tracing::debug!(worker = self.index, %error, "plain offset commit failed");
+                }
+                counters.processed.fetch_add(self.sums, Ordering::Relaxed);
+                counters
+                    .dead_lettered
+                    .fetch_add(self.dead, Ordering::Relaxed);
+                self.reset();
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(worker = self.index, %error, "transaction commit failed; aborting and rewinding");
+                self.abort_and_rewind()
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next_offsets.clear();
+        self.open_since = None;
+        self.sums = 0;
+        self.dead = 0;
+    }
+
+    fn abort_and_rewind(&mut self) -> Result<(), StreamSumError> {
+        match self.runtime.block_on(self.sink.abort_transaction()) {
+            // A failed commit may already have aborted it.
+            Ok(()) | Err(SinkError::TransactionState(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.reset();
+        let committed = self.consumer.committed(COMMITTED_TIMEOUT)?;
+        let mut positions = TopicPartitionList::new();
+        for element in committed.elements() {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                // Nothing committed yet: where `auto.offset.reset` (earliest) starts.
+                _ => Offset::Beginning,
+            };
+            positions.add_partition_offset(element.topic(), element.partition(), offset)?;
+        }
+        if positions.count() > 0 {
+            let sought = self
+                .consumer
+                .seek_partitions(positions, COMMITTED_TIMEOUT)?;
+            for element in sought.elements() {
+                if let Err(error) = element.error() {
+                    tracing::warn!(worker = self.index, partition = element.partition(), %error, "rewind failed");
+                }
+            }
+        }
+        Ok(())
+    }
+}

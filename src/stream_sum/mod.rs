@@ -1,0 +1,466 @@
+//! stream_sum's engine: the public "streaming sum" benchmark. Binary-Avro `IntegerList`
+//! records in, their `SumResult` out under the same key; undecodable records to
+//! `<input>.dlq`.
+//!
+//! - [`run_stream_sum`]: the continuous processor. One worker per input partition by
+//!   default, each a member of the consumer group owning the partitions it is given.
+//!   At least once ([`at_least_once`]: a consuming and a producing thread joined by a bounded
+//!   [`batch_queue`]) or, with `exactly_once`, a transactional consume-transform-produce loop
+//!   ([`exactly_once`]).
+//! - [`bench`]: load N lists, process the backlog, report msg/s, verify the output.
+
+pub mod at_least_once;
+pub mod batch_queue;
+pub mod bench;
+pub mod exactly_once;
+
+use crate::avro::encode_sum_result;
+use crate::config::Config;
+use crate::kafka::sink::{
+    Compression, KafkaSink, MessageSerializer, SerializeError, SinkConfig, SinkError,
+};
+use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::shutdown::Shutdown;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the throughput line is logged (the spec: every 5 seconds).
+const REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// Partitions of the topics stream_sum creates when they are missing (the spec's 3).
+pub const CREATED_TOPIC_PARTITIONS: i32 = 3;
+/// Header of a dead-letter record that says why it was rejected.
+pub const DLQ_ERROR_HEADER: &str = "stream_sum.error";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamSumError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot read the partitions of {topic}: {source}")]
+    Metadata { topic: String, source: KafkaError },
+    #[error("topic {0} does not exist")]
+    NoSuchTopic(String),
+    #[error("{failed} results failed delivery; their input offsets were not committed")]
+    Undelivered { failed: u64 },
+    #[error("worker {worker} stopped: {reason}")]
+    WorkerPanicked { worker: usize, reason: String },
+    #[error("cannot start a worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the consumer has no group metadata to send to the transaction")]
+    NoGroupMetadata,
+    #[error("bench: {0}")]
+    Bench(String),
+}
+
+impl From<rdkafka::error::KafkaError> for StreamSumError {
+    fn from(error: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(error.into())
+    }
+}
+
+/// What stream_sum writes: a sum to the output topic, or an undecodable input record, as it
+/// came, to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamOutput {
+    Sum(i64),
+    Undecodable(Option<Vec<u8>>),
+}
+
+/// `SumResult` as binary Avro; dead letters pass through unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamOutputSerializer;
+
+impl MessageSerializer<StreamOutput> for StreamOutputSerializer {
+    fn serialize(&self, value: &StreamOutput, buffer: &mut Vec<u8>) -> Result<(), SerializeError> {
+        match value {
+            StreamOutput::Sum(sum) => encode_sum_result(*sum, buffer),
+            StreamOutput::Undecodable(payload) => {
+                buffer.extend_from_slice(payload.as_deref().unwrap_or_default())
+            }
+        }
+        Ok(())
+    }
+
+    fn content_type(&self) -> &str {
+        "avro/binary"
+    }
+
+    fn is_null(&self, value: &StreamOutput) -> bool {
+        matches!(value, StreamOutput::Undecodable(None))
+    }
+}
+
+/// The output sink of one worker: the spec's producer tuning (large batches, 20 ms linger,
+/// snappy), no per-message header.
+pub(crate) fn output_sink(
+    config: &Config,
+    client_id: String,
+    transactional_id: Option<String>,
+) -> Result<KafkaSink<StreamOutput, StreamOutputSerializer>, StreamSumError> {
+    let mut sink = SinkConfig::new(config.kafka.clone(), config.stream_sum.output_topic.clone());
+    sink.client_id = client_id;
+    sink.linger = Duration::from_millis(20);
+    sink.batch_size = 1_000_000;
+    sink.batch_messages = 10_000;
+    sink.compression = Compression::Snappy;
+    sink.content_type_header = false;
+    sink.buffer_messages = config.stream_sum.producer_queue_messages;
+    // Failures stop the worker (its offsets are not committed); nothing to trip.
+    sink.breaker_threshold = 0;
+    if let Some(id) = transactional_id {
+        sink = sink.with_guarantee(crate::kafka::sink::DeliveryGuarantee::ExactlyOnce);
+        sink.transactional_id = Some(id);
+    }
+    let mut kafka = sink.kafka.clone();
+    kafka
+        .properties
+        .0
+        .entry("socket.nagle.disable".into())
+        .or_insert_with(|| "true".into());
+    sink.kafka = kafka;
+    Ok(KafkaSink::with_serializer(sink, StreamOutputSerializer)?)
+}
+
+/// Counters shared by every worker, updated once per batch.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub processed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Times a worker paused its partitions because its output was behind.
+    pub pauses: AtomicU64,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamSumSummary {
+    pub workers: usize,
+    pub processed: u64,
+    pub dead_lettered: u64,
+    pub pauses: u64,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for StreamSumSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            // No overall rate: a run includes idle time; the periodic throughput line and
+            // `stream_sum bench` are the measures.
+            "stream_sum summary: workers={} processed={} dead_lettered={} pauses={} elapsed={:.2}s",
+            self.workers,
+            self.processed,
+            self.dead_lettered,
+            self.pauses,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// Logs an assignment or a rebalance error (revocations are logged by each context, with
+/// what it did about them).
+pub(crate) fn log_rebalance(worker: usize, rebalance: &Rebalance<'_>) {
+    match rebalance {
+        Rebalance::Assign(partitions) => {
+            tracing::info!(
+                worker,
+                assigned = partitions.count(),
+                "rebalance: partitions assigned"
+            );
+        }
+        Rebalance::Revoke(_) => {}
+        Rebalance::Error(error) => tracing::warn!(worker, %error, "rebalance error"),
+    }
+}
+
+/// The consumer context of an exactly-once worker: tells it a rebalance happened.
+pub struct StreamContext {
+    worker: usize,
+    rebalanced: AtomicBool,
+}
+
+impl StreamContext {
+    pub(crate) fn new(worker: usize) -> Self {
+        Self {
+            worker,
+            rebalanced: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a rebalance happened since the last call.
+    pub fn take_rebalanced(&self) -> bool {
+        self.rebalanced.load(Ordering::Acquire) && self.rebalanced.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl ClientContext for StreamContext {}
+
+impl ConsumerContext for StreamContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            self.rebalanced.store(true, Ordering::Release);
+            tracing::info!(
+                worker = self.worker,
+                revoked = partitions.count(),
+                "rebalance: partitions revoked"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_)) {
+            self.rebalanced.store(true, Ordering::Release);
+        }
+        log_rebalance(self.worker, rebalance);
+    }
+}
+
+/// A consumer for one worker, tuned for throughput (short fetch error backoff, Nagle off,
+/// a deep prefetch queue); `tune` adjusts it further.
+pub(crate) fn worker_consumer<C: ConsumerContext>(
+    config: &Config,
+    group_id: &str,
+    context: C,
+    tune: impl FnOnce(&mut rdkafka::ClientConfig),
+) -> Result<BaseConsumer<C>, StreamSumError> {
+    let mut consumer_config = client_config(
+        &config.kafka,
+        ClientRole::Consumer { group_id },
+        "stream_sum",
+    )?;
+    consumer_config
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (property, value) in [
+        ("fetch.error.backoff.ms", "10"),
+        ("socket.nagle.disable", "true"),
+        ("fetch.wait.max.ms", "100"),
+        ("queued.min.messages", "200000"),
+    ] {
+        crate::kafka::client_config::set_default(&mut consumer_config, property, value);
+    }
+    tune(&mut consumer_config);
+    Ok(consumer_config.create_with_context(context)?)
+}
+
+/// The partition count of `topic`, or an error when it does not exist.
+pub(crate) fn partition_count(config: &Config, topic: &str) -> Result<usize, StreamSumError> {
+    let consumer: BaseConsumer =
+        client_config(&config.kafka, ClientRole::Admin, "stream_sum-metadata")?.create()?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|source| StreamSumError::Metadata {
+            topic: topic.to_string(),
+            source: source.into(),
+        })?;
+    match metadata.topics().first() {
+        Some(found) if found.error().is_none() && !found.partitions().is_empty() => {
+            Ok(found.partitions().len())
+        }
+        _ => Err(StreamSumError::NoSuchTopic(topic.to_string())),
+    }
+}
+
+/// Creates the topics that do not exist yet with [`CREATED_TOPIC_PARTITIONS`] partitions. A
+/// broker without the CreateTopics API (the dev broker) is logged and left to auto-create.
+pub(crate) async fn ensure_topics(config: &Config, topics: &[&str]) -> Result<(), StreamSumError> {
+    let mut missing = Vec::new();
+    for topic in topics {
+        match partition_count(config, topic) {
+            Ok(_) => {}
+            Err(StreamSumError::NoSuchTopic(_)) => missing.push(*topic),
+            Err(error) => return Err(error),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&config.kafka, ClientRole::Admin, "stream_sum-admin")?.create()?;
+    let new_topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|topic| {
+            NewTopic::new(
+                topic,
+                CREATED_TOPIC_PARTITIONS,
+                // -1: the broker's default replication factor.
+                TopicReplication::Fixed(-1),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        // A broker without CreateTopics never answers: do not wait a minute for it.
+        .request_timeout(Some(Duration::from_secs(5)));
+    match admin.create_topics(&new_topics, &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(topic) => tracing::info!(
+                        topic,
+                        partitions = CREATED_TOPIC_PARTITIONS,
+                        "topic created"
+                    ),
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        tracing::warn!(topic, error = %code, "cannot create topic; relying on auto-creation")
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot create topics; relying on auto-creation")
+        }
+    }
+    Ok(())
+}
+
+/// Logs `(current - previous) / 5` messages per second every 5 s, as the spec asks.
+async fn report_throughput(counters: Arc<Counters>, mut shutdown: Shutdown) {
+    let mut previous = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPORT_INTERVAL) => {}
+            _ = shutdown.wait() => return,
+        }
+        let current = counters.processed.load(Ordering::Relaxed);
+        tracing::info!(
+            messages_per_sec = (current - previous) / REPORT_INTERVAL.as_secs(),
+            total = current,
+            "throughput"
+        );
+        previous = current;
+    }
+}
+
+/// A flag for worker threads, raised when `shutdown` fires.
+pub(crate) fn stop_flag(mut shutdown: Shutdown) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(shutdown.is_triggered()));
+    let raised = flag.clone();
+    tokio::spawn(async move {
+        shutdown.wait().await;
+        raised.store(true, Ordering::Release);
+    });
+    flag
+}
+
+/// Runs `work(index)` on `workers` named threads and waits for all; the first error wins.
+pub(crate) async fn run_on_threads<F>(
+    name: &str,
+    workers: usize,
+    work: F,
+) -> Result<(), StreamSumError>
+where
+    F: Fn(usize) -> Result<(), StreamSumError> + Send + Sync + 'static,
+{
+    let work = Arc::new(work);
+    let mut threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let work = work.clone();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("{name}-{index}"))
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(index)));
+                let _ = done.send(outcome.unwrap_or_else(|panic| {
+                    let reason = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panicked".into());
+                    Err(StreamSumError::WorkerPanicked {
+                        worker: index,
+                        reason,
+                    })
+                }));
+            })
+            .map_err(StreamSumError::Thread)?;
+        threads.push(finished);
+    }
+    let mut first_error = None;
+    for (index, finished) in threads.into_iter().enumerate() {
+        let outcome = finished
+            .await
+            .unwrap_or(Err(StreamSumError::WorkerPanicked {
+                worker: index,
+                reason: "thread ended without a result".into(),
+            }));
+        if let Err(error) = outcome {
+            tracing::error!(worker = index, %error, "worker failed");
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Runs the continuous processor until `shutdown`; then drains, flushes and commits.
+pub async fn run_stream_sum(
+    config: &Config,
+    shutdown: Shutdown,
+) -> Result<StreamSumSummary, StreamSumError> {
+    let started = Instant::now();
+    let settings = &config.stream_sum;
+    ensure_topics(config, &[&settings.input_topic, &settings.output_topic]).await?;
+    let workers = match settings.workers {
+        0 => match partition_count(config, &settings.input_topic) {
+            Ok(partitions) => partitions,
+            // Not created (a broker without CreateTopics): it will be auto-created with the
+            // first record, with as many partitions as stream_sum would have made.
+            Err(StreamSumError::NoSuchTopic(_)) => CREATED_TOPIC_PARTITIONS as usize,
+            Err(error) => return Err(error),
+        },
+        workers => workers,
+    };
+    let counters = Arc::new(Counters::default());
+    tracing::info!(
+        workers,
+        input = %settings.input_topic,
+        output = %settings.output_topic,
+        group = %settings.group_id,
+        exactly_once = settings.exactly_once,
+        "stream_sum started"
+    );
+    let reporter = tokio::spawn(report_throughput(counters.clone(), shutdown.clone()));
+    let stop = stop_flag(shutdown);
+    let runtime = tokio::runtime::Handle::current();
+    let outcome = {
+        let config = config.clone();
+        let counters = counters.clone();
+        if settings.exactly_once {
+            run_on_threads("stream-sum-txn", workers, move |index| {
+                exactly_once::run_worker(index, &config, &counters, &stop, &runtime)
+            })
+            .await
+        } else {
+            run_on_threads("stream-sum", workers, move |index| {
+                at_least_once::run_worker(
+                    index,
+                    &config,
+                    &config.stream_sum.group_id,
+                    at_least_once::Source::Group,
+                    &counters,
+                    &stop,
+                )
+            })
+            .await
+        }
+    };
+    reporter.abort();
+    outcome?;
+    Ok(StreamSumSummary {
+        workers,
+        processed: counters.processed.load(Ordering::Relaxed),
+        dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
+        pauses: counters.pauses.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
