@@ -16,8 +16,8 @@ pub const SUITE_TOPICS: &[(&str, i32)] = &[
     ("integer-list-input-avro", 3),
     ("integer-list-input-avro.dlq", 1),
     ("integer-sum-output-avro", 3),
-    ("integer-list-input-benchmark", 3),
-    ("integer-sum-output-benchmark", 3),
+    ("integer-list-input-benchmark", 12),
+    ("integer-sum-output-benchmark", 12),
     ("user-events", 3),
 ];
 

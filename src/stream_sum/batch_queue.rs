@@ -97,7 +97,8 @@ impl<T> BatchQueue<T> {
     /// Queues `batch`, waiting up to `timeout` for room. Gives the batch back when the
     /// queue stayed full (or was closed).
     pub fn push(&self, batch: Vec<T>, timeout: Duration) -> Result<(), Vec<T>> {
-        let deadline = Instant::now() + timeout;
+        // The clock is read only when there is something to wait for.
+        let mut deadline = None;
         let mut state = self.lock();
         loop {
             if state.closed {
@@ -110,6 +111,7 @@ impl<T> BatchQueue<T> {
                 return Ok(());
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
             if now >= deadline {
                 return Err(batch);
             }
@@ -123,7 +125,7 @@ impl<T> BatchQueue<T> {
 
     /// The next batch, waiting up to `timeout`.
     pub fn pop(&self, timeout: Duration) -> Popped<T> {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = None;
         let mut state = self.lock();
         loop {
             if let Some(batch) = state.full.pop_front() {
@@ -138,6 +140,7 @@ impl<T> BatchQueue<T> {
                 return Popped::Closed;
             }
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + timeout);
             if now >= deadline {
                 return Popped::Empty;
             }

@@ -241,6 +241,10 @@ pub(crate) fn worker_consumer<C: ConsumerContext>(
         .set("auto.offset.reset", "earliest");
     for (property, value) in [
         ("fetch.error.backoff.ms", "10"),
+        // librdkafka waits this long (default 1 s) before fetching again for a partition
+        // whose local queue was full; a fast consumer then starves: measured 3.2x slower
+        // with one worker (docs/BENCHMARKS.md).
+        ("fetch.queue.backoff.ms", "10"),
         ("socket.nagle.disable", "true"),
         ("fetch.wait.max.ms", "100"),
         ("queued.min.messages", "200000"),

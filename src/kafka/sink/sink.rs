@@ -24,7 +24,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -109,9 +109,31 @@ struct Shared {
     outstanding: AtomicU64,
 }
 
+/// One fast-path message in this many carries its enqueue time, for the latency metrics:
+/// reading the clock for every message (and again in its delivery report) cost more than
+/// a tenth of stream_sum's CPU time (perf, see docs/BENCHMARKS.md).
+const LATENCY_SAMPLE_EVERY: u32 = 64;
+
+thread_local! {
+    /// Fast-path messages this thread enqueued, for latency sampling.
+    static ENQUEUED: Cell<u32> = const { Cell::new(0) };
+}
+
 impl Shared {
+    /// The opaque of a fast-path message: the low bit set, and above it the enqueue time in
+    /// microseconds (at least 1) for a sampled message, 0 for the others.
     fn fast_opaque(&self) -> usize {
-        ((self.epoch.elapsed().as_micros() as usize) << 1) | 1
+        let sampled = ENQUEUED.with(|count| {
+            let n = count.get();
+            count.set(n.wrapping_add(1));
+            n % LATENCY_SAMPLE_EVERY == 0
+        });
+        if sampled {
+            let micros = (self.epoch.elapsed().as_micros() as usize).max(1);
+            (micros << 1) | 1
+        } else {
+            1
+        }
     }
 }
 
@@ -131,12 +153,15 @@ impl ProducerContext<StrategyPartitioner> for SinkContext {
         shared.outstanding.fetch_sub(1, Ordering::AcqRel);
         if opaque & 1 == 1 {
             // Fast path: account here; nobody awaits this message.
-            let enqueued = Duration::from_micros((opaque >> 1) as u64);
+            let enqueued = opaque >> 1;
             match result {
                 Ok(message) => {
                     let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    let latency = shared.epoch.elapsed().saturating_sub(enqueued);
-                    shared.metrics.delivered(bytes, Some(latency));
+                    let latency = (enqueued > 0).then(|| {
+                        let enqueued = Duration::from_micros(enqueued as u64);
+                        shared.epoch.elapsed().saturating_sub(enqueued)
+                    });
+                    shared.metrics.delivered(bytes, latency);
                     shared.breaker.record_success();
                 }
                 Err((error, _)) => {
@@ -326,11 +351,17 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         if !self.shared.breaker.allow() {
             return Err(self.refuse(SinkError::CircuitOpen));
         }
-        let deadline = Instant::now() + self.config.send_timeout;
+        let opaque = self.shared.fast_opaque();
+        // Set on the first full queue: the common case reads no clock here.
+        let mut deadline = None;
         loop {
-            match self.try_produce(message, self.shared.fast_opaque()) {
+            match self.try_produce(message, opaque) {
                 Ok(true) => return Ok(()),
-                Ok(false) if Instant::now() < deadline => {
+                Ok(false)
+                    if Instant::now()
+                        < *deadline
+                            .get_or_insert_with(|| Instant::now() + self.config.send_timeout) =>
+                {
                     std::thread::sleep(Duration::from_millis(1))
                 }
                 Ok(false) => {
