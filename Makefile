@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint fmt demo bench stack-up stack-down stack-status clean
+.PHONY: help build test lint fmt demo bench run-stream bench-stream stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,6 +32,20 @@ demo: ## Flash-sale demo: 20,000 users x 3 requests vs stock 1,000, then verify 
 bench: ## Criterion benches: serializers, and sink send throughput to the dev broker
 	@$(STACK) up
 	@$(STACK_ENV) && cargo bench --bench serializers --bench sink_throughput
+
+# stream_sum bench size and workers (the dev broker's benchmark topics have 12 partitions).
+RECORDS ?= 2000000
+WORKERS ?= 3
+
+run-stream: ## stream_sum run on the dev broker until Ctrl-C (integer-list-input-avro -> integer-sum-output-avro)
+	@$(STACK) up
+	cargo build --release --bin stream_sum
+	@$(STACK_ENV) && ./target/release/stream_sum run
+
+bench-stream: ## stream_sum bench: load RECORDS lists, process them with WORKERS workers, verify
+	@$(STACK) up
+	cargo build --release --bin stream_sum
+	@$(STACK_ENV) && RUST_LOG=$${RUST_LOG:-warn} ./target/release/stream_sum bench --records $(RECORDS) --workers $(WORKERS)
 
 stack-up: ## Start Redis, PostgreSQL and the dev broker on loopback (data in .dev/)
 	@$(STACK) up

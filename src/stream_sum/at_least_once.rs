@@ -182,6 +182,16 @@ impl ClientContext for HandoffContext {}
 impl ConsumerContext for HandoffContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            if self.handoff.queue.is_closed() {
+                // Leaving the group at shutdown: the worker's final checkpoint already ran
+                // (and reported its own failure, if any).
+                tracing::info!(
+                    worker = self.worker,
+                    revoked = partitions.count(),
+                    "rebalance: partitions released at shutdown"
+                );
+                return;
+            }
             let committed = self.handoff.push_staged(REVOKE_CHECKPOINT_TIMEOUT)
                 && self
                     .handoff

@@ -97,7 +97,9 @@ pub async fn run_bench(
     config.stream_sum.input_topic = options.input_topic.clone();
     config.stream_sum.output_topic = options.output_topic.clone();
     super::ensure_topics(&config, &[&options.input_topic, &options.output_topic]).await?;
-    let partitions = partition_count(&config, &options.input_topic)?;
+    // Both must exist before loading: the output's end offsets bound what is verified.
+    let partitions = existing_partitions(&config, &options.input_topic)?;
+    let output_partitions = existing_partitions(&config, &options.output_topic)?;
 
     let (backlog, expected_records, expected_sum) = if options.skip_load {
         let backlog = retained(&config, &options.input_topic, partitions)?;
@@ -132,7 +134,6 @@ pub async fn run_bench(
         0 => partitions,
         workers => workers.min(partitions),
     };
-    let output_partitions = partition_count(&config, &options.output_topic)?;
     let output_before = high_watermarks(&config, &options.output_topic, output_partitions)?;
     tracing::info!(
         records = expected_records,
@@ -189,6 +190,17 @@ pub async fn run_bench(
         )));
     }
     Ok(report)
+}
+
+/// The partition count of a topic the bench needs, or an error that says what to do.
+fn existing_partitions(config: &Config, topic: &str) -> Result<usize, StreamSumError> {
+    partition_count(config, topic).map_err(|error| match error {
+        StreamSumError::NoSuchTopic(topic) => StreamSumError::Bench(format!(
+            "topic {topic} does not exist and the broker did not create it (the dev broker \
+             has no CreateTopics API): create it first, or use the benchmark topics"
+        )),
+        other => other,
+    })
 }
 
 /// Phase 1: sends `records` random lists and returns the sum of all their numbers.
