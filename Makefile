@@ -13,8 +13,9 @@ help: ## List the targets
 build: ## Build every program (release)
 	cargo build --release --bins
 
-test: ## Start the dev stack (installing what is missing) and run every test
+test: ## Start the dev stack (installing what is missing), check the schemas, run every test
 	@$(STACK) up
+	@$(MAKE) --no-print-directory -C schemas validate sync
 	@$(STACK_ENV) && cargo test --all-targets || { \
 	  echo; echo "make test: FAILED. Service logs: .dev/redis.log, .dev/pg-sock/postgres.log, .dev/dev_broker.log;"; \
 	  echo "the stack is still up for a rerun (cargo test <name>); stop it with 'make stack-down'."; exit 1; }

@@ -18,6 +18,8 @@
 //! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
 //! | [`backoff`]     | exponential backoff with jitter for unreachable services             |
 //! | [`avro`]        | allocation-free binary Avro for `IntegerList` / `SumResult`          |
+//! | [`proto`]       | protobuf types generated from `schemas/proto/` (`UserEvent`)          |
+//! | [`schemas`]     | validation of `schemas/` and the ConfigMap that ships it              |
 //! | [`stream_sum`]  | the streaming-sum processor (at least once / exactly once) and bench  |
 //!
 //! The programs in `src/bin/` are thin: they parse flags, set up logging, load the
@@ -31,7 +33,9 @@ pub mod config;
 pub mod dev_broker;
 pub mod kafka;
 pub mod postgres;
+pub mod proto;
 pub mod redis_state;
+pub mod schemas;
 pub mod seckill;
 pub mod secret;
 pub mod shutdown;
