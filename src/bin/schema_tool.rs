@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use seckill_kafka::cli::exit_with_error;
 use seckill_kafka::schemas::{configmap, validate};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Schema folder tool: validate every .proto and .avsc, write or check the ConfigMap.
 #[derive(Debug, Parser)]
@@ -57,7 +57,7 @@ fn main() {
     }
 }
 
-fn sync(dir: &PathBuf, output: &PathBuf, name: &str, check: bool) -> anyhow::Result<()> {
+fn sync(dir: &Path, output: &Path, name: &str, check: bool) -> anyhow::Result<()> {
     let rendered = configmap(dir, name)?;
     if check {
         let committed = std::fs::read_to_string(output)
