@@ -362,13 +362,18 @@ async fn malformed_messages_go_to_the_dead_letter_topic() {
     wait_group_caught_up(&pipeline.brokers, &pipeline.group, &pipeline.topic).await;
     let server = server.terminate();
     server.assert_success("server_kafka kept running through garbage");
-    assert_eq!(
-        (
-            server.figure("success"),
-            server.figure("malformed"),
-            server.figure("other_activity")
-        ),
-        (60, 6, 1)
+    let (success, malformed, other) = (
+        server.figure("success"),
+        server.figure("malformed"),
+        server.figure("other_activity"),
+    );
+    assert_eq!(success, 60);
+    // At least once: when a consumer joins late, the records its partitions' first owner
+    // read since the last commit are read again (the dev broker refuses a commit during a
+    // rebalance), so a bad or foreign record may be counted twice; never less than once.
+    assert!(
+        (6..=12).contains(&malformed) && (1..=2).contains(&other),
+        "malformed={malformed} (6 bad records) other_activity={other} (1)"
     );
 
     // The dead-letter topic has each bad payload once, with the reason and the source.
