@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint fmt demo bench run-stream bench-stream stack-up stack-down stack-status clean
+.PHONY: help build test lint fmt demo bench run-stream bench-stream run-zstd stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ build: ## Build every program (release)
 test: ## Start the dev stack (installing what is missing), check the schemas, run every test
 	@$(STACK) up
 	@$(MAKE) --no-print-directory -C schemas validate sync
-	@$(STACK_ENV) && cargo test --all-targets || { \
+	@$(STACK_ENV) && cargo test --all-targets --no-fail-fast || { \
 	  echo; echo "make test: FAILED. Service logs: .dev/redis.log, .dev/pg-sock/postgres.log, .dev/dev_broker.log;"; \
 	  echo "the stack is still up for a rerun (cargo test <name>); stop it with 'make stack-down'."; exit 1; }
 
@@ -47,6 +47,13 @@ bench-stream: ## stream_sum bench: load RECORDS lists, process them with WORKERS
 	@$(STACK) up
 	cargo build --release --bin stream_sum
 	@$(STACK_ENV) && RUST_LOG=$${RUST_LOG:-warn} ./target/release/stream_sum bench --records $(RECORDS) --workers $(WORKERS)
+
+EVENTS ?= 1000000
+
+run-zstd: ## zstd_producer: EVENTS UserEvents to user-events on the dev broker, then read them back
+	@$(STACK) up
+	cargo build --release --bin zstd_producer
+	@$(STACK_ENV) && ./target/release/zstd_producer --events $(EVENTS) && ./target/release/zstd_producer --verify
 
 stack-up: ## Start Redis, PostgreSQL and the dev broker on loopback (data in .dev/)
 	@$(STACK) up
