@@ -7,7 +7,7 @@
 //!
 //! Environment variables: every key `section.key` can be set as `SECKILL_SECTION_KEY`
 //! (upper case, dots to underscores), e.g. `SECKILL_SERVER_KAFKA_CONSUMERS=4`. The usual
-//! names `KAFKA_BROKERS`, `REDIS_URL` and `DATABASE_URL` are read too, below their
+//! names `KAFKA_BROKERS` (or `KAFKA_BROKER`), `REDIS_URL` and `DATABASE_URL` are read too, below their
 //! `SECKILL_` spelling. An unknown `SECKILL_*` variable is an error, so typos do not pass
 //! silently. `kafka.properties` (raw librdkafka properties) is set in the file only.
 
@@ -25,6 +25,8 @@ pub const CONFIG_PATH_ENV: &str = "SECKILL_CONFIG";
 pub const ENV_PREFIX: &str = "SECKILL_";
 /// Conventional variable names read as aliases of a key (below `SECKILL_*`).
 pub const ENV_ALIASES: &[(&str, &str)] = &[
+    // The singular spelling some Kafka tools use; KAFKA_BROKERS wins when both are set.
+    ("KAFKA_BROKER", "kafka.brokers"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("REDIS_URL", "redis.url"),
     ("DATABASE_URL", "postgres.url"),
@@ -351,6 +353,8 @@ pub struct ZstdProducerConfig {
     pub rate: u64,
     /// Distinct users the events are spread over.
     pub users: u64,
+    /// Seed of the event generator, for a reproducible sequence; 0 picks one at random.
+    pub seed: u64,
 }
 
 impl Default for ZstdProducerConfig {
@@ -360,6 +364,7 @@ impl Default for ZstdProducerConfig {
             events: 100_000,
             rate: 0,
             users: 1_000,
+            seed: 0,
         }
     }
 }

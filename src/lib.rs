@@ -20,6 +20,7 @@
 //! | [`avro`]        | allocation-free binary Avro for `IntegerList` / `SumResult`          |
 //! | [`proto`]       | protobuf types generated from `schemas/proto/` (`UserEvent`)          |
 //! | [`schemas`]     | validation of `schemas/` and the ConfigMap that ships it              |
+//! | [`zstd_producer`] | realistic protobuf `UserEvent`s with zstd; the read-back check      |
 //! | [`stream_sum`]  | the streaming-sum processor (at least once / exactly once) and bench  |
 //!
 //! The programs in `src/bin/` are thin: they parse flags, set up logging, load the
@@ -41,3 +42,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod stream_sum;
 pub mod telemetry;
+pub mod zstd_producer;

@@ -1,10 +1,13 @@
-//! zstd_producer: produces protobuf UserEvents with zstd compression.
+//! zstd_producer: produces protobuf UserEvents with zstd compression, or reads them back.
 
 use clap::Parser;
-use seckill_kafka::cli::{start, CommonArgs};
+use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
+use seckill_kafka::shutdown::Shutdown;
+use seckill_kafka::zstd_producer::{run_zstd_producer, verify_topic};
 
-/// UserEvent (protobuf) producer with zstd batches.
+/// UserEvent (protobuf) producer with zstd batches. The broker comes from --brokers, else
+/// KAFKA_BROKERS or KAFKA_BROKER, else localhost:9092.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -22,21 +25,46 @@ struct Args {
     /// Distinct users (zstd_producer.users)
     #[arg(long)]
     users: Option<u64>,
+    /// Event generator seed, 0 = random (zstd_producer.seed)
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Read the topic back instead: decode every record, count by type, report the
+    /// undecodable ones (exit 1 if there are any)
+    #[arg(long)]
+    verify: bool,
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let args = Args::parse();
     let mut flags = FlagOverrides::new();
     flags
         .set("zstd_producer.topic", "topic", args.topic)
         .set("zstd_producer.events", "events", args.events)
         .set("zstd_producer.rate", "rate", args.rate)
-        .set("zstd_producer.users", "users", args.users);
+        .set("zstd_producer.users", "users", args.users)
+        .set("zstd_producer.seed", "seed", args.seed);
     let Some(config) = start("zstd_producer", &args.common, flags) else {
         return;
     };
-    tracing::warn!(
-        topic = %config.zstd_producer.topic,
-        "configuration is valid; producing events is not implemented in this build yet"
-    );
+    let result = async {
+        if args.verify {
+            let report = verify_topic(&config).await?;
+            println!("{report}");
+            anyhow::ensure!(
+                report.undecodable == 0,
+                "{} undecodable records",
+                report.undecodable
+            );
+        } else {
+            let report = run_zstd_producer(&config, Shutdown::on_signals()?).await?;
+            println!("{report}");
+            anyhow::ensure!(report.failed == 0, "{} events not delivered", report.failed);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        exit_with_error("zstd_producer", &error);
+    }
 }

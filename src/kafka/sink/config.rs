@@ -116,6 +116,9 @@ pub struct SinkConfig {
     /// cost throughput in librdkafka (see docs/BENCHMARKS.md); turn it off when consumers
     /// know the format.
     pub content_type_header: bool,
+    /// How often librdkafka reports statistics (`statistics.interval.ms`); read them with
+    /// `KafkaSink::statistics`. Default off.
+    pub statistics_interval: Option<Duration>,
 }
 
 /// A setting the sink rejects, with the field and the reason.
@@ -145,6 +148,7 @@ const SINK_PROPERTIES: &[&str] = &[
     "queue.buffering.max.kbytes",
     "queue.buffering.max.messages",
     "partitioner",
+    "statistics.interval.ms",
 ];
 
 impl SinkConfig {
@@ -172,6 +176,7 @@ impl SinkConfig {
             guarantee: DeliveryGuarantee::AtLeastOnce,
             partition_strategy: PartitionStrategy::KeyHash,
             content_type_header: true,
+            statistics_interval: None,
         }
     }
 
@@ -324,6 +329,9 @@ impl SinkConfig {
         }
         if let Some(id) = &self.transactional_id {
             config.set("transactional.id", id);
+        }
+        if let Some(interval) = self.statistics_interval {
+            config.set("statistics.interval.ms", millis(interval));
         }
         Ok(config)
     }

@@ -31,4 +31,4 @@ pub use serializer::{
     AvroSerializer, BincodeSerializer, BytesSerializer, JsonSerializer, MessageSerializer,
     ProtobufSerializer, SerializeError, CONTENT_TYPE_HEADER,
 };
-pub use sink::{CloseReport, DeliveryReport, KafkaSink, SinkError};
+pub use sink::{CloseReport, DeliveryReport, KafkaSink, SinkError, SinkStatistics};

@@ -23,7 +23,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Statistics};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -107,6 +107,7 @@ struct Shared {
     /// Messages handed to librdkafka whose delivery report has not arrived. (librdkafka's
     /// own queue length also counts protocol requests, so it cannot say this.)
     outstanding: AtomicU64,
+    statistics: StatisticsTotals,
 }
 
 /// One fast-path message in this many carries its enqueue time, for the latency metrics:
@@ -143,7 +144,68 @@ pub struct SinkContext {
     partitioner: StrategyPartitioner,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        let shared = &self.shared;
+        // Window statistics cover one interval: add them up. The others are running totals.
+        let (batch_bytes, batch_messages) = statistics
+            .topics
+            .values()
+            .fold((0, 0), |(bytes, messages), topic| {
+                (bytes + topic.batchsize.sum, messages + topic.batchcnt.sum)
+            });
+        shared
+            .statistics
+            .batch_bytes
+            .fetch_add(batch_bytes.max(0) as u64, Ordering::Relaxed);
+        shared
+            .statistics
+            .batch_messages
+            .fetch_add(batch_messages.max(0) as u64, Ordering::Relaxed);
+        shared
+            .statistics
+            .message_bytes
+            .store(statistics.txmsg_bytes.max(0) as u64, Ordering::Relaxed);
+        shared
+            .statistics
+            .queued_messages
+            .store(statistics.msg_cnt, Ordering::Relaxed);
+        shared.statistics.reports.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// What librdkafka's statistics said so far (see [`SinkConfig::statistics_interval`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStatistics {
+    /// Statistics reports received.
+    pub reports: u64,
+    /// Key and value bytes of the messages put into produce batches (`txmsg_bytes`):
+    /// before compression.
+    pub message_bytes: u64,
+    /// Bytes of those batches as sent (the topics' `batchsize` windows added up): after
+    /// compression, with the batch framing.
+    pub batch_bytes: u64,
+    /// Messages in those batches.
+    pub batch_messages: u64,
+    /// Messages waiting in the producer queue at the last report (`msg_cnt`).
+    pub queued_messages: u64,
+}
+
+impl SinkStatistics {
+    /// Uncompressed over compressed bytes; `None` before a batch was reported.
+    pub fn compression_ratio(&self) -> Option<f64> {
+        (self.batch_bytes > 0).then(|| self.message_bytes as f64 / self.batch_bytes as f64)
+    }
+}
+
+#[derive(Default)]
+struct StatisticsTotals {
+    reports: AtomicU64,
+    message_bytes: AtomicU64,
+    batch_bytes: AtomicU64,
+    batch_messages: AtomicU64,
+    queued_messages: AtomicU64,
+}
 
 impl ProducerContext<StrategyPartitioner> for SinkContext {
     type DeliveryOpaque = usize;
@@ -241,6 +303,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             next_waiter: AtomicU64::new(1),
             epoch: Instant::now(),
             outstanding: AtomicU64::new(0),
+            statistics: StatisticsTotals::default(),
         });
         let context = SinkContext {
             shared: shared.clone(),
@@ -273,6 +336,18 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
 
     pub fn breaker_state(&self) -> BreakerState {
         self.shared.breaker.state()
+    }
+
+    /// librdkafka's statistics so far (all zero unless `statistics_interval` is set).
+    pub fn statistics(&self) -> SinkStatistics {
+        let totals = &self.shared.statistics;
+        SinkStatistics {
+            reports: totals.reports.load(Ordering::Acquire),
+            message_bytes: totals.message_bytes.load(Ordering::Relaxed),
+            batch_bytes: totals.batch_bytes.load(Ordering::Relaxed),
+            batch_messages: totals.batch_messages.load(Ordering::Relaxed),
+            queued_messages: totals.queued_messages.load(Ordering::Relaxed),
+        }
     }
 
     /// Messages handed to librdkafka whose delivery report has not arrived yet.
