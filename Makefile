@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint fmt demo bench run-stream bench-stream run-zstd stack-up stack-down stack-status clean
+.PHONY: help build test lint fmt demo bench run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,21 @@ bench: ## Criterion benches: serializers, and sink send throughput to the dev br
 	@$(STACK) up
 	@$(STACK_ENV) && cargo bench --bench serializers --bench sink_throughput
 
+run-server: ## server_kafka on the dev stack until Ctrl-C (resets the activity's stock to 1,000)
+	@$(STACK) up
+	cargo build --release --bin server_kafka
+	@$(STACK_ENV) && ./target/release/server_kafka --initial-stock 1000
+
+run-client: ## client_kafka: one burst of flash-sale requests to the dev broker
+	@$(STACK) up
+	cargo build --release --bin client_kafka
+	@$(STACK_ENV) && ./target/release/client_kafka
+
+run-log-worker: ## log_worker on the dev stack until Ctrl-C (Redis log list -> PostgreSQL)
+	@$(STACK) up
+	cargo build --release --bin log_worker
+	@$(STACK_ENV) && ./target/release/log_worker
+
 # stream_sum bench size and workers (the dev broker's benchmark topics have 12 partitions).
 RECORDS ?= 2000000
 WORKERS ?= 3
@@ -54,6 +69,26 @@ run-zstd: ## zstd_producer: EVENTS UserEvents to user-events on the dev broker, 
 	@$(STACK) up
 	cargo build --release --bin zstd_producer
 	@$(STACK_ENV) && ./target/release/zstd_producer --events $(EVENTS) && ./target/release/zstd_producer --verify
+
+IMAGE ?= seckill-kafka:latest
+COMPOSE ?= docker compose
+
+docker-build: ## Build the image (all five programs and config.yaml; needs Docker)
+	docker build -t $(IMAGE) .
+
+docker-run: ## Run a program from the image, e.g. make docker-run ARGS="stream_sum --help"
+	docker run --rm -it --network host $(IMAGE) $(or $(ARGS),server_kafka --help)
+
+compose-up: ## Kafka 4 (KRaft), Redis, PostgreSQL, topics, server_kafka, log_worker, stream_sum
+	$(COMPOSE) up -d --build --wait server_kafka log_worker stream_sum
+
+compose-demo: compose-up ## The flash-sale demo in compose: client_kafka, then log_worker --verify
+	$(COMPOSE) --profile demo run --rm client_kafka
+	sleep 10
+	$(COMPOSE) --profile demo run --rm verify
+
+compose-down: ## Stop the compose stack and remove its volumes
+	$(COMPOSE) --profile demo down -v
 
 stack-up: ## Start Redis, PostgreSQL and the dev broker on loopback (data in .dev/)
 	@$(STACK) up

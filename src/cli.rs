@@ -53,5 +53,12 @@ pub fn start(program: &str, common: &CommonArgs, flags: FlagOverrides) -> Option
         return None;
     }
     crate::telemetry::init(config.telemetry.log_format);
+    for (name, _) in std::env::vars_os().filter_map(|(n, v)| Some((n.into_string().ok()?, v))) {
+        if let Some(key) = crate::config::key_of_env_var(&name) {
+            if !crate::config::program_reads(program, &key) {
+                tracing::warn!(variable = %name, %key, program, "environment variable is not used by this program");
+            }
+        }
+    }
     Some(config)
 }

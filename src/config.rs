@@ -31,6 +31,50 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("REDIS_URL", "redis.url"),
     ("DATABASE_URL", "postgres.url"),
 ];
+/// The sections each program reads. Every program loads and checks the whole
+/// configuration, but a variable of another section has no effect on it: `cli::start` warns
+/// about those, and tests/deploy.rs holds docker-compose.yml to this table.
+pub const PROGRAM_SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "client_kafka",
+        &["kafka", "telemetry", "seckill", "client_kafka"],
+    ),
+    (
+        "server_kafka",
+        &["kafka", "telemetry", "seckill", "redis", "server_kafka"],
+    ),
+    (
+        "log_worker",
+        &["telemetry", "seckill", "redis", "postgres", "log_worker"],
+    ),
+    ("stream_sum", &["kafka", "telemetry", "stream_sum"]),
+    ("zstd_producer", &["kafka", "telemetry", "zstd_producer"]),
+];
+
+/// The configuration key an environment variable sets (an alias or a `SECKILL_*` name).
+pub fn key_of_env_var(name: &str) -> Option<String> {
+    if let Some((_, key)) = ENV_ALIASES.iter().find(|(env, _)| *env == name) {
+        return Some(key.to_string());
+    }
+    if !name.starts_with(ENV_PREFIX) {
+        return None;
+    }
+    ConfigLoader::new()
+        .env_names()
+        .into_iter()
+        .find(|(_, env)| env == name)
+        .map(|(key, _)| key)
+}
+
+/// Whether `program` reads `key` (a `section.key` name). Unknown programs read everything.
+pub fn program_reads(program: &str, key: &str) -> bool {
+    let section = key.split('.').next().unwrap_or(key);
+    PROGRAM_SECTIONS
+        .iter()
+        .find(|(name, _)| *name == program)
+        .is_none_or(|(_, sections)| sections.contains(&section))
+}
+
 /// Keys whose value is a free-form map rather than a fixed set of keys.
 const FREE_FORM_KEYS: &[&str] = &["kafka.properties"];
 
