@@ -19,6 +19,9 @@ pub struct CommonArgs {
     /// Print the effective configuration, secrets redacted, and exit
     #[arg(long, global = true)]
     pub print_config: bool,
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9100 (telemetry.metrics_addr)
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub metrics_addr: Option<String>,
 }
 
 impl CommonArgs {
@@ -27,7 +30,12 @@ impl CommonArgs {
     pub fn load_config(&self, mut flags: FlagOverrides) -> Result<Config, ConfigError> {
         flags
             .set("kafka.brokers", "brokers", self.brokers.clone())
-            .set("telemetry.log_format", "log-format", self.log_format);
+            .set("telemetry.log_format", "log-format", self.log_format)
+            .set(
+                "telemetry.metrics_addr",
+                "metrics-addr",
+                self.metrics_addr.clone(),
+            );
         Config::load(self.config.as_deref(), &flags)
     }
 }
@@ -44,7 +52,7 @@ pub fn exit_with_error(program: &str, error: &anyhow::Error) -> ! {
 /// bad one), sets up logging, and handles `--print-config`. Returns `None` when the program
 /// has nothing more to do.
 pub fn start(program: &str, common: &CommonArgs, flags: FlagOverrides) -> Option<Config> {
-    let config = match common.load_config(flags) {
+    let mut config = match common.load_config(flags) {
         Ok(config) => config,
         Err(error) => exit_with_error(program, &error.into()),
     };
@@ -53,6 +61,16 @@ pub fn start(program: &str, common: &CommonArgs, flags: FlagOverrides) -> Option
         return None;
     }
     crate::telemetry::init(config.telemetry.log_format);
+    if let Some(addr) = config.telemetry.metrics_addr() {
+        if let Err(error) = crate::telemetry::serve_metrics(addr) {
+            exit_with_error(program, &error.into());
+        }
+        if config.kafka.statistics_interval_ms == 0 {
+            // librdkafka's statistics (lag, queue depth, round trips) become gauges.
+            config.kafka.statistics_interval_ms = 5_000;
+        }
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    }
     for (name, _) in std::env::vars_os().filter_map(|(n, v)| Some((n.into_string().ok()?, v))) {
         if let Some(key) = crate::config::key_of_env_var(&name) {
             if !crate::config::program_reads(program, &key) {

@@ -112,6 +112,9 @@ pub struct KafkaConfig {
     pub ssl_certificate_location: Option<String>,
     pub ssl_key_location: Option<String>,
     pub ssl_key_password: Option<Secret>,
+    /// `statistics.interval.ms`: how often librdkafka reports statistics, published as
+    /// metrics. 0 = off, unless `telemetry.metrics_addr` is set (then 5000).
+    pub statistics_interval_ms: u64,
     /// Raw librdkafka properties passed through as they are. A property that a typed key
     /// above (or the suite itself) sets is rejected, so there is one place for each setting.
     pub properties: KafkaProperties,
@@ -130,6 +133,7 @@ impl Default for KafkaConfig {
             ssl_certificate_location: None,
             ssl_key_location: None,
             ssl_key_password: None,
+            statistics_interval_ms: 0,
             properties: KafkaProperties::default(),
         }
     }
@@ -223,6 +227,15 @@ impl Default for PostgresConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
+    /// `host:port` to serve Prometheus metrics on (`GET /metrics`); empty = off.
+    pub metrics_addr: String,
+}
+
+impl TelemetryConfig {
+    /// The metrics address, when metrics are on (validated at load).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.trim().parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -544,6 +557,13 @@ impl Config {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty".into()));
             }
+        }
+        let metrics_addr = self.telemetry.metrics_addr.trim();
+        if !metrics_addr.is_empty() && metrics_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "telemetry.metrics_addr",
+                format!("`{metrics_addr}` is not an ip:port address (e.g. 0.0.0.0:9100)"),
+            ));
         }
         for (key, url, schemes) in [
             ("redis.url", &self.redis.url, &["redis", "rediss"][..]),

@@ -35,6 +35,7 @@ const TYPED_PROPERTIES: &[(&str, &str)] = &[
     ("ssl.certificate.location", "kafka.ssl_certificate_location"),
     ("ssl.key.location", "kafka.ssl_key_location"),
     ("ssl.key.password", "kafka.ssl_key_password"),
+    ("statistics.interval.ms", "kafka.statistics_interval_ms"),
 ];
 
 /// Properties the suite sets itself because its guarantees depend on them.
@@ -113,6 +114,12 @@ pub fn client_config(
         if let Some(value) = value {
             config.set(property, value);
         }
+    }
+    if kafka.statistics_interval_ms > 0 {
+        config.set(
+            "statistics.interval.ms",
+            kafka.statistics_interval_ms.to_string(),
+        );
     }
     if let ClientRole::Consumer { group_id } = role {
         config

@@ -278,6 +278,10 @@ async fn store(
     .await?;
     summary.inserted += inserted;
     summary.already_stored += columns.len() as u64 - inserted;
+    metrics::counter!("seckill_rows_written_total").increment(inserted);
+    metrics::counter!("seckill_rows_already_stored_total")
+        .increment(columns.len() as u64 - inserted);
+    metrics::histogram!("seckill_batch_rows").record(columns.len() as f64);
     summary.malformed += malformed.len() as u64;
     summary.batches += 1;
     summary.active = summary.first_batch_started.get_or_insert(started).elapsed();

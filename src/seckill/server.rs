@@ -237,7 +237,11 @@ struct RebalanceContext {
     revoked: Mutex<Vec<i32>>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::telemetry::publish_kafka_statistics(&statistics);
+    }
+}
 
 fn partition_ids(partitions: &rdkafka::TopicPartitionList) -> Vec<i32> {
     partitions
@@ -614,15 +618,21 @@ fn complete(
         Handled::Outcome { outcome, cost_ms } => {
             shared.counters.count(outcome);
             latency.saturating_record(cost_ms);
+            metrics::counter!("seckill_requests_total", "outcome" => outcome.as_str()).increment(1);
+            // Request age when answered: client send to the end of the Lua call.
+            metrics::histogram!("seckill_request_age_seconds").record(cost_ms as f64 / 1e3);
         }
         Handled::Malformed => {
             shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("seckill_requests_total", "outcome" => "MALFORMED").increment(1);
+            metrics::counter!("dead_lettered_total", "program" => "server_kafka").increment(1);
         }
         Handled::OtherActivity => {
             shared
                 .counters
                 .other_activity
                 .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("seckill_requests_total", "outcome" => "OTHER_ACTIVITY").increment(1);
         }
         // Not finished: its offset stays unstored and blocks the partition's commits.
         Handled::Abandoned => return Ok(()),

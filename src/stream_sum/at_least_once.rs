@@ -177,7 +177,11 @@ pub struct HandoffContext {
 /// How long a revocation waits for the checkpoint (then the next owner may repeat some).
 const REVOKE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(30);
 
-impl ClientContext for HandoffContext {}
+impl ClientContext for HandoffContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::telemetry::publish_kafka_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for HandoffContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -394,6 +398,7 @@ impl Consuming<'_> {
             if !self.paused {
                 self.set_paused(true);
                 self.counters.pauses.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("stream_sum_pauses_total").increment(1);
                 tracing::debug!(worker = self.index, "output is behind: partitions paused");
             }
             // Paused partitions deliver nothing; this serves rebalance events. A partition
@@ -498,10 +503,7 @@ fn produce(
                 }
                 checkpoint.note(&batch);
                 queue.recycle(batch);
-                counters.processed.fetch_add(sums, Ordering::Relaxed);
-                if dead > 0 {
-                    counters.dead_lettered.fetch_add(dead, Ordering::Relaxed);
-                }
+                counters.add(sums, dead);
             }
             Popped::Empty => {}
             Popped::CheckpointRequested => {
@@ -577,10 +579,13 @@ impl Checkpoint<'_> {
     /// everything enqueued so far is delivered and its offsets committed.
     fn run(&mut self, urgency: Urgency) -> Result<bool, StreamSumError> {
         self.last = Instant::now();
-        if !self.pending {
+        let urgent = urgency != Urgency::Periodic;
+        // A periodic commit is asynchronous: when the broker refused it (say, during a
+        // rebalance) only librdkafka's log says so, and the offsets stay stored. So a
+        // revocation or shutdown commits synchronously even with nothing new pending.
+        if !self.pending && !urgent {
             return Ok(true);
         }
-        let urgent = urgency != Urgency::Periodic;
         let timeout = if urgent {
             FINAL_FLUSH_TIMEOUT
         } else {

@@ -313,10 +313,10 @@ fn scan(
     ranges: &[PartitionRange],
     value: impl Fn(&[u8]) -> Option<i64>,
 ) -> Result<(u64, i64), StreamSumError> {
-    let consumer: BaseConsumer = worker_consumer(
+    let consumer = worker_consumer(
         config,
         "stream-sum-bench-scan",
-        rdkafka::consumer::DefaultConsumerContext,
+        crate::telemetry::StatisticsContext,
         |consumer| {
             consumer.set("auto.offset.reset", "error");
         },

@@ -218,10 +218,7 @@ impl TransactionalWorker<'_> {
                 if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
                     tracing::debug!(worker = self.index, %error, "plain offset commit failed");
                 }
-                counters.processed.fetch_add(self.sums, Ordering::Relaxed);
-                counters
-                    .dead_lettered
-                    .fetch_add(self.dead, Ordering::Relaxed);
+                counters.add(self.sums, self.dead);
                 self.reset();
                 Ok(())
             }

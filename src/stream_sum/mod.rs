@@ -139,6 +139,18 @@ pub struct Counters {
     pub pauses: AtomicU64,
 }
 
+impl Counters {
+    /// Counts a batch: results produced and records dead-lettered (also as metrics).
+    pub fn add(&self, sums: u64, dead: u64) {
+        self.processed.fetch_add(sums, Ordering::Relaxed);
+        metrics::counter!("stream_sum_records_total").increment(sums);
+        if dead > 0 {
+            self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+            metrics::counter!("dead_lettered_total", "program" => "stream_sum").increment(dead);
+        }
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StreamSumSummary {
@@ -201,7 +213,11 @@ impl StreamContext {
     }
 }
 
-impl ClientContext for StreamContext {}
+impl ClientContext for StreamContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::telemetry::publish_kafka_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for StreamContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -336,11 +352,9 @@ async fn report_throughput(counters: Arc<Counters>, mut shutdown: Shutdown) {
             _ = shutdown.wait() => return,
         }
         let current = counters.processed.load(Ordering::Relaxed);
-        tracing::info!(
-            messages_per_sec = (current - previous) / REPORT_INTERVAL.as_secs(),
-            total = current,
-            "throughput"
-        );
+        let rate = (current - previous) / REPORT_INTERVAL.as_secs();
+        metrics::gauge!("stream_sum_messages_per_second").set(rate as f64);
+        tracing::info!(messages_per_sec = rate, total = current, "throughput");
         previous = current;
     }
 }

@@ -12,6 +12,7 @@ use crate::kafka::sink::{
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::proto::{EventType, UserEvent};
 use crate::shutdown::Shutdown;
+use crate::telemetry::StatisticsContext;
 use events::EventGenerator;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -234,7 +235,8 @@ fn verify_blocking(config: &Config) -> Result<VerifyReport, ZstdProducerError> {
         "zstd_producer-verify",
     )?;
     consumer_config.set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = consumer_config.create()?;
+    let consumer: BaseConsumer<StatisticsContext> =
+        consumer_config.create_with_context(StatisticsContext)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata
         .topics()

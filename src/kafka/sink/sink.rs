@@ -171,6 +171,14 @@ impl ClientContext for SinkContext {
             .queued_messages
             .store(statistics.msg_cnt, Ordering::Relaxed);
         shared.statistics.reports.fetch_add(1, Ordering::Release);
+        crate::telemetry::publish_kafka_statistics(&statistics);
+        metrics::gauge!("kafka_sink_breaker_state", "sink" => statistics.client_id.clone()).set(
+            match shared.breaker.state() {
+                BreakerState::Closed => 0.0,
+                BreakerState::Open => 1.0,
+                BreakerState::HalfOpen => 2.0,
+            },
+        );
     }
 }
 

@@ -1,0 +1,180 @@
+//! `--metrics-addr`: the long-running programs serve Prometheus metrics, their own counters
+//! and librdkafka's statistics as gauges; a bad address is one clear error.
+
+mod support;
+
+use seckill_kafka::avro::encode_integer_list;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use support::{Pipeline, Program};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics`, or `None` while nothing listens yet.
+fn scrape(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Scrapes until every `needle` is in the page and `ready` holds (statistics arrive every
+/// 0.5 s here).
+fn scrape_until(
+    port: u16,
+    needles: &[&str],
+    ready: impl Fn(&str) -> bool,
+) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(page) = scrape(port) {
+            if needles.iter().all(|needle| page.contains(needle)) && ready(&page) {
+                return Ok(page);
+            }
+            last = page;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let missing: Vec<&&str> = needles.iter().filter(|n| !last.contains(**n)).collect();
+    Err(format!("missing {missing:?} in:\n{last}"))
+}
+
+/// The value of the first sample of `metric` (any labels) in a Prometheus page.
+fn sample(page: &str, metric: &str) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(metric))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_sum_serves_its_counters_and_librdkafka_statistics() {
+    let brokers = support::stack_var("KAFKA_BROKERS");
+    let input = support::unique_name("metrics-input");
+    let output = support::unique_name("metrics-output");
+    let mut records = Vec::new();
+    for n in 0..500 {
+        let mut payload = Vec::new();
+        encode_integer_list(&[n, 1, 2], &mut payload);
+        records.push((format!("k{n}"), Some(payload)));
+    }
+    records.push(("bad".to_string(), Some(vec![0x03])));
+    support::produce(&brokers, &input, &records).await;
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let env = vec![
+        ("KAFKA_BROKERS".to_string(), brokers),
+        (
+            "SECKILL_STREAM_SUM_GROUP_ID".to_string(),
+            support::unique_name("metrics"),
+        ),
+        (
+            "SECKILL_KAFKA_STATISTICS_INTERVAL_MS".to_string(),
+            "500".to_string(),
+        ),
+    ];
+    let program = Program::spawn(
+        "stream_sum",
+        &[
+            "run",
+            "--input-topic",
+            &input,
+            "--output-topic",
+            &output,
+            "--metrics-addr",
+            &addr,
+        ],
+        &env,
+    );
+    let page = scrape_until(
+        port,
+        &[
+            "stream_sum_records_total ",
+            "dead_lettered_total{program=\"stream_sum\"} ",
+            "kafka_consumer_lag{",
+            "kafka_broker_rtt_seconds{",
+            "kafka_client_queue_messages{",
+            "kafka_sink_messages_sent_total{",
+            "kafka_sink_breaker_state{",
+        ],
+        // At least once: workers joining one after another may repeat some records.
+        |page| sample(page, "stream_sum_records_total ").is_some_and(|n| n >= 500.0),
+    );
+    let finished = program.terminate();
+    finished.assert_success("stream_sum");
+    let page = page.unwrap_or_else(|missing| panic!("{missing}\nstderr:\n{}", finished.stderr));
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        finished.stderr.contains("serving Prometheus metrics"),
+        "{}",
+        finished.stderr
+    );
+    let lag = sample(&page, "kafka_consumer_lag{").unwrap();
+    assert!(lag >= 0.0, "lag {lag}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_kafka_serves_requests_by_outcome() {
+    let pipeline = Pipeline::new("metrics");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = pipeline.spawn(
+        "server_kafka",
+        &["--initial-stock", "10", "--metrics-addr", &addr],
+    );
+    let client = pipeline.run("client_kafka", &["--users", "50", "--seed", "3"]);
+    client.assert_success("client_kafka");
+    let page = scrape_until(
+        port,
+        &[
+            "seckill_requests_total{outcome=\"SUCCESS\"} 10",
+            "seckill_requests_total{outcome=\"SOLD_OUT\"} 40",
+            "seckill_request_age_seconds",
+        ],
+        |_| true,
+    );
+    let finished = server.terminate();
+    finished.assert_success("server_kafka");
+    page.unwrap_or_else(|missing| panic!("{missing}\nstderr:\n{}", finished.stderr));
+}
+
+#[test]
+fn a_bad_metrics_address_is_one_line_naming_the_key() {
+    let env = vec![(
+        "KAFKA_BROKERS".to_string(),
+        support::stack_var("KAFKA_BROKERS"),
+    )];
+    let bad = Program::spawn("stream_sum", &["--metrics-addr", "nonsense"], &env)
+        .wait(Duration::from_secs(30));
+    assert!(!bad.status.success());
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("telemetry.metrics_addr"),
+        "{}",
+        bad.stderr
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let busy = Program::spawn("stream_sum", &["--metrics-addr", &addr], &env)
+        .wait(Duration::from_secs(30));
+    assert!(!busy.status.success(), "{}", busy.stderr);
+    assert!(
+        busy.stderr.contains("cannot serve metrics on"),
+        "{}",
+        busy.stderr
+    );
+}
