@@ -107,11 +107,17 @@ pub struct KafkaConfig {
     /// `sasl.mechanism`: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, ...
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
+    /// Only from the environment (`SECKILL_KAFKA_SASL_PASSWORD`) or `sasl_password_file`:
+    /// a password written in a config file is rejected.
     pub sasl_password: Option<Secret>,
+    /// A file holding the SASL password (e.g. a mounted Kubernetes secret).
+    pub sasl_password_file: Option<String>,
     pub ssl_ca_location: Option<String>,
     pub ssl_certificate_location: Option<String>,
     pub ssl_key_location: Option<String>,
+    /// Like `sasl_password`: environment or `ssl_key_password_file` only.
     pub ssl_key_password: Option<Secret>,
+    pub ssl_key_password_file: Option<String>,
     /// `statistics.interval.ms`: how often librdkafka reports statistics, published as
     /// metrics. 0 = off, unless `telemetry.metrics_addr` is set (then 5000).
     pub statistics_interval_ms: u64,
@@ -129,10 +135,12 @@ impl Default for KafkaConfig {
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
+            sasl_password_file: None,
             ssl_ca_location: None,
             ssl_certificate_location: None,
             ssl_key_location: None,
             ssl_key_password: None,
+            ssl_key_password_file: None,
             statistics_interval_ms: 0,
             properties: KafkaProperties::default(),
         }
@@ -783,7 +791,58 @@ impl ConfigLoader {
             }
         };
         config.validate(|key| self.origin_of(key))?;
+        let mut config = config;
+        self.read_password_files(&mut config)?;
         Ok(config)
+    }
+
+    /// Passwords come from the environment or from a file, never from the config file:
+    /// config files get committed, copied and printed.
+    fn read_password_files(&self, config: &mut Config) -> Result<(), ConfigError> {
+        let kafka = &mut config.kafka;
+        for (key, password, file) in [
+            (
+                "kafka.sasl_password",
+                &mut kafka.sasl_password,
+                &kafka.sasl_password_file,
+            ),
+            (
+                "kafka.ssl_key_password",
+                &mut kafka.ssl_key_password,
+                &kafka.ssl_key_password_file,
+            ),
+        ] {
+            let file_key = format!("{key}_file");
+            let invalid = |key: &str, reason: String| ConfigError::InvalidValue {
+                origin: self.origin_of(key),
+                key: key.to_string(),
+                reason,
+            };
+            if password.is_some() && matches!(self.origin_of(key), Origin::File(_)) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "a password may not be written in a config file: set {} or `{file_key}`",
+                        env_name(key)
+                    ),
+                ));
+            }
+            let Some(path) = file else { continue };
+            if password.is_some() {
+                return Err(invalid(
+                    &file_key,
+                    format!("set either `{key}` or `{file_key}`, not both"),
+                ));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| invalid(&file_key, format!("cannot read {path}: {error}")))?;
+            let secret = text.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                return Err(invalid(&file_key, format!("{path} is empty")));
+            }
+            *password = Some(Secret::new(secret.to_string()));
+        }
+        Ok(())
     }
 
     /// The layer that set `key`, or the nearest enclosing key that a layer set.
@@ -1109,8 +1168,9 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_and_redacted_yaml() {
-        let yaml = "kafka:\n  sasl_password: s3cret-kafka\n  properties:\n    ssl.keystore.password: s3cret-store\npostgres:\n  url: postgres://u:s3cret-pg@h/db\nredis:\n  url: redis://:s3cret-redis@h:6379/0\n";
-        let config = load(yaml, &[], &FlagOverrides::new()).unwrap();
+        let yaml = "kafka:\n  properties:\n    ssl.keystore.password: s3cret-store\npostgres:\n  url: postgres://u:s3cret-pg@h/db\nredis:\n  url: redis://:s3cret-redis@h:6379/0\n";
+        let env = [("SECKILL_KAFKA_SASL_PASSWORD", "s3cret-kafka")];
+        let config = load(yaml, &env, &FlagOverrides::new()).unwrap();
         for rendering in [
             format!("{config:?}"),
             format!("{config:#?}"),
@@ -1122,6 +1182,63 @@ mod tests {
             );
         }
         assert!(config.to_redacted_yaml().contains("postgres://u:***@h/db"));
+    }
+
+    #[test]
+    fn passwords_come_from_the_environment_or_a_file_never_the_config_file() {
+        let in_file = load(
+            "kafka:\n  sasl_password: hunter2\n",
+            &[],
+            &FlagOverrides::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            in_file.starts_with("config file test.yaml: key `kafka.sasl_password`")
+                && in_file.contains("SECKILL_KAFKA_SASL_PASSWORD")
+                && !in_file.contains("hunter2"),
+            "{in_file}"
+        );
+        // `null` in the file (as the shipped config.yaml has it) is fine.
+        load(
+            "kafka:\n  ssl_key_password: null\n",
+            &[],
+            &FlagOverrides::new(),
+        )
+        .unwrap();
+
+        let dir = std::env::temp_dir().join(format!("seckill-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sasl");
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let yaml = format!("kafka:\n  sasl_password_file: {}\n", path.display());
+        let config = load(&yaml, &[], &FlagOverrides::new()).unwrap();
+        assert_eq!(config.kafka.sasl_password.unwrap().expose(), "from-a-file");
+
+        let both = load(
+            &yaml,
+            &[("SECKILL_KAFKA_SASL_PASSWORD", "x")],
+            &FlagOverrides::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("kafka.sasl_password_file") && both.contains("not both"),
+            "{both}"
+        );
+        let missing = load(
+            "kafka:\n  ssl_key_password_file: /nonexistent/key-password\n",
+            &[],
+            &FlagOverrides::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.contains("kafka.ssl_key_password_file")
+                && missing.contains("cannot read /nonexistent/key-password"),
+            "{missing}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -239,3 +239,76 @@ fn unreachable_services_are_retried_and_reported_without_secrets() {
         assert!(!finished.stderr.contains("panicked"), "{name} panicked");
     }
 }
+
+/// Kafka credentials from the environment and from a password file, with trace logging and
+/// the metrics endpoint on: neither the logs nor the metrics page ever show them.
+#[test]
+fn kafka_credentials_stay_out_of_logs_and_metrics() {
+    let dir = temp_dir();
+    let key_password = dir.join("key-password");
+    std::fs::write(&key_password, "s3cret-key\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = vec![
+        (
+            "KAFKA_BROKERS".to_string(),
+            support::stack_var("KAFKA_BROKERS"),
+        ),
+        (
+            "SECKILL_KAFKA_SECURITY_PROTOCOL".to_string(),
+            "sasl_plaintext".to_string(),
+        ),
+        (
+            "SECKILL_KAFKA_SASL_MECHANISM".to_string(),
+            "PLAIN".to_string(),
+        ),
+        ("SECKILL_KAFKA_SASL_USERNAME".to_string(), "app".to_string()),
+        (
+            "SECKILL_KAFKA_SASL_PASSWORD".to_string(),
+            "s3cret-sasl".to_string(),
+        ),
+        (
+            "SECKILL_KAFKA_SSL_KEY_PASSWORD_FILE".to_string(),
+            key_password.display().to_string(),
+        ),
+        (
+            "SECKILL_TELEMETRY_METRICS_ADDR".to_string(),
+            format!("127.0.0.1:{port}"),
+        ),
+        (
+            "SECKILL_KAFKA_STATISTICS_INTERVAL_MS".to_string(),
+            "200".to_string(),
+        ),
+        ("RUST_LOG".to_string(), "trace".to_string()),
+    ];
+    for (name, args) in [
+        ("stream_sum", &["run"][..]),
+        ("zstd_producer", &["--events", "0"][..]),
+    ] {
+        let program = support::Program::spawn(name, args, &env);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let page = {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut page = String::new();
+            stream.read_to_string(&mut page).unwrap();
+            page
+        };
+        let finished = program.terminate();
+        assert!(page.starts_with("HTTP/1.1 200"), "{name}: {page}");
+        let all = format!("{}{}{page}", finished.stdout, finished.stderr);
+        assert!(
+            finished.stderr.contains(" TRACE "),
+            "{name}: trace logging ran:\n{}",
+            finished.stderr
+        );
+        assert!(!all.contains("s3cret"), "{name} leaked a secret:\n{all}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
