@@ -60,6 +60,35 @@ apt_install() {
 }
 
 # ---------------------------------------------------------------- Redis
+# A dev CA and a certificate for 127.0.0.1 signed by it, in $DEV/tls (made once): Redis
+# serves TLS on a second port and PostgreSQL accepts TLS with them, so rediss:// and
+# sslmode are tested for real. The CA is DEV_TLS_CA in the env lines.
+tls_cert() {
+    local tls="$DEV/tls"
+    [ -s "$tls/ca.crt" ] && [ -s "$tls/server.crt" ] && [ -s "$tls/pg.key" ] && return
+    command -v openssl >/dev/null || apt_install openssl
+    rm -rf "$tls"
+    mkdir -p "$tls"
+    {
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=seckill-kafka dev CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$tls/ca.key" -out "$tls/ca.crt" \
+        && openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout "$tls/server.key" -out "$tls/server.csr" \
+        && printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' \
+            > "$tls/server.ext" \
+        && openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+            -CAcreateserial -days 3650 -extfile "$tls/server.ext" -out "$tls/server.crt"
+    } >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl could not make the dev certificates"; }
+    # PostgreSQL wants its own copy of the key, owned by it and private.
+    cp "$tls/server.key" "$tls/pg.key"
+    chmod 600 "$tls/pg.key" "$tls/server.key" "$tls/ca.key"
+    chmod 755 "$tls"
+    chmod 644 "$tls/server.crt" "$tls/ca.crt"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$tls/pg.key" 2>/dev/null || true; fi
+    log "made the dev TLS certificates in $tls"
+}
+
 redis_up() {
     if pid_alive "$DEV/redis.pid"; then
         log "redis already running on port $(cat "$DEV/redis.port")"
@@ -67,11 +96,16 @@ redis_up() {
     fi
     command -v redis-server >/dev/null || apt_install redis-server
     local port; port=$(free_port)
+    local tls_port; tls_port=$(free_port)
     mkdir -p "$DEV/redis"
     redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
         --pidfile "$DEV/redis.pid" --logfile "$DEV/redis.log" --dir "$DEV/redis" \
-        --save '' --appendonly no --protected-mode yes
+        --save '' --appendonly no --protected-mode yes \
+        --tls-port "$tls_port" --tls-cert-file "$DEV/tls/server.crt" \
+        --tls-key-file "$DEV/tls/server.key" --tls-ca-cert-file "$DEV/tls/ca.crt" \
+        --tls-auth-clients no
     echo "$port" > "$DEV/redis.port"
+    echo "$tls_port" > "$DEV/redis.tls.port"
     wait_for 20 redis-cli -h 127.0.0.1 -p "$port" ping || die "redis did not start; see $DEV/redis.log"
     log "redis on 127.0.0.1:$port is ready"
 }
@@ -126,7 +160,7 @@ postgres_up() {
     local port; port=$(free_port)
     echo "$port" > "$DEV/pg.port"
     as_pg "$bin/pg_ctl" -D "$DEV/pg" -l "$DEV/pg-sock/postgres.log" -w -t 60 \
-        -o "-p $port -k $DEV/pg-sock -c listen_addresses=127.0.0.1 -c max_connections=200" \
+        -o "-p $port -k $DEV/pg-sock -c listen_addresses=127.0.0.1 -c max_connections=200 -c ssl=on -c ssl_cert_file=$DEV/tls/server.crt -c ssl_key_file=$DEV/tls/pg.key" \
         start >/dev/null || { tail -20 "$DEV/pg-sock/postgres.log" >&2; die "postgres did not start"; }
     log "postgres on 127.0.0.1:$port is ready"
     local psql=("$bin/psql" -h "$DEV/pg-sock" -p "$port" -U "$PG_USER" -d postgres -qAt)
@@ -184,6 +218,9 @@ env_lines() {
     fi
     [ -n "$brokers" ] && echo "export KAFKA_BROKERS=$brokers"
     [ -f "$DEV/redis.port" ] && echo "export REDIS_URL=redis://127.0.0.1:$(cat "$DEV/redis.port")/0"
+    # For the TLS tests: Redis's TLS port and the certificate that signs both servers'.
+    [ -f "$DEV/redis.tls.port" ] && echo "export DEV_REDIS_TLS_PORT=$(cat "$DEV/redis.tls.port")"
+    [ -f "$DEV/tls/ca.crt" ] && echo "export DEV_TLS_CA=$DEV/tls/ca.crt"
     [ -f "$DEV/pg.port" ] && [ -f "$DEV/pg.password" ] && \
         echo "export DATABASE_URL=postgres://$PG_USER:$(cat "$DEV/pg.password")@127.0.0.1:$(cat "$DEV/pg.port")/$PG_DB"
     return 0
@@ -204,6 +241,7 @@ status() {
 mkdir -p "$DEV"
 case "${1:-}" in
     up)
+        tls_cert
         redis_up
         postgres_up
         kafka_up
