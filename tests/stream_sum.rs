@@ -235,7 +235,11 @@ async fn sums_every_list_and_dead_letters_garbage() {
     support::produce(&brokers, &input, &messages).await;
 
     let scenario = Scenario::new(&brokers, &support::unique_name("stream-sum"), &[]);
-    let program = Program::spawn("stream_sum", &run_args(&input, &output, &[]), &scenario.env);
+    let program = Program::spawn(
+        "stream_sum",
+        &run_args(&input, &output, &["--log-format", "json"]),
+        &scenario.env,
+    );
     if let Err(reason) = wait_for_offsets(&brokers, &output, 1_000) {
         fail_with_logs(reason, vec![program]);
     }
@@ -247,6 +251,32 @@ async fn sums_every_list_and_dead_letters_garbage() {
             finished.figure("dead_lettered")
         ),
         (1_000, 3)
+    );
+
+    // JSON logs, one event per line: each dead letter and each rebalance is an `event`
+    // with its details as fields.
+    let events: Vec<serde_json::Value> = finished
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every log line is JSON"))
+        .collect();
+    let of = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let dead = of("dlq");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for event in dead {
+        assert!(
+            event["partition"].is_i64() && event["offset"].is_i64() && event["reason"].is_string(),
+            "{event}"
+        );
+    }
+    assert!(
+        of("rebalance").iter().any(|e| e["assigned"].is_i64()),
+        "assignment logged"
     );
 
     let results = read_all(&brokers, &output, 1_000, "read_uncommitted");

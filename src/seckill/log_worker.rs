@@ -232,7 +232,7 @@ async fn store(
                 malformed.push(raw.clone());
             }
             Err(error) => {
-                tracing::error!(%error, "undecodable record moved to the dead-letter list");
+                tracing::error!(event = "dlq", %error, "undecodable record moved to the dead-letter list");
                 malformed.push(raw.clone());
             }
         }

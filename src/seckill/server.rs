@@ -257,6 +257,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Assign(partitions) => {
                 let assigned = partition_ids(partitions);
                 tracing::info!(
+                    event = "rebalance",
                     consumer = self.consumer_index,
                     ?assigned,
                     "rebalance: partitions assigned"
@@ -265,6 +266,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Revoke(partitions) => {
                 let revoked = partition_ids(partitions);
                 tracing::info!(
+                    event = "rebalance",
                     consumer = self.consumer_index,
                     ?revoked,
                     "rebalance: partitions revoked"
@@ -274,7 +276,7 @@ impl ConsumerContext for RebalanceContext {
                 }
             }
             Rebalance::Error(error) => {
-                tracing::warn!(consumer = self.consumer_index, %error, "rebalance error");
+                tracing::warn!(event = "rebalance", consumer = self.consumer_index, %error, "rebalance error");
             }
         }
     }
@@ -379,7 +381,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     // Dead-letter messages were awaited one by one; nothing should be left, and close()
     // itself logs anything that is.
     if let Err(error) = shared.dlq.close(Duration::from_secs(10)).await {
-        tracing::warn!(%error, "closing the dead-letter sink");
+        tracing::warn!(event = "dlq", %error, "closing the dead-letter sink");
     }
     if let Some(error) = first_error {
         return Err(error);
@@ -550,7 +552,7 @@ async fn consume(
                         consume_errors += 1;
                         // librdkafka recovers by itself; say so now and then, not per poll.
                         if consume_errors.is_power_of_two() {
-                            tracing::warn!(consumer = index, %error, count = consume_errors, "consume error (retrying)");
+                            tracing::warn!(event = "retry", consumer = index, %error, count = consume_errors, "consume error (retrying)");
                         }
                     }
                 }
@@ -573,13 +575,13 @@ async fn consume(
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!(consumer = index, "offsets committed"),
+        Ok(()) => tracing::info!(event = "commit", consumer = index, "offsets committed"),
         // Nothing stored since the last commit.
         Err(rdkafka::error::KafkaError::ConsumerCommit(
             rdkafka::types::RDKafkaErrorCode::NoOffset,
         )) => {}
         Err(error) => {
-            tracing::warn!(consumer = index, %error, "final commit failed; the next start re-reads from the last commit")
+            tracing::warn!(event = "commit", consumer = index, %error, "final commit failed; the next start re-reads from the last commit")
         }
     }
     match fatal {
@@ -759,7 +761,7 @@ async fn dead_letter(
     source: &str,
     stop: &Shutdown,
 ) -> Result<Handled, ServerError> {
-    tracing::warn!(%reason, %source, dlq = %shared.dlq.config().topic, "malformed request sent to the dead-letter topic");
+    tracing::warn!(event = "dlq", %reason, %source, dlq = %shared.dlq.config().topic, "malformed request sent to the dead-letter topic");
     let mut message = KafkaMessage::new(payload.map(<[u8]>::to_vec))
         .header(DLQ_ERROR_HEADER, reason)
         .header(DLQ_SOURCE_HEADER, source);

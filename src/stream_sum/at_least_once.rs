@@ -190,6 +190,7 @@ impl ConsumerContext for HandoffContext {
                 // Leaving the group at shutdown: the worker's final checkpoint already ran
                 // (and reported its own failure, if any).
                 tracing::info!(
+                    event = "rebalance",
                     worker = self.worker,
                     revoked = partitions.count(),
                     "rebalance: partitions released at shutdown"
@@ -202,6 +203,7 @@ impl ConsumerContext for HandoffContext {
                     .queue
                     .request_checkpoint(REVOKE_CHECKPOINT_TIMEOUT);
             tracing::info!(
+                event = "rebalance",
                 worker = self.worker,
                 revoked = partitions.count(),
                 committed,
@@ -357,7 +359,7 @@ impl Consuming<'_> {
                     if error.is_fatal() || self.reading_ranges {
                         return Err(error.into());
                     }
-                    tracing::warn!(worker = self.index, %error, "consume error (retrying)");
+                    tracing::warn!(event = "retry", worker = self.index, %error, "consume error (retrying)");
                 }
                 None => {
                     // A revocation inside `poll` may have handed the staged records over.
@@ -485,7 +487,7 @@ fn produce(
                         }
                         Outcome::Undecodable(record) => {
                             let (payload, reason) = record.as_ref();
-                            tracing::warn!(
+                            tracing::warn!(event = "dlq",
                                 partition = item.partition,
                                 offset = item.offset,
                                 %reason,
@@ -606,7 +608,11 @@ impl Checkpoint<'_> {
                     failed: undelivered,
                 });
             }
-            tracing::debug!(undelivered, "results still in flight; commit deferred");
+            tracing::debug!(
+                event = "commit",
+                undelivered,
+                "results still in flight; commit deferred"
+            );
             return Ok(false);
         }
         if let Some(consumer) = self.consumer {
@@ -628,7 +634,7 @@ impl Checkpoint<'_> {
                 Err(error) => {
                     // The offsets stay stored and `pending` stays set: the next checkpoint
                     // commits them again.
-                    tracing::warn!(%error, "offset commit failed; the next one retries");
+                    tracing::warn!(event = "commit", %error, "offset commit failed; the next one retries");
                     self.highest.clear();
                     return Ok(false);
                 }

@@ -122,7 +122,11 @@ impl TransactionalWorker<'_> {
             if self.consumer.context().take_rebalanced() && self.open_since.is_some() {
                 // The transaction may hold records of partitions that moved: drop it. The
                 // record just polled, if any, is read again after the rewind.
-                tracing::info!(worker = self.index, "rebalance: open transaction aborted");
+                tracing::info!(
+                    event = "rebalance",
+                    worker = self.index,
+                    "rebalance: open transaction aborted"
+                );
                 self.abort_and_rewind()?;
                 continue;
             }
@@ -133,7 +137,7 @@ impl TransactionalWorker<'_> {
                     if error.is_fatal() {
                         return Err(error.into());
                     }
-                    tracing::warn!(worker = self.index, %error, "consume error (retrying)");
+                    tracing::warn!(event = "retry", worker = self.index, %error, "consume error (retrying)");
                 }
                 Some(Ok(record)) => {
                     if self.open_since.is_none() {
@@ -169,7 +173,7 @@ impl TransactionalWorker<'_> {
                 self.sums += 1;
             }
             Err(reason) => {
-                tracing::warn!(
+                tracing::warn!(event = "dlq",
                     worker = self.index,
                     partition = record.partition(),
                     offset = record.offset(),
@@ -216,14 +220,14 @@ impl TransactionalWorker<'_> {
                 // the dev broker (librdkafka's mock) acknowledges TxnOffsetCommit without
                 // storing it, and only a plain commit lets a restart resume there.
                 if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
-                    tracing::debug!(worker = self.index, %error, "plain offset commit failed");
+                    tracing::debug!(event = "commit", worker = self.index, %error, "plain offset commit failed");
                 }
                 counters.add(self.sums, self.dead);
                 self.reset();
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(worker = self.index, %error, "transaction commit failed; aborting and rewinding");
+                tracing::warn!(event = "commit", worker = self.index, %error, "transaction commit failed; aborting and rewinding");
                 self.abort_and_rewind()
             }
         }

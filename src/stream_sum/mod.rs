@@ -183,13 +183,16 @@ pub(crate) fn log_rebalance(worker: usize, rebalance: &Rebalance<'_>) {
     match rebalance {
         Rebalance::Assign(partitions) => {
             tracing::info!(
+                event = "rebalance",
                 worker,
                 assigned = partitions.count(),
                 "rebalance: partitions assigned"
             );
         }
         Rebalance::Revoke(_) => {}
-        Rebalance::Error(error) => tracing::warn!(worker, %error, "rebalance error"),
+        Rebalance::Error(error) => {
+            tracing::warn!(event = "rebalance", worker, %error, "rebalance error")
+        }
     }
 }
 
@@ -224,6 +227,7 @@ impl ConsumerContext for StreamContext {
         if let Rebalance::Revoke(partitions) = rebalance {
             self.rebalanced.store(true, Ordering::Release);
             tracing::info!(
+                event = "rebalance",
                 worker = self.worker,
                 revoked = partitions.count(),
                 "rebalance: partitions revoked"

@@ -73,7 +73,10 @@ impl CircuitBreaker {
                 if waited {
                     inner.state = BreakerState::HalfOpen;
                     inner.trial_in_flight = true;
-                    tracing::info!("circuit breaker half-open: letting a trial send through");
+                    tracing::info!(
+                        event = "breaker",
+                        "circuit breaker half-open: letting a trial send through"
+                    );
                     true
                 } else {
                     false
@@ -96,7 +99,7 @@ impl CircuitBreaker {
         }
         let mut inner = self.lock();
         if inner.state != BreakerState::Closed {
-            tracing::info!("circuit breaker closed");
+            tracing::info!(event = "breaker", "circuit breaker closed");
         }
         inner.state = BreakerState::Closed;
         inner.consecutive_failures = 0;
@@ -124,6 +127,7 @@ impl CircuitBreaker {
             inner.trial_in_flight = false;
             inner.trips += 1;
             tracing::warn!(
+                event = "breaker",
                 consecutive_failures = inner.consecutive_failures,
                 recovery_timeout_ms = self.recovery_timeout.as_millis() as u64,
                 trips = inner.trips,

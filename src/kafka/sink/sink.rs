@@ -496,7 +496,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
                     self.shared.metrics.retry();
                     self.shared.metrics.set_last_error(&error);
                     let delay = backoff.next_delay();
-                    tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "retrying a send");
+                    tracing::debug!(event = "retry", %error, retry_in_ms = delay.as_millis() as u64, "retrying a send");
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => return Err(self.fail(error)),
