@@ -5,7 +5,7 @@
 # ---- builder: the crate's build needs (librdkafka and OpenSSL are built from source) ----
 FROM rust:1.95-bookworm AS builder
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential cmake perl pkg-config python3 \
+    && apt-get install -y --no-install-recommends build-essential cmake perl pkg-config python3 zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 
