@@ -39,7 +39,8 @@ where
             Err(error) if is_transient(&error) => {
                 let delay = backoff.next_delay();
                 if backoff.attempts().is_power_of_two() {
-                    tracing::warn!(event = "retry",
+                    tracing::warn!(
+                        event = "retry",
                         service,
                         %error,
                         attempt = backoff.attempts(),

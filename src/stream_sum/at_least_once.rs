@@ -12,9 +12,8 @@
 //! never loses one. Undecodable records go through the same sink to `<input>.dlq`.
 
 use super::batch_queue::{BatchQueue, Popped};
+use super::{dead_letter, sum_of, StreamOutputSerializer};
 use super::{output_sink, worker_consumer, Counters, StreamOutput, StreamSumError};
-use super::{StreamOutputSerializer, DLQ_ERROR_HEADER};
-use crate::avro::sum_integer_list;
 use crate::config::Config;
 use crate::kafka::sink::{KafkaMessage, KafkaSink};
 use crate::kafka::KafkaError;
@@ -105,13 +104,11 @@ enum Outcome {
 }
 
 fn item(message: &BorrowedMessage<'_>) -> Item {
-    let outcome = match message.payload().map(sum_integer_list) {
-        Some(Ok(sum)) => Outcome::Sum(sum),
-        Some(Err(error)) => Outcome::Undecodable(Box::new((
-            message.payload().map(<[u8]>::to_vec),
-            error.to_string(),
-        ))),
-        None => Outcome::Undecodable(Box::new((None, "empty record (no payload)".into()))),
+    let outcome = match sum_of(message.payload()) {
+        Ok(sum) => Outcome::Sum(sum),
+        Err(reason) => {
+            Outcome::Undecodable(Box::new((message.payload().map(<[u8]>::to_vec), reason)))
+        }
     };
     Item {
         partition: message.partition(),
@@ -487,18 +484,19 @@ fn produce(
                         }
                         Outcome::Undecodable(record) => {
                             let (payload, reason) = record.as_ref();
-                            tracing::warn!(event = "dlq",
+                            tracing::warn!(
+                                event = "dlq",
                                 partition = item.partition,
                                 offset = item.offset,
                                 %reason,
                                 "undecodable record sent to the dead-letter topic"
                             );
-                            let mut dead_letter =
-                                KafkaMessage::new(StreamOutput::Undecodable(payload.clone()))
-                                    .topic(dlq_topic)
-                                    .header(DLQ_ERROR_HEADER, reason.as_str());
-                            dead_letter.key = item.key.as_slice().map(<[u8]>::to_vec);
-                            sink.enqueue(&dead_letter)?;
+                            sink.enqueue(&dead_letter(
+                                dlq_topic,
+                                payload.clone(),
+                                item.key.as_slice(),
+                                reason,
+                            ))?;
                             dead += 1;
                         }
                     }

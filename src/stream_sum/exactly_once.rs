@@ -11,9 +11,8 @@
 //! rewound to the committed offsets: its records are read again, by this worker or by the
 //! partition's new owner.
 
+use super::{dead_letter, sum_of, StreamOutputSerializer, StreamSumError};
 use super::{output_sink, worker_consumer, Counters, StreamContext, StreamOutput};
-use super::{StreamOutputSerializer, StreamSumError, DLQ_ERROR_HEADER};
-use crate::avro::sum_integer_list;
 use crate::config::Config;
 use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
 use crate::kafka::KafkaError;
@@ -157,11 +156,7 @@ impl TransactionalWorker<'_> {
         &mut self,
         record: &rdkafka::message::BorrowedMessage<'_>,
     ) -> Result<(), StreamSumError> {
-        let decoded = match record.payload() {
-            Some(payload) => sum_integer_list(payload).map_err(|e| e.to_string()),
-            None => Err("empty record (no payload)".to_string()),
-        };
-        match decoded {
+        match sum_of(record.payload()) {
             Ok(sum) => {
                 self.message.value = StreamOutput::Sum(sum);
                 super::at_least_once::set_key(
@@ -173,20 +168,20 @@ impl TransactionalWorker<'_> {
                 self.sums += 1;
             }
             Err(reason) => {
-                tracing::warn!(event = "dlq",
+                tracing::warn!(
+                    event = "dlq",
                     worker = self.index,
                     partition = record.partition(),
                     offset = record.offset(),
                     %reason,
                     "undecodable record sent to the dead-letter topic"
                 );
-                let mut dead_letter = KafkaMessage::new(StreamOutput::Undecodable(
+                self.sink.enqueue(&dead_letter(
+                    &self.dlq_topic,
                     record.payload().map(<[u8]>::to_vec),
-                ))
-                .topic(self.dlq_topic.as_str())
-                .header(DLQ_ERROR_HEADER, reason);
-                dead_letter.key = record.key().map(<[u8]>::to_vec);
-                self.sink.enqueue(&dead_letter)?;
+                    record.key(),
+                    &reason,
+                ))?;
                 self.dead += 1;
             }
         }

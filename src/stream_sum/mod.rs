@@ -99,6 +99,29 @@ impl MessageSerializer<StreamOutput> for StreamOutputSerializer {
     }
 }
 
+/// A record's sum, or why it cannot be read (it then goes to the dead-letter topic).
+pub(crate) fn sum_of(payload: Option<&[u8]>) -> Result<i64, String> {
+    match payload {
+        Some(payload) => crate::avro::sum_integer_list(payload).map_err(|e| e.to_string()),
+        None => Err("empty record (no payload)".to_string()),
+    }
+}
+
+/// The dead-letter message of an undecodable record: its payload and key as they came, the
+/// reason in the [`DLQ_ERROR_HEADER`] header.
+pub(crate) fn dead_letter(
+    topic: &str,
+    payload: Option<Vec<u8>>,
+    key: Option<&[u8]>,
+    reason: &str,
+) -> crate::kafka::sink::KafkaMessage<StreamOutput> {
+    let mut message = crate::kafka::sink::KafkaMessage::new(StreamOutput::Undecodable(payload))
+        .topic(topic)
+        .header(DLQ_ERROR_HEADER, reason);
+    message.key = key.map(<[u8]>::to_vec);
+    message
+}
+
 /// The output sink of one worker: the spec's producer tuning (large batches, 20 ms linger,
 /// snappy), no per-message header.
 pub(crate) fn output_sink(
