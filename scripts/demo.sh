@@ -36,6 +36,16 @@ mkdir -p "$LOGS"
 REDIS_PORT=$(cat .dev/redis.port)
 key() { echo "seckill:{$RUN}:$1"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+# Records waiting in the queue or taken by a log_worker and not yet stored (each worker has
+# its own processing list; see src/redis_state.rs).
+pending_records() {
+    local n w
+    n=$(( $(rcli LLEN "$(key logs)") + $(rcli LLEN "$(key logs:processing)") ))
+    for w in $(rcli SMEMBERS "$(key logs:workers)"); do
+        n=$((n + $(rcli LLEN "$(key "logs:processing:$w")")))
+    done
+    echo "$n"
+}
 
 SERVER_PID= WORKER_PID=
 cleanup() {
@@ -58,7 +68,7 @@ say "waiting for the pipeline to drain"
 deadline=$((SECONDS + 90))
 while :; do
     seen=$(rcli SCARD "$(key requests)")
-    queued=$(( $(rcli LLEN "$(key logs)") + $(rcli LLEN "$(key logs:processing)") ))
+    queued=$(pending_records)
     [ "$seen" -ge "$TOTAL" ] && [ "$queued" = 0 ] && break
     if [ "$SECONDS" -ge "$deadline" ]; then
         echo "demo: the pipeline did not drain in 90 s ($seen/$TOTAL requests seen, $queued records queued); logs in $LOGS" >&2

@@ -3,8 +3,8 @@
 //! Delays double from `initial` up to `max`; each delay is drawn uniformly from its upper
 //! half ("equal jitter"), so many clients that failed together do not retry together.
 
+use crate::report::Report;
 use crate::shutdown::Shutdown;
-use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ pub async fn retry<T, E, F, Fut>(
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
-    E: Display,
+    E: std::error::Error + 'static,
 {
     let mut backoff = Backoff::default();
     let mut stop = shutdown.clone();
@@ -42,7 +42,7 @@ where
                     tracing::warn!(
                         event = "retry",
                         service,
-                        %error,
+                        error = %Report(&error),
                         attempt = backoff.attempts(),
                         retry_in_ms = delay.as_millis() as u64,
                         "service unreachable; retrying"
@@ -108,6 +108,11 @@ impl Default for Backoff {
 mod tests {
     use super::*;
 
+    /// A test error with a name to match on.
+    #[derive(Debug, PartialEq, thiserror::Error)]
+    #[error("{0}")]
+    struct Failure(&'static str);
+
     #[tokio::test]
     async fn retry_retries_transient_errors_only() {
         let (trigger, shutdown) = Shutdown::new();
@@ -118,7 +123,7 @@ mod tests {
             || {
                 calls += 1;
                 let outcome = if calls < 3 {
-                    Err("transient")
+                    Err(Failure("transient"))
                 } else {
                     Ok(calls)
                 };
@@ -129,14 +134,24 @@ mod tests {
         .await;
         assert!(matches!(result, Ok(3)));
 
-        let result: Result<(), _> =
-            retry("test", &shutdown, || async { Err("fatal") }, |_| false).await;
-        assert!(matches!(result, Err(RetryError::Failed("fatal"))));
+        let result: Result<(), _> = retry(
+            "test",
+            &shutdown,
+            || async { Err(Failure("fatal")) },
+            |_| false,
+        )
+        .await;
+        assert!(matches!(result, Err(RetryError::Failed(Failure("fatal")))));
 
         trigger.trigger();
-        let result: Result<(), _> =
-            retry("test", &shutdown, || async { Err("down") }, |_| true).await;
-        assert!(matches!(result, Err(RetryError::Stopped("down"))));
+        let result: Result<(), _> = retry(
+            "test",
+            &shutdown,
+            || async { Err(Failure("down")) },
+            |_| true,
+        )
+        .await;
+        assert!(matches!(result, Err(RetryError::Stopped(Failure("down")))));
     }
 
     #[test]

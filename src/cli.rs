@@ -44,7 +44,10 @@ impl CommonArgs {
 /// Programs use it instead of returning the error from `main`, which would print a
 /// multi-line `Debug` rendering.
 pub fn exit_with_error(program: &str, error: &anyhow::Error) -> ! {
-    eprintln!("{program}: error: {error:#}");
+    eprintln!(
+        "{program}: error: {}",
+        crate::report::Report(error.as_ref())
+    );
     std::process::exit(1)
 }
 

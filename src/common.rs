@@ -22,7 +22,7 @@ pub struct SeckillRequest {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestDecodeError {
-    #[error("request is not valid JSON for a SeckillRequest: {0}")]
+    #[error("request is not valid JSON for a SeckillRequest")]
     Json(#[from] serde_json::Error),
     #[error("request has an empty request_id")]
     EmptyRequestId,

@@ -361,6 +361,9 @@ pub struct LogWorkerConfig {
     pub flush_interval_ms: u64,
     /// Exit once the queue is empty instead of waiting for more records.
     pub drain: bool,
+    /// How long a worker's claim on the records it took outlives its last renewal (renewed
+    /// every third of it). Another worker takes over a dead worker's records after this.
+    pub lease_ms: u64,
 }
 
 impl Default for LogWorkerConfig {
@@ -369,6 +372,7 @@ impl Default for LogWorkerConfig {
             batch_size: 500,
             flush_interval_ms: 200,
             drain: false,
+            lease_ms: 10_000,
         }
     }
 }
@@ -457,7 +461,7 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -507,7 +511,7 @@ impl Config {
             key: key.to_string(),
             reason,
         };
-        let positive: [(&str, u64); 13] = [
+        let positive: [(&str, u64); 14] = [
             ("redis.pool_size", self.redis.pool_size as u64),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
@@ -533,6 +537,7 @@ impl Config {
                 "log_worker.flush_interval_ms",
                 self.log_worker.flush_interval_ms,
             ),
+            ("log_worker.lease_ms", self.log_worker.lease_ms),
             (
                 "stream_sum.channel_capacity",
                 self.stream_sum.channel_capacity as u64,
@@ -583,13 +588,22 @@ impl Config {
         ] {
             let scheme = url.expose().split_once("://").map(|(scheme, _)| scheme);
             if !scheme.is_some_and(|s| schemes.contains(&s)) {
+                // Only the scheme is shown: a value that is not a URL cannot be redacted
+                // with certainty (it may be a bare password).
+                let found = match scheme {
+                    Some(scheme)
+                        if scheme.len() <= 16
+                            && scheme
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b)) =>
+                    {
+                        format!("it starts with `{scheme}://`")
+                    }
+                    _ => "it has no scheme".to_string(),
+                };
                 return Err(invalid(
                     key,
-                    format!(
-                        "`{}` is not a {} URL",
-                        url.redacted(),
-                        schemes.join("://, ") + "://"
-                    ),
+                    format!("not a {} URL ({found})", schemes.join("://, ") + "://"),
                 ));
             }
         }

@@ -31,14 +31,14 @@ pub struct DevBrokerOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DevBrokerError {
-    #[error("cannot start the mock cluster: {0}")]
+    #[error("cannot start the mock cluster")]
     Start(#[source] rdkafka::error::KafkaError),
-    #[error("cannot create topic {topic}: {source}")]
+    #[error("cannot create topic {topic}")]
     CreateTopic {
         topic: String,
         source: rdkafka::error::KafkaError,
     },
-    #[error("cannot write the bootstrap file {path}: {source}")]
+    #[error("cannot write the bootstrap file {path}")]
     WriteBootstrap {
         path: PathBuf,
         source: std::io::Error,

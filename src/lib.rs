@@ -11,7 +11,9 @@
 //! | [`telemetry`]   | `tracing` setup (text or JSON, `RUST_LOG`)                           |
 //! | [`shutdown`]    | SIGINT/SIGTERM to a shutdown handle every task watches                |
 //! | [`common`]      | `SeckillRequest`, `SeckillRecord`, `SeckillResult`, `SeckillOutcome`  |
-//! | [`redis_state`] | the flash-sale state in Redis and the atomic Lua purchase script     |
+//! | [`redis_state`] | the flash-sale state in Redis, the atomic Lua purchase script, and   |
+//! |                 | each log_worker's side of the reliable log queue (`LogQueue`)        |
+//! | [`report`]      | an error with its causes on one line, each cause once               |
 //! | [`postgres`]    | PostgreSQL pool and the embedded `migrations/`                       |
 //! | [`kafka`]       | rdkafka client config, the Kafka error taxonomy, `KafkaSink<T>`      |
 //! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
@@ -36,6 +38,7 @@ pub mod kafka;
 pub mod postgres;
 pub mod proto;
 pub mod redis_state;
+pub mod report;
 pub mod schemas;
 pub mod seckill;
 pub mod secret;

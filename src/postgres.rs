@@ -13,18 +13,22 @@ pub enum PostgresError {
     /// password).
     #[error("invalid PostgreSQL URL (postgres.url): {0}")]
     Url(String),
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}")]
     Connect { target: String, source: sqlx::Error },
-    #[error("applying migrations failed: {0}")]
+    #[error("applying the PostgreSQL migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("PostgreSQL query failed: {0}")]
+    #[error("PostgreSQL query failed")]
     Query(#[from] sqlx::Error),
 }
 
 /// Opens a pool from the `postgres:` section.
 pub async fn connect(config: &PostgresConfig) -> Result<PgPool, PostgresError> {
-    let options = PgConnectOptions::from_str(config.url.expose())
-        .map_err(|error| PostgresError::Url(error.to_string()))?;
+    let options = PgConnectOptions::from_str(config.url.expose()).map_err(|error| {
+        PostgresError::Url(format!(
+            "{error}{}",
+            crate::secret::url_parse_hint(config.url.expose())
+        ))
+    })?;
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))

@@ -12,12 +12,17 @@
 //! | `seckill:{id}:requests`       | set     | request ids already processed (dedupe)         |
 //! | `seckill:{id}:success`        | string  | number of successful purchases                 |
 //! | `seckill:{id}:logs`           | list    | `SeckillRecord` JSON waiting for log_worker    |
-//! | `seckill:{id}:logs:processing`| list    | records log_worker took but has not yet stored |
+//! | `seckill:{id}:logs:workers`   | set     | ids of the log_workers that hold records       |
+//! | `seckill:{id}:logs:processing:<worker>` | list | records that worker took but has not yet stored |
+//! | `seckill:{id}:logs:lease:<worker>` | string | present while that worker is alive (PX TTL) |
 //! | `seckill:{id}:logs:dead`      | list    | records log_worker could not decode            |
 //!
-//! log_worker moves records with the reliable-queue pattern: `LMOVE logs -> processing`,
-//! insert into PostgreSQL, then `LREM` them from processing; records a crashed worker left in
-//! processing are inserted again at start (the insert is idempotent).
+//! log_worker moves records with the reliable-queue pattern ([`LogQueue`]): `LMOVE logs ->
+//! its own processing list`, insert into PostgreSQL, then `LREM` them from that list. Each
+//! worker keeps a lease alive; the records of a worker whose lease lapsed (it died) are
+//! claimed by a live worker in one atomic script and inserted again (the insert is
+//! idempotent). A worker never takes records from a worker whose lease is alive, so several
+//! workers on one activity neither insert each other's batches nor strand them.
 
 use crate::common::{SeckillOutcome, SeckillRecord, SeckillRequest};
 use crate::config::RedisConfig;
@@ -54,7 +59,7 @@ end
 return 0
 "#;
 
-/// Moves up to ARGV[1] records from the queue to the processing list in one round trip.
+/// Moves up to ARGV[1] records from the queue to a worker's processing list in one round trip.
 const TAKE_LOGS_SCRIPT: &str = r#"
 local taken = {}
 for _ = 1, tonumber(ARGV[1]) do
@@ -67,20 +72,57 @@ end
 return taken
 "#;
 
+/// Renews a worker's lease, unless its records were claimed meanwhile (it is no longer in
+/// the workers set). KEYS: 1 workers, 2 lease. ARGV: 1 worker id, 2 lease in ms.
+/// Returns 1 when renewed, 0 when the worker lost its records.
+const RENEW_LEASE_SCRIPT: &str = r#"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 1
+"#;
+
+/// Moves every record of a worker whose lease lapsed to the claiming worker's processing
+/// list and forgets that worker. KEYS: 1 workers, 2 its lease, 3 its list, 4 the claimer's
+/// list. ARGV: 1 its id. Returns the records moved, or -1 when its lease is alive.
+const CLAIM_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
+local moved = 0
+while redis.call('LMOVE', KEYS[3], KEYS[4], 'LEFT', 'RIGHT') do
+  moved = moved + 1
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+return moved
+"#;
+
+/// Forgets a worker that holds nothing. KEYS: 1 workers, 2 its lease, 3 its list.
+/// ARGV: 1 its id. Returns the records it still holds (0 when it was forgotten).
+const UNREGISTER_SCRIPT: &str = r#"
+local held = redis.call('LLEN', KEYS[3])
+if held == 0 then
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+end
+return held
+"#;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RedisStateError {
     #[error("invalid Redis configuration (redis.url): {0}")]
     Config(String),
-    #[error("no Redis connection available: {0}")]
+    #[error("no Redis connection available")]
     Pool(#[from] deadpool_redis::PoolError),
-    #[error("Redis command failed: {0}")]
+    #[error("Redis command failed")]
     Redis(#[from] redis::RedisError),
     #[error("activity {0} is not initialised in Redis (no stock key); start server_kafka without --keep-state first")]
     NotInitialised(u64),
     #[error("unexpected reply from the seckill script: {0}")]
     UnexpectedReply(i64),
-    #[error("cannot encode the purchase record: {0}")]
+    #[error("cannot encode the purchase record")]
     Encode(#[from] serde_json::Error),
 }
 
@@ -113,6 +155,7 @@ impl RedisStateError {
 /// The Redis keys of one activity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityKeys {
+    activity_id: u64,
     pub stock: String,
     pub initial_stock: String,
     pub over: String,
@@ -120,7 +163,10 @@ pub struct ActivityKeys {
     pub requests: String,
     pub success: String,
     pub logs: String,
-    pub processing: String,
+    /// The ids of the log_workers that may hold records.
+    pub log_workers: String,
+    /// The single processing list of versions before per-worker lists; still recovered.
+    pub legacy_processing: String,
     pub dead: String,
 }
 
@@ -128,6 +174,7 @@ impl ActivityKeys {
     pub fn new(activity_id: u64) -> Self {
         let key = |name: &str| format!("seckill:{{{activity_id}}}:{name}");
         Self {
+            activity_id,
             stock: key("stock"),
             initial_stock: key("initial_stock"),
             over: key("over"),
@@ -135,12 +182,23 @@ impl ActivityKeys {
             requests: key("requests"),
             success: key("success"),
             logs: key("logs"),
-            processing: key("logs:processing"),
+            log_workers: key("logs:workers"),
+            legacy_processing: key("logs:processing"),
             dead: key("logs:dead"),
         }
     }
 
-    fn all(&self) -> [&str; 9] {
+    /// The records `worker` took and has not yet stored.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("seckill:{{{}}}:logs:processing:{worker}", self.activity_id)
+    }
+
+    /// Present while `worker` is alive.
+    pub fn lease(&self, worker: &str) -> String {
+        format!("seckill:{{{}}}:logs:lease:{worker}", self.activity_id)
+    }
+
+    fn fixed(&self) -> [&str; 10] {
         [
             &self.stock,
             &self.initial_stock,
@@ -149,7 +207,8 @@ impl ActivityKeys {
             &self.requests,
             &self.success,
             &self.logs,
-            &self.processing,
+            &self.log_workers,
+            &self.legacy_processing,
             &self.dead,
         ]
     }
@@ -166,6 +225,7 @@ pub struct ActivitySnapshot {
     /// Distinct request ids the script has seen (every answer except TIMEOUT).
     pub requests_seen: u64,
     pub queued_records: u64,
+    /// Records taken by log_workers and not yet stored, over every worker's list.
     pub processing_records: u64,
 }
 
@@ -174,8 +234,12 @@ pub fn create_pool(config: &RedisConfig) -> Result<Pool, RedisStateError> {
     let connection = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)));
-    let manager = Manager::new_with_config(config.url.expose(), connection)
-        .map_err(|error| RedisStateError::Config(error.to_string()))?;
+    let manager = Manager::new_with_config(config.url.expose(), connection).map_err(|error| {
+        RedisStateError::Config(format!(
+            "{error}{}",
+            crate::secret::url_parse_hint(config.url.expose())
+        ))
+    })?;
     Pool::builder(manager)
         .max_size(config.pool_size)
         .wait_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
@@ -191,6 +255,9 @@ pub struct RedisState {
     pool: Pool,
     seckill_script: Script,
     take_logs_script: Script,
+    renew_lease_script: Script,
+    claim_script: Script,
+    unregister_script: Script,
     /// Blocking waits stay below the connection's response timeout.
     longest_block: Duration,
 }
@@ -204,6 +271,9 @@ impl RedisState {
             pool,
             seckill_script: Script::new(SECKILL_SCRIPT),
             take_logs_script: Script::new(TAKE_LOGS_SCRIPT),
+            renew_lease_script: Script::new(RENEW_LEASE_SCRIPT),
+            claim_script: Script::new(CLAIM_SCRIPT),
+            unregister_script: Script::new(UNREGISTER_SCRIPT),
             longest_block,
         }
     }
@@ -217,16 +287,26 @@ impl RedisState {
     }
 
     /// Resets the activity: stock and initial stock set to `stock`, counters, buyers,
-    /// processed request ids, the over flag and both record lists cleared, in one
-    /// transaction. Records still queued from an earlier run are dropped with the rest of
+    /// processed request ids, the over flag, the record lists and the log_workers'
+    /// registrations cleared, in one transaction. Records still queued from an earlier run are dropped with the rest of
     /// that run's state; callers drain log_worker first when they need them.
     pub async fn init_state(&self, activity_id: u64, stock: u64) -> Result<(), RedisStateError> {
         let keys = ActivityKeys::new(activity_id);
         let mut connection = self.pool.get().await?;
-        redis::pipe()
-            .atomic()
-            .del(&keys.all()[..])
-            .ignore()
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&keys.log_workers)
+            .query_async(&mut *connection)
+            .await?;
+        let worker_keys: Vec<String> = workers
+            .iter()
+            .flat_map(|worker| [keys.processing(worker), keys.lease(worker)])
+            .collect();
+        let mut reset = redis::pipe();
+        reset.atomic().del(&keys.fixed()[..]).ignore();
+        if !worker_keys.is_empty() {
+            reset.del(&worker_keys).ignore();
+        }
+        reset
             .set(&keys.stock, stock)
             .ignore()
             .set(&keys.initial_stock, stock)
@@ -325,8 +405,9 @@ impl RedisState {
             u64,
             u64,
             u64,
+            Vec<String>,
         );
-        let (initial_stock, stock, success, over, buyers, requests_seen, queued, processing): Reply =
+        let (initial_stock, stock, success, over, buyers, requests_seen, queued, legacy, workers): Reply =
             redis::pipe()
                 .get(&keys.initial_stock)
                 .get(&keys.stock)
@@ -335,9 +416,19 @@ impl RedisState {
                 .scard(&keys.buyers)
                 .scard(&keys.requests)
                 .llen(&keys.logs)
-                .llen(&keys.processing)
+                .llen(&keys.legacy_processing)
+                .smembers(&keys.log_workers)
                 .query_async(&mut *connection)
                 .await?;
+        let mut processing = legacy;
+        if !workers.is_empty() {
+            let mut lengths = redis::pipe();
+            for worker in &workers {
+                lengths.llen(keys.processing(worker));
+            }
+            let held: Vec<u64> = lengths.query_async(&mut *connection).await?;
+            processing += held.iter().sum::<u64>();
+        }
         Ok(ActivitySnapshot {
             initial_stock,
             stock,
@@ -350,28 +441,161 @@ impl RedisState {
         })
     }
 
-    /// Moves up to `max` queued records to the processing list and returns them. When the
-    /// queue is empty, waits up to `wait` (capped below the response timeout) for one.
-    pub async fn take_log_records(
-        &self,
-        activity_id: u64,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<String>, RedisStateError> {
+    /// The reliable log queue of an activity as seen by one log_worker.
+    pub fn log_queue(&self, activity_id: u64, worker: impl Into<String>) -> LogQueue {
         let keys = ActivityKeys::new(activity_id);
-        let mut connection = self.pool.get().await?;
+        let worker = worker.into();
+        LogQueue {
+            state: self.clone(),
+            processing: keys.processing(&worker),
+            lease: keys.lease(&worker),
+            keys,
+            worker,
+        }
+    }
+}
+
+/// One log_worker's side of an activity's reliable log queue: it takes records into its own
+/// processing list, acknowledges them once stored, keeps a lease alive, and claims the lists
+/// of workers whose lease lapsed.
+#[derive(Clone)]
+pub struct LogQueue {
+    state: RedisState,
+    keys: ActivityKeys,
+    worker: String,
+    processing: String,
+    lease: String,
+}
+
+impl LogQueue {
+    /// This worker's id (part of its keys).
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// The activity's counters ([`RedisState::snapshot`]).
+    pub async fn snapshot(&self) -> Result<ActivitySnapshot, RedisStateError> {
+        self.state.snapshot(self.keys.activity_id).await
+    }
+
+    /// Joins the workers set and takes a lease of `lease`; call again after
+    /// [`LogQueue::renew`] said the worker lost its records.
+    pub async fn register(&self, lease: Duration) -> Result<(), RedisStateError> {
+        let mut connection = self.state.pool.get().await?;
+        redis::pipe()
+            .atomic()
+            .sadd(&self.keys.log_workers, &self.worker)
+            .ignore()
+            .pset_ex(&self.lease, 1, duration_ms(lease))
+            .ignore()
+            .exec_async(&mut *connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends the lease. `false`: the worker's records were claimed by another worker (its
+    /// lease had lapsed) or the activity was reset; it must register again and must not store
+    /// what it holds in memory (the claimer stores it).
+    pub async fn renew(&self, lease: Duration) -> Result<bool, RedisStateError> {
+        let mut connection = self.state.pool.get().await?;
+        let renewed: i64 = self
+            .state
+            .renew_lease_script
+            .key(&self.keys.log_workers)
+            .key(&self.lease)
+            .arg(&self.worker)
+            .arg(duration_ms(lease))
+            .invoke_async(&mut *connection)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Leaves the workers set when nothing is held (a clean stop). Returns the records
+    /// still held; then the registration stays, and the records are claimed once the lease
+    /// lapses.
+    pub async fn unregister(&self) -> Result<u64, RedisStateError> {
+        let mut connection = self.state.pool.get().await?;
+        Ok(self
+            .state
+            .unregister_script
+            .key(&self.keys.log_workers)
+            .key(&self.lease)
+            .key(&self.processing)
+            .arg(&self.worker)
+            .invoke_async(&mut *connection)
+            .await?)
+    }
+
+    /// Moves the records of every worker whose lease lapsed (and of the legacy shared list)
+    /// to this worker's processing list. Returns how many were moved.
+    pub async fn claim_abandoned(&self) -> Result<u64, RedisStateError> {
+        let mut connection = self.state.pool.get().await?;
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&self.keys.log_workers)
+            .query_async(&mut *connection)
+            .await?;
+        let mut victims: Vec<(String, String, String)> = workers
+            .iter()
+            .filter(|worker| **worker != self.worker)
+            .map(|worker| {
+                (
+                    worker.clone(),
+                    self.keys.lease(worker),
+                    self.keys.processing(worker),
+                )
+            })
+            .collect();
+        // The shared list of earlier versions has no lease: always claimable.
+        victims.push((
+            String::new(),
+            // A lease no worker has (ids are never empty).
+            self.keys.lease(""),
+            self.keys.legacy_processing.clone(),
+        ));
+        let mut claimed = 0;
+        for (worker, lease, list) in victims {
+            let moved: i64 = self
+                .state
+                .claim_script
+                .key(&self.keys.log_workers)
+                .key(&lease)
+                .key(&list)
+                .key(&self.processing)
+                .arg(&worker)
+                .invoke_async(&mut *connection)
+                .await?;
+            if moved > 0 {
+                tracing::warn!(
+                    event = "recover",
+                    from_worker = %worker,
+                    records = moved,
+                    "claimed the records of a log_worker whose lease lapsed"
+                );
+                claimed += moved as u64;
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Moves up to `max` queued records to this worker's processing list and returns them.
+    /// When the queue is empty, waits up to `wait` (capped below the response timeout) for
+    /// one. After an error the move may have happened with its reply lost:
+    /// [`LogQueue::held`] then says what this worker holds.
+    pub async fn take(&self, max: usize, wait: Duration) -> Result<Vec<String>, RedisStateError> {
+        let mut connection = self.state.pool.get().await?;
         let mut taken: Vec<String> = self
+            .state
             .take_logs_script
-            .key(&keys.logs)
-            .key(&keys.processing)
+            .key(&self.keys.logs)
+            .key(&self.processing)
             .arg(max)
             .invoke_async(&mut *connection)
             .await?;
         if taken.is_empty() && !wait.is_zero() && max > 0 {
-            let wait = wait.min(self.longest_block);
+            let wait = wait.min(self.state.longest_block);
             let first: Option<String> = redis::cmd("BLMOVE")
-                .arg(&keys.logs)
-                .arg(&keys.processing)
+                .arg(&self.keys.logs)
+                .arg(&self.processing)
                 .arg("LEFT")
                 .arg("RIGHT")
                 .arg(wait.as_secs_f64())
@@ -380,9 +604,10 @@ impl RedisState {
             if let Some(first) = first {
                 taken.push(first);
                 let rest: Vec<String> = self
+                    .state
                     .take_logs_script
-                    .key(&keys.logs)
-                    .key(&keys.processing)
+                    .key(&self.keys.logs)
+                    .key(&self.processing)
                     .arg(max - 1)
                     .invoke_async(&mut *connection)
                     .await?;
@@ -392,66 +617,59 @@ impl RedisState {
         Ok(taken)
     }
 
-    /// Removes records from the processing list once they are stored.
-    pub async fn ack_log_records(
-        &self,
-        activity_id: u64,
-        records: &[String],
-    ) -> Result<(), RedisStateError> {
-        self.leave_processing(activity_id, records, false).await
+    /// Removes records from this worker's processing list once they are stored.
+    pub async fn ack(&self, records: &[String]) -> Result<(), RedisStateError> {
+        self.leave_processing(records, false).await
     }
 
     /// Moves undecodable records from the processing list to the dead-letter list, so they
     /// are kept for inspection but no longer block the queue.
-    pub async fn dead_letter_log_records(
-        &self,
-        activity_id: u64,
-        records: &[String],
-    ) -> Result<(), RedisStateError> {
-        self.leave_processing(activity_id, records, true).await
+    pub async fn dead_letter(&self, records: &[String]) -> Result<(), RedisStateError> {
+        self.leave_processing(records, true).await
     }
 
     /// Takes `records` off the processing list in one round trip, copying them to the
     /// dead-letter list first when `to_dead_list` (atomically, so none is in neither).
     async fn leave_processing(
         &self,
-        activity_id: u64,
         records: &[String],
         to_dead_list: bool,
     ) -> Result<(), RedisStateError> {
         if records.is_empty() {
             return Ok(());
         }
-        let keys = ActivityKeys::new(activity_id);
         let mut pipe = redis::pipe();
         if to_dead_list {
             pipe.atomic();
         }
         for record in records {
             if to_dead_list {
-                pipe.rpush(&keys.dead, record).ignore();
+                pipe.rpush(&self.keys.dead, record).ignore();
             }
-            pipe.lrem(&keys.processing, 1, record).ignore();
+            pipe.lrem(&self.processing, 1, record).ignore();
         }
-        let mut connection = self.pool.get().await?;
+        let mut connection = self.state.pool.get().await?;
         pipe.exec_async(&mut *connection).await?;
         Ok(())
     }
 
-    /// Records left in the processing list (by a worker that crashed before acking them).
-    pub async fn processing_log_records(
-        &self,
-        activity_id: u64,
-    ) -> Result<Vec<String>, RedisStateError> {
-        let keys = ActivityKeys::new(activity_id);
-        let mut connection = self.pool.get().await?;
+    /// The records this worker took and has not acknowledged: after a failed take, and
+    /// after claiming another worker's records.
+    pub async fn held(&self) -> Result<Vec<String>, RedisStateError> {
+        let mut connection = self.state.pool.get().await?;
         Ok(redis::cmd("LRANGE")
-            .arg(&keys.processing)
+            .arg(&self.processing)
             .arg(0)
             .arg(-1)
             .query_async(&mut *connection)
             .await?)
     }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 #[cfg(test)]
@@ -461,9 +679,14 @@ mod tests {
     #[test]
     fn keys_share_one_hash_tag() {
         let keys = ActivityKeys::new(42);
-        for key in keys.all() {
+        for key in keys
+            .fixed()
+            .into_iter()
+            .map(str::to_string)
+            .chain([keys.processing("w-1"), keys.lease("w-1")])
+        {
             assert!(key.starts_with("seckill:{42}:"), "{key}");
         }
-        assert_eq!(keys.processing, "seckill:{42}:logs:processing");
+        assert_eq!(keys.processing("w-1"), "seckill:{42}:logs:processing:w-1");
     }
 }

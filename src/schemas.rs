@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchemaError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -17,7 +17,7 @@ pub enum SchemaError {
     Invalid { path: PathBuf, message: String },
     #[error("no .proto or .avsc file under {0}")]
     Empty(PathBuf),
-    #[error("cannot render the ConfigMap: {0}")]
+    #[error("cannot render the ConfigMap")]
     Render(#[from] serde_yaml::Error),
 }
 

@@ -52,6 +52,16 @@ impl SecretUrl {
     }
 }
 
+/// For command-line flags (`--redis-url`): the value is kept hidden from `Debug` from the
+/// moment it is parsed.
+impl std::str::FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(value))
+    }
+}
+
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.redacted())
@@ -65,41 +75,66 @@ impl fmt::Display for SecretUrl {
 }
 
 /// Replaces the password of `scheme://user:password@host...` with `***`, and also any
-/// `password=` query parameter (libpq accepts one). Text that is not a URL is returned as is.
+/// `password=` query parameter (libpq accepts one).
+///
+/// Fails closed: a password may hold `/`, `?`, `#`, `@` or a space unencoded (as people paste
+/// them), so the userinfo is taken to end at the *last* `@`. When the text before that `@`
+/// also holds a `/`, `?` or `#`, where the password ends cannot be known, and everything
+/// between the scheme and the last `@` is hidden. Text without a scheme loses everything
+/// before its last `@` the same way.
 pub fn redact_url(url: &str) -> String {
-    let mut out = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            // The authority ends at the first '/', '?' or '#'; the userinfo at its last '@'.
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = match userinfo.split_once(':') {
-                        Some((user, _password)) => format!("{user}:{REDACTED}"),
-                        None => userinfo.to_string(),
-                    };
-                    format!("{scheme}://{user}@{host}{tail}")
-                }
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
+    // Parameters first: an `@` inside a `password=` value must not be taken for the end
+    // of the userinfo.
+    let url = redact_password_parameters(url);
+    let url = url.as_str();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
     };
-    if let Some(query_start) = out.find('?') {
-        let (base, query) = out.split_at(query_start + 1);
-        let query = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => {
-                    format!("{key}={REDACTED}")
-                }
-                _ => pair.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("&");
-        out = format!("{base}{query}");
+    let prefix = scheme.map_or(String::new(), |scheme| format!("{scheme}://"));
+    match rest.rsplit_once('@') {
+        None => url.to_string(),
+        Some((userinfo, host_and_tail)) => {
+            let certain = scheme.is_some() && !userinfo.contains(['/', '?', '#']);
+            let shown_userinfo = match userinfo.split_once(':') {
+                Some((user, _password)) if certain => format!("{user}:{REDACTED}"),
+                // No ':' means no password, only a user name.
+                None if certain => userinfo.to_string(),
+                _ => REDACTED.to_string(),
+            };
+            format!("{prefix}{shown_userinfo}@{host_and_tail}")
+        }
     }
-    out
+}
+
+/// Hides the value of a `password=` parameter, in a query string (`?a=1&password=x`) or a
+/// libpq key/value string (`host=h password=x`). Fails closed: the value may hold `&` or a
+/// space, so everything after `password=` is hidden.
+fn redact_password_parameters(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut search_from = 0;
+    while let Some(found) = lower[search_from..].find("password=") {
+        let key_start = search_from + found;
+        search_from = key_start + "password=".len();
+        // Only a whole key (`?password=`, `&password=`, ` password=`), not `xpassword=`.
+        let whole_key =
+            key_start == 0 || matches!(text.as_bytes()[key_start - 1], b'?' | b'&' | b' ' | b';');
+        if whole_key {
+            return format!("{}{REDACTED}", &text[..search_from]);
+        }
+    }
+    text.to_string()
+}
+
+/// Advice for a connection URL its client library could not parse: when it carries a
+/// userinfo (`@`), the usual cause is a password pasted with reserved characters unencoded.
+pub fn url_parse_hint(url: &str) -> &'static str {
+    if url.contains('@') {
+        "; if the password holds / ? # @ % : or a space, percent-encode them \
+         (%2F %3F %23 %40 %25 %3A %20)"
+    } else {
+        ""
+    }
 }
 
 /// Whether a configuration key names a credential whose value must never be shown
@@ -148,12 +183,68 @@ mod tests {
             "postgres://u@h/db?sslmode=require&password=***"
         );
         assert_eq!(
+            redact_url("host=h password=p w&x dbname=d"),
+            "host=h password=***"
+        );
+        assert_eq!(
             redact_url("redis://127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
         );
         let url = SecretUrl::new("postgres://a:topsecret@h/db");
         assert!(!format!("{url:?}").contains("topsecret"));
         assert!(!format!("{url}").contains("topsecret"));
+    }
+
+    /// Passwords pasted unencoded: whatever they hold, no part of them is shown, and the
+    /// host stays visible whenever it can be told apart. Every password part is a `Q`.
+    #[test]
+    fn unencoded_passwords_fail_closed() {
+        let passwords = [
+            "Q/Q",
+            "Q?Q",
+            "Q#Q",
+            "Q@Q",
+            "Q:Q",
+            "Q%Q",
+            "Q Q",
+            "Q/Q?Q#Q@Q:Q%Q Q",
+            "Q@",
+            "/Q",
+            ":Q",
+            "Q%2FQ",
+            "Q@Q/Q",
+            "Q&x=1",
+        ];
+        for password in passwords {
+            for (url, tail) in [
+                (
+                    format!("redis://:{password}@127.0.0.1:1/0"),
+                    "@127.0.0.1:1/0",
+                ),
+                (
+                    format!("rediss://user:{password}@cache:6380"),
+                    "@cache:6380",
+                ),
+                (
+                    format!("postgres://u:{password}@db:5432/app?sslmode=require"),
+                    "@db:5432/app?sslmode=require",
+                ),
+                (format!("u:{password}@db:5432"), "@db:5432"),
+                (format!("postgres://u@db/app?password={password}"), REDACTED),
+                (format!("host=db password={password}"), REDACTED),
+            ] {
+                let shown = redact_url(&url);
+                assert!(!shown.contains('Q'), "{url} -> {shown}");
+                assert!(shown.ends_with(tail), "{url} -> {shown}");
+            }
+        }
+        // Splits that are certain keep the user name.
+        assert_eq!(
+            redact_url("postgres://u:pa@ss@db/x"),
+            "postgres://u:***@db/x"
+        );
+        assert_eq!(redact_url("rediss://u:p w:x@db"), "rediss://u:***@db");
+        assert_eq!(redact_url("redis://:pa/ss@h:1/0"), "redis://***@h:1/0");
     }
 
     #[test]

@@ -4,60 +4,8 @@
 mod support;
 
 use seckill_kafka::avro::encode_integer_list;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
-use support::{Pipeline, Program};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET /metrics`, or `None` while nothing listens yet.
-fn scrape(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-/// Scrapes until every `needle` is in the page and `ready` holds (statistics arrive every
-/// 0.5 s here).
-fn scrape_until(
-    port: u16,
-    needles: &[&str],
-    ready: impl Fn(&str) -> bool,
-) -> Result<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Some(page) = scrape(port) {
-            if needles.iter().all(|needle| page.contains(needle)) && ready(&page) {
-                return Ok(page);
-            }
-            last = page;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let missing: Vec<&&str> = needles.iter().filter(|n| !last.contains(**n)).collect();
-    Err(format!("missing {missing:?} in:\n{last}"))
-}
-
-/// The value of the first sample of `metric` (any labels) in a Prometheus page.
-fn sample(page: &str, metric: &str) -> Option<f64> {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| line.starts_with(metric))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
+use std::time::Duration;
+use support::{free_port, sample, scrape_until, Pipeline, Program};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_sum_serves_its_counters_and_librdkafka_statistics() {

@@ -11,7 +11,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use seckill_kafka::seckill::server::{DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
 use std::collections::HashSet;
 use std::time::Duration;
-use support::{Finished, Pipeline};
+use support::{Finished, Pipeline, Program};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -139,12 +139,12 @@ async fn log_worker_recovers_what_a_crashed_worker_took() {
         .await;
     server.terminate().assert_success("server_kafka");
 
-    // What a worker killed between taking and acknowledging leaves behind.
-    let taken = pipeline
-        .redis()
-        .take_log_records(pipeline.activity_id, 30, Duration::ZERO)
-        .await
-        .unwrap();
+    // What a worker killed between taking and acknowledging leaves behind: records in its
+    // processing list and a lease that lapses.
+    let redis = pipeline.redis();
+    let crashed = redis.log_queue(pipeline.activity_id, "crashed-1");
+    crashed.register(Duration::from_millis(200)).await.unwrap();
+    let taken = crashed.take(30, Duration::ZERO).await.unwrap();
     assert_eq!(taken.len(), 30);
     let worker = pipeline.run("log_worker", &["--drain"]);
     worker.assert_success("log_worker --drain");
@@ -153,13 +153,14 @@ async fn log_worker_recovers_what_a_crashed_worker_took() {
 
     // And a second crash after the insert but before the acknowledgement: the replay
     // inserts nothing twice.
-    let redis = pipeline.redis();
-    let keys = seckill_kafka::redis_state::ActivityKeys::new(pipeline.activity_id);
+    let crashed = redis.log_queue(pipeline.activity_id, "crashed-2");
+    crashed.register(Duration::from_millis(200)).await.unwrap();
     {
+        let keys = seckill_kafka::redis_state::ActivityKeys::new(pipeline.activity_id);
         let mut connection = redis.pool().get().await.unwrap();
         for record in &taken {
             let () = redis::cmd("RPUSH")
-                .arg(&keys.processing)
+                .arg(keys.processing(crashed.worker()))
                 .arg(record)
                 .query_async(&mut *connection)
                 .await
@@ -177,6 +178,135 @@ async fn log_worker_recovers_what_a_crashed_worker_took() {
         (30, 0, 30)
     );
     drain_and_verify(&pipeline, 80);
+}
+
+/// Redis SIGKILLed (AOF on) and restarted while 20,000 requests flow against stock 5,000:
+/// server_kafka and log_worker ride it out without a restart, and every record reaches
+/// PostgreSQL, none left in a processing list (a take whose reply the crash swallowed is
+/// read back from the worker's own list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_run_strands_no_record() {
+    let mut redis = support::KillableRedis::start();
+    let pipeline = Pipeline::new("redis-restart").with_redis(redis.url());
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "5000"]);
+    let mut worker = pipeline.spawn("log_worker", &["--batch-size", "50"]);
+    let client = pipeline.spawn(
+        "client_kafka",
+        &["--users", "20000", "--rate", "4000", "--seed", "11"],
+    );
+    pipeline
+        .wait_for("sales under way", WAIT, |s| s.success >= 1000)
+        .await;
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    redis.restart();
+
+    client.wait(WAIT).assert_success("client_kafka");
+    let snapshot = pipeline
+        .wait_for("every request, every record stored", WAIT, |s| {
+            s.requests_seen == 20_000 && s.queued_records == 0 && s.processing_records == 0
+        })
+        .await;
+    assert!(worker.is_running(), "log_worker was not restarted");
+    assert_eq!((snapshot.success, snapshot.stock), (5_000, Some(0)));
+    assert_eq!(pipeline.rows().await, 5_000, "rows = success");
+    server.terminate().assert_success("server_kafka");
+    let worker = worker.terminate();
+    worker.assert_success("log_worker");
+    assert_eq!(worker.figure("inserted"), 5_000);
+}
+
+/// The reply to a take is lost after Redis moved the records (a proxy swallows it and cuts
+/// the connection): log_worker reads its own processing list back and stores them, without
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_whose_reply_is_lost_strands_nothing() {
+    let pipeline = Pipeline::new("lost-reply");
+    let redis_port: u16 = pipeline
+        .redis_url
+        .rsplit(':')
+        .next()
+        .and_then(|tail| tail.split('/').next())
+        .and_then(|port| port.parse().ok())
+        .expect("REDIS_URL has a port");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "300"]);
+    let client = pipeline.run("client_kafka", &["--users", "300", "--seed", "2"]);
+    client.assert_success("client_kafka");
+    pipeline
+        .wait_for("300 sales", WAIT, |s| s.success == 300)
+        .await;
+    server.terminate().assert_success("server_kafka");
+
+    // Records are JSON with a request_id: the first reply carrying them is lost.
+    let proxy = support::ReplyDroppingProxy::start(redis_port, b"request_id");
+    let mut env = pipeline.env();
+    env.retain(|(name, _)| name != "REDIS_URL");
+    env.push((
+        "REDIS_URL".into(),
+        format!("redis://127.0.0.1:{}/0", proxy.port),
+    ));
+    let mut worker = Program::spawn("log_worker", &["--batch-size", "50"], &env);
+    let snapshot = pipeline
+        .wait_for("every record stored", WAIT, |s| {
+            s.queued_records == 0 && s.processing_records == 0
+        })
+        .await;
+    assert!(
+        proxy.dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "a reply was lost"
+    );
+    assert!(worker.is_running(), "log_worker was not restarted");
+    assert_eq!(snapshot.success, 300);
+    let finished = worker.terminate();
+    finished.assert_success("log_worker");
+    assert!(finished.figure("recovered") >= 1, "{}", finished.stdout);
+    assert_eq!(pipeline.rows().await, 300, "rows = success");
+}
+
+/// Three log_workers on one activity, one of them SIGKILLed mid-run: the others take over
+/// its records once its lease lapses, without a restart; no worker inserts a batch another
+/// worker holds (no replays while all live), and rows = success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_log_workers_share_the_queue_and_take_over_a_dead_ones_records() {
+    let pipeline = Pipeline::new("workers");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "3000"]);
+    let workers: Vec<Program> = (0..3)
+        .map(|_| pipeline.spawn("log_worker", &["--batch-size", "20"]))
+        .collect();
+    let client = pipeline.spawn(
+        "client_kafka",
+        &["--users", "6000", "--rate", "3000", "--seed", "5"],
+    );
+    pipeline
+        .wait_for("records flowing", WAIT, |s| s.success >= 500)
+        .await;
+    let mut workers = workers.into_iter();
+    let killed = workers.next().unwrap();
+    killed.kill();
+    client.wait(WAIT).assert_success("client_kafka");
+    pipeline
+        .wait_for("every record stored", WAIT, |s| {
+            s.requests_seen == 6_000 && s.queued_records == 0 && s.processing_records == 0
+        })
+        .await;
+    server.terminate().assert_success("server_kafka");
+    let mut inserted = 0;
+    let mut replayed = 0;
+    for worker in workers {
+        let worker = worker.terminate();
+        worker.assert_success("log_worker");
+        inserted += worker.figure("inserted");
+        replayed += worker.figure("already_stored");
+    }
+    let rows = pipeline.rows().await;
+    assert_eq!(rows, 3_000, "rows = success");
+    // What the killed worker stored before dying, plus what the others inserted, is every
+    // row; a replay happens only for the batch the killed worker had in hand.
+    assert!(
+        inserted <= 3_000 && replayed <= 20,
+        "inserted {inserted}, replayed {replayed}"
+    );
+    drain_and_verify(&pipeline, 6_000);
 }
 
 /// Resets `group` to the earliest offsets, the way `kafka-consumer-groups --reset-offsets

@@ -83,7 +83,8 @@ async fn concurrent_requests_never_oversell() {
 
     // The queued records are exactly the winners.
     let records = state
-        .take_log_records(activity, 1_000, Duration::ZERO)
+        .log_queue(activity, "check")
+        .take(1_000, Duration::ZERO)
         .await
         .unwrap();
     let recorded: HashSet<u64> = records
@@ -224,6 +225,29 @@ async fn init_state_resets_everything() {
     );
 }
 
+/// Waits until Redis reports a client blocked in a command (a BLMOVE waiting for records).
+async fn wait_until_a_client_blocks(state: &RedisState) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut connection = state.pool().get().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut *connection)
+            .await
+            .unwrap();
+        let blocked = info
+            .lines()
+            .find_map(|line| line.strip_prefix("blocked_clients:"))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if blocked > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no client blocked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn log_records_move_reliably() {
     let state = state();
@@ -233,10 +257,9 @@ async fn log_records_move_reliably() {
     for user in 0..5 {
         buy(&state, &request(activity, user, &format!("r{user}"))).await;
     }
-    let first = state
-        .take_log_records(activity, 3, Duration::ZERO)
-        .await
-        .unwrap();
+    let queue = state.log_queue(activity, "w-1");
+    queue.register(Duration::from_secs(30)).await.unwrap();
+    let first = queue.take(3, Duration::ZERO).await.unwrap();
     assert_eq!(first.len(), 3);
     let users: Vec<u64> = first
         .iter()
@@ -247,18 +270,12 @@ async fn log_records_move_reliably() {
         vec![0, 1, 2],
         "records leave the queue in purchase order"
     );
-    // Taken but not acknowledged: they sit in the processing list for recovery.
-    assert_eq!(state.processing_log_records(activity).await.unwrap(), first);
-    state.ack_log_records(activity, &first[..2]).await.unwrap();
-    assert_eq!(
-        state.processing_log_records(activity).await.unwrap(),
-        first[2..].to_vec()
-    );
+    // Taken but not acknowledged: they sit in the worker's processing list.
+    assert_eq!(queue.held().await.unwrap(), first);
+    queue.ack(&first[..2]).await.unwrap();
+    assert_eq!(queue.held().await.unwrap(), first[2..].to_vec());
 
-    let rest = state
-        .take_log_records(activity, 10, Duration::ZERO)
-        .await
-        .unwrap();
+    let rest = queue.take(10, Duration::ZERO).await.unwrap();
     assert_eq!(rest.len(), 2);
     let snapshot = state.snapshot(activity).await.unwrap();
     assert_eq!(
@@ -268,23 +285,94 @@ async fn log_records_move_reliably() {
 
     // An empty queue with a wait returns empty after the wait, or a record pushed meanwhile.
     let started = std::time::Instant::now();
-    assert!(state
-        .take_log_records(activity, 10, Duration::from_millis(300))
+    assert!(queue
+        .take(10, Duration::from_millis(300))
         .await
         .unwrap()
         .is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250));
     let waiter = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            state
-                .take_log_records(activity, 10, Duration::from_secs(3))
-                .await
-        })
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.take(10, Duration::from_secs(5)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The purchase comes only once the waiter blocks, so the wake-up is what is tested.
+    wait_until_a_client_blocks(&state).await;
     buy(&state, &request(activity, 7, "r7")).await;
     let woken = waiter.await.unwrap().unwrap();
     assert_eq!(woken.len(), 1);
     assert!(keys.logs.ends_with(":logs"));
+}
+
+/// Records of a worker whose lease is alive are never taken by another; once it lapses, a
+/// live worker claims them all in one step, and the dead worker learns it lost them.
+#[tokio::test]
+async fn a_dead_workers_records_are_claimed_only_after_its_lease_lapses() {
+    let state = state();
+    let activity = support::unique_id();
+    state.init_state(activity, 10).await.unwrap();
+    for user in 0..6 {
+        buy(&state, &request(activity, user, &format!("r{user}"))).await;
+    }
+    let alive = state.log_queue(activity, "alive");
+    let dying = state.log_queue(activity, "dying");
+    let claimer = state.log_queue(activity, "claimer");
+    alive.register(Duration::from_secs(30)).await.unwrap();
+    dying.register(Duration::from_millis(300)).await.unwrap();
+    claimer.register(Duration::from_secs(30)).await.unwrap();
+    let alive_holds = alive.take(2, Duration::ZERO).await.unwrap();
+    let dying_holds = dying.take(3, Duration::ZERO).await.unwrap();
+    assert_eq!((alive_holds.len(), dying_holds.len()), (2, 3));
+
+    // Both leases alive: nothing to claim.
+    assert_eq!(claimer.claim_abandoned().await.unwrap(), 0);
+    assert!(claimer.held().await.unwrap().is_empty());
+
+    // The dying worker stops renewing; after its lease lapses its records move over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let claimed = loop {
+        let claimed = claimer.claim_abandoned().await.unwrap();
+        if claimed > 0 {
+            break claimed;
+        }
+        assert!(std::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(claimed, 3);
+    assert_eq!(claimer.held().await.unwrap(), dying_holds);
+    assert!(dying.held().await.unwrap().is_empty());
+    assert_eq!(
+        alive.held().await.unwrap(),
+        alive_holds,
+        "a live worker keeps its records"
+    );
+    assert!(
+        !dying.renew(Duration::from_secs(30)).await.unwrap(),
+        "the dead worker lost them"
+    );
+    assert!(alive.renew(Duration::from_secs(30)).await.unwrap());
+    assert_eq!(
+        state.snapshot(activity).await.unwrap().processing_records,
+        5
+    );
+
+    // A clean stop leaves the set only when nothing is held.
+    assert_eq!(alive.unregister().await.unwrap(), 2);
+    alive.ack(&alive_holds).await.unwrap();
+    assert_eq!(alive.unregister().await.unwrap(), 0);
+    assert!(!alive.renew(Duration::from_secs(30)).await.unwrap());
+
+    // Records in the single list of earlier versions are claimed too.
+    let keys = ActivityKeys::new(activity);
+    let mut connection = state.pool().get().await.unwrap();
+    let () = redis::cmd("RPUSH")
+        .arg(&keys.legacy_processing)
+        .arg("legacy-record")
+        .query_async(&mut *connection)
+        .await
+        .unwrap();
+    assert_eq!(claimer.claim_abandoned().await.unwrap(), 1);
+    assert_eq!(
+        claimer.held().await.unwrap().last().unwrap(),
+        "legacy-record"
+    );
 }

@@ -177,3 +177,85 @@ async fn verify_counts_by_type_and_reports_undecodable_records() {
         dirty.stderr
     );
 }
+
+fn verify_run(topic: &str, events: usize, seed: u64) -> Finished {
+    let (events, seed, users) = (events.to_string(), seed.to_string(), USERS.to_string());
+    Program::spawn(
+        "zstd_producer",
+        &[
+            "--verify", "--topic", topic, "--events", &events, "--seed", &seed, "--users", &users,
+        ],
+        &env(),
+    )
+    .wait(Duration::from_secs(120))
+}
+
+/// `--verify --events N --seed S`: the topic must hold exactly the events of that run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_with_the_runs_flags_finds_missing_extra_and_different_events() {
+    let topic = support::unique_name("user-events");
+    produce(&topic);
+    let exact = verify_run(&topic, EVENTS, SEED);
+    exact.assert_success("zstd_producer --verify --events --seed");
+    assert_eq!(
+        (exact.figure("matched"), exact.figure("missing")),
+        (EVENTS as u64, 0)
+    );
+    // One event more than the run sent: a short topic fails and names the event.
+    let short = verify_run(&topic, EVENTS + 1, SEED);
+    assert_eq!(short.status.code(), Some(1), "{}", short.stderr);
+    assert_eq!(short.figure("missing"), 1);
+    assert!(
+        short
+            .stdout
+            .contains(&format!("missing: event #{EVENTS} (")),
+        "{}",
+        short.stdout
+    );
+
+    // Ten events of seed 7 written by hand: #3 altered, #9 left out, one event of another
+    // seed added.
+    let topic = support::unique_name("user-events");
+    let mut generator = EventGenerator::new(7, USERS);
+    let mut records = Vec::new();
+    for index in 0..10 {
+        let mut event = EventGenerator::empty_event();
+        generator.fill(&mut event);
+        let key = event.user_id.clone();
+        if index == 3 {
+            event.user_id = "someone-else".into();
+        }
+        if index != 9 {
+            records.push((key, Some(event.encode_to_vec())));
+        }
+    }
+    let mut stranger = EventGenerator::empty_event();
+    EventGenerator::new(8, USERS).fill(&mut stranger);
+    records.push((stranger.user_id.clone(), Some(stranger.encode_to_vec())));
+    support::produce(&support::stack_var("KAFKA_BROKERS"), &topic, &records).await;
+    let checked = verify_run(&topic, 10, 7);
+    assert_eq!(checked.status.code(), Some(1), "{}", checked.stderr);
+    assert_eq!(
+        (
+            checked.figure("matched"),
+            checked.figure("missing"),
+            checked.figure("extra"),
+            checked.figure("different")
+        ),
+        (8, 1, 1, 1),
+        "{}",
+        checked.stdout
+    );
+    assert!(
+        checked.stdout.contains("missing: event #9 (")
+            && checked
+                .stdout
+                .contains(&format!("event {} (not expected)", stranger.event_id))
+            && checked.stdout.contains("different: event #3 (")
+            && checked.stdout.contains("): user_id"),
+        "{}",
+        checked.stdout
+    );
+    let last = checked.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("1 missing, 1 extra, 1 different"), "{last}");
+}

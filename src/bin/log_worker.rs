@@ -5,6 +5,7 @@ use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
 use seckill_kafka::seckill::log_worker::run_log_worker;
 use seckill_kafka::seckill::verify::verify;
+use seckill_kafka::secret::SecretUrl;
 use seckill_kafka::shutdown::Shutdown;
 
 /// Reliable Redis -> PostgreSQL mover for purchase records.
@@ -25,6 +26,12 @@ struct Args {
     /// Exit once the queue is empty (log_worker.drain)
     #[arg(long)]
     drain: bool,
+    /// Redis URL (redis.url). Prefer REDIS_URL: other local users can read flags with ps
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<SecretUrl>,
+    /// PostgreSQL URL (postgres.url). Prefer DATABASE_URL, for the same reason
+    #[arg(long, value_name = "URL")]
+    database_url: Option<SecretUrl>,
     /// Check the activity's invariants (Redis vs PostgreSQL) instead of moving records;
     /// exits 1 when one fails
     #[arg(long)]
@@ -46,7 +53,9 @@ async fn main() {
             "flush-interval-ms",
             args.flush_interval_ms,
         )
-        .switch("log_worker.drain", "drain", args.drain);
+        .switch("log_worker.drain", "drain", args.drain)
+        .set("redis.url", "redis-url", args.redis_url)
+        .set("postgres.url", "database-url", args.database_url);
     let Some(config) = start("log_worker", &args.common, flags) else {
         return;
     };

@@ -4,6 +4,7 @@ use clap::Parser;
 use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::{FlagOverrides, OffsetReset};
 use seckill_kafka::seckill::server::run_server;
+use seckill_kafka::secret::SecretUrl;
 use seckill_kafka::shutdown::Shutdown;
 
 /// Flash-sale request processor: Kafka consumer group -> one Lua call per request in Redis.
@@ -45,6 +46,9 @@ struct Args {
     /// Dead-letter topic (server_kafka.dlq_topic; default <topic>.dlq)
     #[arg(long)]
     dlq_topic: Option<String>,
+    /// Redis URL (redis.url). Prefer REDIS_URL: other local users can read flags with ps
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<SecretUrl>,
 }
 
 #[tokio::main]
@@ -74,7 +78,8 @@ async fn main() {
             "status-interval-secs",
             args.status_interval_secs,
         )
-        .set("server_kafka.dlq_topic", "dlq-topic", args.dlq_topic);
+        .set("server_kafka.dlq_topic", "dlq-topic", args.dlq_topic)
+        .set("redis.url", "redis-url", args.redis_url);
     let Some(config) = start("server_kafka", &args.common, flags) else {
         return;
     };

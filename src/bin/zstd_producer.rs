@@ -4,7 +4,7 @@ use clap::Parser;
 use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
 use seckill_kafka::shutdown::Shutdown;
-use seckill_kafka::zstd_producer::{run_zstd_producer, verify_topic};
+use seckill_kafka::zstd_producer::{run_zstd_producer, verify_topic, ExpectedEvents};
 
 /// UserEvent (protobuf) producer with zstd batches. The broker comes from --brokers, else
 /// KAFKA_BROKERS or KAFKA_BROKER, else localhost:9092.
@@ -29,7 +29,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Read the topic back instead: decode every record, count by type, report the
-    /// undecodable ones (exit 1 if there are any)
+    /// undecodable ones (exit 1 if there are any). With --events and --seed (and --users,
+    /// if the run set it): exit 1 unless the topic holds exactly the events of that run
     #[arg(long)]
     verify: bool,
 }
@@ -47,15 +48,42 @@ async fn main() {
     let Some(config) = start("zstd_producer", &args.common, flags) else {
         return;
     };
+    // --verify with the producing run's flags compares with that run's events.
+    let compare = args.verify && (args.events.is_some() || args.seed.is_some());
     let result = async {
         if args.verify {
-            let report = verify_topic(&config).await?;
+            let expected = if compare {
+                anyhow::ensure!(
+                    args.events.is_some() && args.seed.is_some(),
+                    "--verify compares with a producing run when given both its --events and --seed"
+                );
+                let settings = &config.zstd_producer;
+                Some(ExpectedEvents {
+                    events: settings.events,
+                    seed: settings.seed,
+                    users: settings.users,
+                })
+            } else {
+                None
+            };
+            let report = verify_topic(&config, expected).await?;
             println!("{report}");
             anyhow::ensure!(
                 report.undecodable == 0,
                 "{} undecodable records",
                 report.undecodable
             );
+            if let Some(c) = &report.comparison {
+                anyhow::ensure!(
+                    report.holds(),
+                    "the topic does not hold exactly the {} events of seed {}: {} missing, {} extra, {} different",
+                    c.expected,
+                    config.zstd_producer.seed,
+                    c.missing,
+                    c.extra,
+                    c.different
+                );
+            }
         } else {
             let report = run_zstd_producer(&config, Shutdown::on_signals()?).await?;
             println!("{report}");

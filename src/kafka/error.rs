@@ -32,17 +32,17 @@ pub enum ErrorClass {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KafkaError {
-    #[error("retriable Kafka error: {0}")]
+    #[error("retriable Kafka error")]
     Retriable(#[source] RdKafkaError),
-    #[error("Kafka producer queue is full: {0}")]
+    #[error("Kafka producer queue is full")]
     QueueFull(#[source] RdKafkaError),
-    #[error("Kafka transaction must be aborted: {0}")]
+    #[error("Kafka transaction must be aborted")]
     AbortTransaction(#[source] RdKafkaError),
-    #[error("permanent Kafka error: {0}")]
+    #[error("permanent Kafka error")]
     Permanent(#[source] RdKafkaError),
-    #[error("fatal Kafka error: {0}")]
+    #[error("fatal Kafka error")]
     Fatal(#[source] RdKafkaError),
-    #[error("invalid Kafka client configuration: {0}")]
+    #[error("invalid Kafka client configuration")]
     Config(#[from] super::client_config::PropertyClash),
 }
 

@@ -7,6 +7,7 @@
 use crate::common::{now_ms, SeckillRequest};
 use crate::config::Config;
 use crate::kafka::sink::{Compression, KafkaMessage, KafkaSink, SinkConfig, SinkError};
+use crate::report::Report;
 use crate::shutdown::Shutdown;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -26,7 +27,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum ClientError {
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("the sending thread failed: {0}")]
+    #[error("the sending thread failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -193,7 +194,7 @@ fn send_all(
         key_bytes.extend_from_slice(key.as_bytes());
         // Failures are counted in the sink's metrics; keep sending the rest.
         if let Err(error) = sink.enqueue(&message) {
-            tracing::error!(%error, user, "a request could not be enqueued");
+            tracing::error!(error = %Report(&error), user, "a request could not be enqueued");
         }
     }
     plan.len() as u64

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::kafka::sink::{BytesSerializer, KafkaMessage, KafkaSink, SinkConfig, SinkError};
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
+use crate::report::Report;
 use crate::seckill::offsets::PartitionOffsets;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -36,13 +37,13 @@ pub const DLQ_SOURCE_HEADER: &str = "seckill.source";
 pub enum ServerError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("dead-letter topic: {0}")]
+    #[error("dead-letter topic")]
     DeadLetter(#[from] SinkError),
-    #[error("Redis: {0}")]
+    #[error(transparent)]
     Redis(#[from] RedisStateError),
-    #[error("cannot create the latency histogram: {0}")]
+    #[error("cannot create the latency histogram")]
     Histogram(#[from] hdrhistogram::CreationError),
-    #[error("a consumer task failed: {0}")]
+    #[error("a consumer task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -368,7 +369,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
                 let _ = latency.add(histogram);
             }
             Ok(Err(error)) => {
-                tracing::error!(%error, "consumer failed");
+                tracing::error!(error = %Report(&error), "consumer failed");
                 first_error.get_or_insert(error);
             }
             Err(join_error) => {
@@ -381,7 +382,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     // Dead-letter messages were awaited one by one; nothing should be left, and close()
     // itself logs anything that is.
     if let Err(error) = shared.dlq.close(Duration::from_secs(10)).await {
-        tracing::warn!(event = "dlq", %error, "closing the dead-letter sink");
+        tracing::warn!(event = "dlq", error = %Report(&error), "closing the dead-letter sink");
     }
     if let Some(error) = first_error {
         return Err(error);
@@ -479,7 +480,7 @@ async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) 
                 "status"
             ),
             Err(error) => {
-                tracing::warn!(%error, success = counts.success, rate_per_sec = rate.round() as u64, "status: Redis unreachable")
+                tracing::warn!(error = %Report(&error), success = counts.success, rate_per_sec = rate.round() as u64, "status: Redis unreachable")
             }
         }
     }
@@ -552,7 +553,7 @@ async fn consume(
                         consume_errors += 1;
                         // librdkafka recovers by itself; say so now and then, not per poll.
                         if consume_errors.is_power_of_two() {
-                            tracing::warn!(event = "retry", consumer = index, %error, count = consume_errors, "consume error (retrying)");
+                            tracing::warn!(event = "retry", consumer = index, error = %Report(&error), count = consume_errors, "consume error (retrying)");
                         }
                     }
                 }
@@ -581,7 +582,7 @@ async fn consume(
             rdkafka::types::RDKafkaErrorCode::NoOffset,
         )) => {}
         Err(error) => {
-            tracing::warn!(event = "commit", consumer = index, %error, "final commit failed; the next start re-reads from the last commit")
+            tracing::warn!(event = "commit", consumer = index, error = %Report(&error), "final commit failed; the next start re-reads from the last commit")
         }
     }
     match fatal {
@@ -646,7 +647,7 @@ fn complete(
     if let Some(offset) = offsets.finish(done.partition, done.offset) {
         if let Err(error) = consumer.store_offset(topic, done.partition, offset) {
             // The partition was revoked meanwhile; its new owner re-reads from the commit.
-            tracing::debug!(partition = done.partition, offset, %error, "offset not stored");
+            tracing::debug!(partition = done.partition, offset, error = %Report(&error), "offset not stored");
         }
     }
     Ok(())
@@ -683,7 +684,7 @@ impl Work {
         match SeckillRequest::from_json(payload) {
             Ok(request) if request.activity_id == activity_id => Work::Request(request),
             Ok(_) => Work::OtherActivity,
-            Err(error) => malformed(error.to_string()),
+            Err(error) => malformed(Report(&error).to_string()),
         }
     }
 }

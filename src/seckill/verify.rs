@@ -9,9 +9,9 @@ use std::fmt;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
-    #[error("PostgreSQL: {0}")]
+    #[error(transparent)]
     Postgres(#[from] PostgresError),
-    #[error("Redis: {0}")]
+    #[error(transparent)]
     Redis(#[from] RedisStateError),
 }
 

@@ -17,6 +17,7 @@ use super::{output_sink, worker_consumer, Counters, StreamOutput, StreamSumError
 use crate::config::Config;
 use crate::kafka::sink::{KafkaMessage, KafkaSink};
 use crate::kafka::KafkaError;
+use crate::report::Report;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
@@ -49,13 +50,7 @@ pub enum Source {
     Ranges(Vec<PartitionRange>),
 }
 
-/// Offsets `start..end` of one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionRange {
-    pub partition: i32,
-    pub start: i64,
-    pub end: i64,
-}
+pub use crate::kafka::topic_reader::PartitionRange;
 
 /// A record key, inline when short so ordinary keys cost no allocation.
 enum Key {
@@ -356,7 +351,7 @@ impl Consuming<'_> {
                     if error.is_fatal() || self.reading_ranges {
                         return Err(error.into());
                     }
-                    tracing::warn!(event = "retry", worker = self.index, %error, "consume error (retrying)");
+                    tracing::warn!(event = "retry", worker = self.index, error = %Report(&error), "consume error (retrying)");
                 }
                 None => {
                     // A revocation inside `poll` may have handed the staged records over.
@@ -441,7 +436,7 @@ impl Consuming<'_> {
             self.consumer.resume(&resume)
         };
         if let Err(error) = changed {
-            tracing::warn!(worker = self.index, %error, paused, "cannot pause or resume partitions");
+            tracing::warn!(worker = self.index, error = %Report(&error), paused, "cannot pause or resume partitions");
         }
         self.paused = paused;
     }
@@ -618,7 +613,7 @@ impl Checkpoint<'_> {
                 // `store_offset` commits offset + 1: the next record to read.
                 if let Err(error) = consumer.store_offset(self.input_topic, partition, offset) {
                     // Revoked meanwhile: its next owner re-reads from the last commit.
-                    tracing::debug!(partition, offset, %error, "offset not stored");
+                    tracing::debug!(partition, offset, error = %Report(&error), "offset not stored");
                 }
             }
             let mode = if urgent {
@@ -632,7 +627,7 @@ impl Checkpoint<'_> {
                 Err(error) => {
                     // The offsets stay stored and `pending` stays set: the next checkpoint
                     // commits them again.
-                    tracing::warn!(event = "commit", %error, "offset commit failed; the next one retries");
+                    tracing::warn!(event = "commit", error = %Report(&error), "offset commit failed; the next one retries");
                     self.highest.clear();
                     return Ok(false);
                 }

@@ -6,7 +6,7 @@
 //! topic, timed from the workers' start to the last result delivered. Then the new output is
 //! read back: it must hold N records whose sums add up to the sum of every input number.
 
-use super::at_least_once::{self, PartitionRange, Source};
+use super::at_least_once::{self, Source};
 use super::StreamSumError;
 use super::{partition_count, run_on_threads, stop_flag, worker_consumer, Counters};
 use crate::avro::{decode_sum_result, encode_integer_list, for_each_number};
@@ -14,10 +14,11 @@ use crate::config::Config;
 use crate::kafka::sink::{
     Compression, KafkaMessage, KafkaSink, MessageSerializer, SerializeError, SinkConfig,
 };
+use crate::kafka::topic_reader::{ranges_between, read_ranges, retained_ranges, PartitionRange};
 use crate::shutdown::Shutdown;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -30,6 +31,8 @@ pub const BENCH_OUTPUT_TOPIC: &str = "integer-sum-output-benchmark";
 /// Records the loader sends to one partition before moving to the next: whole batches.
 const LOAD_CHUNK: u64 = 10_000;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scan waits for a record it knows exists before failing.
+const SCAN_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -99,10 +102,10 @@ pub async fn run_bench(
     super::ensure_topics(&config, &[&options.input_topic, &options.output_topic]).await?;
     // Both must exist before loading: the output's end offsets bound what is verified.
     let partitions = existing_partitions(&config, &options.input_topic)?;
-    let output_partitions = existing_partitions(&config, &options.output_topic)?;
+    existing_partitions(&config, &options.output_topic)?;
 
     let (backlog, expected_records, expected_sum) = if options.skip_load {
-        let backlog = retained(&config, &options.input_topic, partitions)?;
+        let backlog = retained(&config, &options.input_topic)?;
         let (records, sum) = scan(&config, &options.input_topic, &backlog, sum_of_list)?;
         tracing::info!(
             records,
@@ -110,14 +113,14 @@ pub async fn run_bench(
         );
         (backlog, records, sum)
     } else {
-        let before = high_watermarks(&config, &options.input_topic, partitions)?;
+        let before = retained(&config, &options.input_topic)?;
         let loader_config = config.clone();
         let records = options.records;
         let sum = tokio::task::spawn_blocking(move || load(&loader_config, records, partitions))
             .await
             .map_err(|e| StreamSumError::Bench(format!("loader: {e}")))??;
-        let after = high_watermarks(&config, &options.input_topic, partitions)?;
-        let backlog = ranges(&before, &after);
+        let after = retained(&config, &options.input_topic)?;
+        let backlog = ranges_between(&before, &after);
         let loaded: i64 = backlog.iter().map(|r| r.end - r.start).sum();
         if loaded as u64 != records {
             return Err(StreamSumError::Bench(format!(
@@ -134,7 +137,7 @@ pub async fn run_bench(
         0 => partitions,
         workers => workers.min(partitions),
     };
-    let output_before = high_watermarks(&config, &options.output_topic, output_partitions)?;
+    let output_before = retained(&config, &options.output_topic)?;
     tracing::info!(
         records = expected_records,
         workers,
@@ -169,8 +172,8 @@ pub async fn run_bench(
     let processed = counters.processed.load(Ordering::Relaxed);
     let dead = counters.dead_lettered.load(Ordering::Relaxed);
 
-    let output_after = high_watermarks(&config, &options.output_topic, output_partitions)?;
-    let output = ranges(&output_before, &output_after);
+    let output_after = retained(&config, &options.output_topic)?;
+    let output = ranges_between(&output_before, &output_after);
     let (output_records, output_sum) = scan(&config, &options.output_topic, &output, |payload| {
         decode_sum_result(payload).ok()
     })?;
@@ -257,52 +260,14 @@ fn sum_of_list(payload: &[u8]) -> Option<i64> {
 }
 
 /// What the topic holds now, per partition: from the oldest retained offset to the end.
-fn retained(
-    config: &Config,
-    topic: &str,
-    partitions: usize,
-) -> Result<Vec<PartitionRange>, StreamSumError> {
+fn retained(config: &Config, topic: &str) -> Result<Vec<PartitionRange>, StreamSumError> {
     let consumer: BaseConsumer = crate::kafka::client_config(
         &config.kafka,
         crate::kafka::ClientRole::Admin,
         "stream_sum-bench-metadata",
     )?
     .create()?;
-    (0..partitions as i32)
-        .map(|partition| {
-            let (start, end) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-            Ok(PartitionRange {
-                partition,
-                start,
-                end,
-            })
-        })
-        .collect()
-}
-
-/// The end offset of each partition: where the next record will go.
-fn high_watermarks(
-    config: &Config,
-    topic: &str,
-    partitions: usize,
-) -> Result<Vec<i64>, StreamSumError> {
-    Ok(retained(config, topic, partitions)?
-        .iter()
-        .map(|range| range.end)
-        .collect())
-}
-
-fn ranges(before: &[i64], after: &[i64]) -> Vec<PartitionRange> {
-    before
-        .iter()
-        .zip(after)
-        .enumerate()
-        .map(|(partition, (&start, &end))| PartitionRange {
-            partition: partition as i32,
-            start,
-            end,
-        })
-        .collect()
+    Ok(retained_ranges(&consumer, topic, METADATA_TIMEOUT)?)
 }
 
 /// Reads `ranges` of `topic` and returns how many records `value` accepted and the sum of
@@ -321,47 +286,26 @@ fn scan(
             consumer.set("auto.offset.reset", "error");
         },
     )?;
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0_i64;
-    for range in ranges.iter().filter(|r| r.start < r.end) {
-        assignment.add_partition_offset(
-            topic,
-            range.partition,
-            rdkafka::Offset::Offset(range.start),
-        )?;
-        remaining += range.end - range.start;
-    }
-    consumer.assign(&assignment)?;
-    let ends: std::collections::HashMap<i32, i64> =
-        ranges.iter().map(|r| (r.partition, r.end)).collect();
-    let (mut records, mut sum) = (0_u64, 0_i64);
-    let mut idle_since = Instant::now();
-    while remaining > 0 {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                idle_since = Instant::now();
-                if message.offset() >= ends.get(&message.partition()).copied().unwrap_or(0) {
-                    continue;
-                }
-                remaining -= 1;
-                let parsed = message.payload().and_then(&value).ok_or_else(|| {
-                    StreamSumError::Bench(format!(
-                        "{topic} partition {} offset {}: not a valid record",
-                        message.partition(),
-                        message.offset()
-                    ))
-                })?;
+    let (mut records, mut sum, mut invalid) = (0_u64, 0_i64, None);
+    read_ranges(
+        &consumer,
+        topic,
+        ranges,
+        SCAN_IDLE_LIMIT,
+        |message| match message.payload().and_then(&value) {
+            Some(parsed) => {
                 records += 1;
                 sum += parsed;
             }
-            Some(Err(error)) => return Err(error.into()),
-            None if idle_since.elapsed() > Duration::from_secs(30) => {
-                return Err(StreamSumError::Bench(format!(
-                    "{topic}: {remaining} records never arrived"
-                )))
+            None => {
+                invalid.get_or_insert((message.partition(), message.offset()));
             }
-            None => {}
-        }
+        },
+    )?;
+    if let Some((partition, offset)) = invalid {
+        return Err(StreamSumError::Bench(format!(
+            "{topic} partition {partition} offset {offset}: not a valid record"
+        )));
     }
     Ok((records, sum))
 }

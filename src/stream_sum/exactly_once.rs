@@ -16,6 +16,7 @@ use super::{output_sink, worker_consumer, Counters, StreamContext, StreamOutput}
 use crate::config::Config;
 use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
 use crate::kafka::KafkaError;
+use crate::report::Report;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -136,7 +137,7 @@ impl TransactionalWorker<'_> {
                     if error.is_fatal() {
                         return Err(error.into());
                     }
-                    tracing::warn!(event = "retry", worker = self.index, %error, "consume error (retrying)");
+                    tracing::warn!(event = "retry", worker = self.index, error = %Report(&error), "consume error (retrying)");
                 }
                 Some(Ok(record)) => {
                     if self.open_since.is_none() {
@@ -215,14 +216,14 @@ impl TransactionalWorker<'_> {
                 // the dev broker (librdkafka's mock) acknowledges TxnOffsetCommit without
                 // storing it, and only a plain commit lets a restart resume there.
                 if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
-                    tracing::debug!(event = "commit", worker = self.index, %error, "plain offset commit failed");
+                    tracing::debug!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
                 }
                 counters.add(self.sums, self.dead);
                 self.reset();
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(event = "commit", worker = self.index, %error, "transaction commit failed; aborting and rewinding");
+                tracing::warn!(event = "commit", worker = self.index, error = %Report(&error), "transaction commit failed; aborting and rewinding");
                 self.abort_and_rewind()
             }
         }
@@ -258,7 +259,7 @@ impl TransactionalWorker<'_> {
                 .seek_partitions(positions, COMMITTED_TIMEOUT)?;
             for element in sought.elements() {
                 if let Err(error) = element.error() {
-                    tracing::warn!(worker = self.index, partition = element.partition(), %error, "rewind failed");
+                    tracing::warn!(worker = self.index, partition = element.partition(), error = %Report(&error), "rewind failed");
                 }
             }
         }

@@ -20,6 +20,7 @@ use crate::kafka::sink::{
     Compression, KafkaSink, MessageSerializer, SerializeError, SinkConfig, SinkError,
 };
 use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::report::Report;
 use crate::shutdown::Shutdown;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -45,7 +46,7 @@ pub enum StreamSumError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("cannot read the partitions of {topic}: {source}")]
+    #[error("cannot read the partitions of {topic}")]
     Metadata { topic: String, source: KafkaError },
     #[error("topic {0} does not exist")]
     NoSuchTopic(String),
@@ -53,12 +54,14 @@ pub enum StreamSumError {
     Undelivered { failed: u64 },
     #[error("worker {worker} stopped: {reason}")]
     WorkerPanicked { worker: usize, reason: String },
-    #[error("cannot start a worker thread: {0}")]
+    #[error("cannot start a worker thread")]
     Thread(#[source] std::io::Error),
     #[error("the consumer has no group metadata to send to the transaction")]
     NoGroupMetadata,
     #[error("bench: {0}")]
     Bench(String),
+    #[error(transparent)]
+    Read(#[from] crate::kafka::topic_reader::ReadRangesError),
 }
 
 impl From<rdkafka::error::KafkaError> for StreamSumError {
@@ -364,7 +367,7 @@ pub(crate) async fn ensure_topics(config: &Config, topics: &[&str]) -> Result<()
             }
         }
         Err(error) => {
-            tracing::warn!(%error, "cannot create topics; relying on auto-creation")
+            tracing::warn!(error = %Report(&error), "cannot create topics; relying on auto-creation")
         }
     }
     Ok(())
@@ -440,7 +443,7 @@ where
                 reason: "thread ended without a result".into(),
             }));
         if let Err(error) = outcome {
-            tracing::error!(worker = index, %error, "worker failed");
+            tracing::error!(worker = index, error = %Report(&error), "worker failed");
             first_error.get_or_insert(error);
         }
     }

@@ -11,13 +11,14 @@ use crate::kafka::sink::{
 };
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::proto::{EventType, UserEvent};
+use crate::report::Report;
 use crate::shutdown::Shutdown;
 use crate::telemetry::StatisticsContext;
 use events::EventGenerator;
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub enum ZstdProducerError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    #[error("the producing thread failed: {0}")]
+    #[error("the producing thread failed")]
     Thread(#[from] tokio::task::JoinError),
 }
 
@@ -199,6 +200,34 @@ fn produce(
     Ok(sent)
 }
 
+/// The events a producing run sent, to compare the topic with: the flags of that run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedEvents {
+    pub events: u64,
+    /// The run's seed; 0 (random) cannot be checked.
+    pub seed: u64,
+    pub users: u64,
+}
+
+/// How the topic compares with the expected events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    pub expected: u64,
+    /// Records equal to an expected event, field by field (timestamps aside), key included.
+    pub matched: u64,
+    /// Expected events the topic does not hold.
+    pub missing: u64,
+    /// Records that are no expected event, or an expected event a second time.
+    pub extra: u64,
+    /// Records with an expected event id whose other fields or key differ.
+    pub different: u64,
+    /// Up to [`EXAMPLES`] of each kind of mismatch, described.
+    pub examples: Vec<String>,
+}
+
+/// Mismatches described per kind.
+pub const EXAMPLES: usize = 5;
+
 /// What [`verify_topic`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -206,6 +235,19 @@ pub struct VerifyReport {
     /// Decoded events per event type name (`USER_LOGIN`, ...).
     pub by_type: BTreeMap<String, u64>,
     pub undecodable: u64,
+    /// With [`ExpectedEvents`]: how the records compare with them.
+    pub comparison: Option<Comparison>,
+}
+
+impl VerifyReport {
+    /// No undecodable record, and, when compared, exactly the expected events.
+    pub fn holds(&self) -> bool {
+        self.undecodable == 0
+            && self
+                .comparison
+                .as_ref()
+                .is_none_or(|c| c.missing == 0 && c.extra == 0 && c.different == 0)
+    }
 }
 
 impl fmt::Display for VerifyReport {
@@ -214,18 +256,158 @@ impl fmt::Display for VerifyReport {
         for (kind, count) in &self.by_type {
             write!(f, " {kind}={count}")?;
         }
-        write!(f, " undecodable={}", self.undecodable)
+        write!(f, " undecodable={}", self.undecodable)?;
+        if let Some(c) = &self.comparison {
+            write!(
+                f,
+                " expected={} matched={} missing={} extra={} different={}",
+                c.expected, c.matched, c.missing, c.extra, c.different
+            )?;
+            for example in &c.examples {
+                write!(f, "\n  {example}")?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Reads the topic from its oldest retained record to its end now and decodes every
-/// record as a `UserEvent`; counts them by type and logs each undecodable one.
-pub async fn verify_topic(config: &Config) -> Result<VerifyReport, ZstdProducerError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || verify_blocking(&config)).await?
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Read(#[from] crate::kafka::topic_reader::ReadRangesError),
+    #[error("--verify --events needs the producing run's --seed (0 picks a random seed, whose events cannot be known)")]
+    RandomSeed,
+    #[error("--verify --events 0: a run until SIGTERM sent an unknown number of events; give the number it sent")]
+    UnknownCount,
+    #[error("the verifying thread failed")]
+    Thread(#[from] tokio::task::JoinError),
 }
 
-fn verify_blocking(config: &Config) -> Result<VerifyReport, ZstdProducerError> {
+impl From<rdkafka::error::KafkaError> for VerifyError {
+    fn from(error: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(error.into())
+    }
+}
+
+/// How long a read waits for records the watermark says exist.
+const VERIFY_IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// After reading to the watermarks, how long they must stay put before the read is final
+/// (a broker may acknowledge records before its watermark covers them).
+const VERIFY_SETTLE: Duration = Duration::from_secs(2);
+
+/// Reads the topic from its oldest retained record to its end, decodes every record as a
+/// `UserEvent` and counts them by type, logging each undecodable one. With `expected`,
+/// also compares the records with the events that run sent.
+pub async fn verify_topic(
+    config: &Config,
+    expected: Option<ExpectedEvents>,
+) -> Result<VerifyReport, VerifyError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || verify_blocking(&config, expected)).await?
+}
+
+/// The expected events by event id: their place in the sequence and a fingerprint of
+/// everything but the timestamp.
+struct Expected {
+    by_id: HashMap<String, ExpectedEvent>,
+    settings: ExpectedEvents,
+}
+
+struct ExpectedEvent {
+    index: u64,
+    fingerprint: u64,
+    seen: bool,
+}
+
+/// A fingerprint of the event's fields but its timestamp, and of the record's key.
+fn fingerprint(event: &mut UserEvent, key: &[u8], buffer: &mut Vec<u8>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let timestamp = std::mem::take(&mut event.timestamp);
+    buffer.clear();
+    // Maps are BTreeMaps (build.rs), so equal events encode equally.
+    let _ = event.encode(buffer);
+    event.timestamp = timestamp;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    buffer.hash(&mut hasher);
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Expected {
+    fn generate(settings: ExpectedEvents) -> Self {
+        let mut generator = EventGenerator::new(settings.seed, settings.users);
+        let mut event = EventGenerator::empty_event();
+        let mut buffer = Vec::new();
+        let mut by_id = HashMap::with_capacity(settings.events as usize);
+        for index in 0..settings.events {
+            generator.fill(&mut event);
+            let key = event.user_id.clone();
+            let fingerprint = fingerprint(&mut event, key.as_bytes(), &mut buffer);
+            by_id.insert(
+                event.event_id.clone(),
+                ExpectedEvent {
+                    index,
+                    fingerprint,
+                    seen: false,
+                },
+            );
+        }
+        Self { by_id, settings }
+    }
+
+    /// The expected event at `index` (the sequence generated again).
+    fn event_at(&self, index: u64) -> UserEvent {
+        let mut generator = EventGenerator::new(self.settings.seed, self.settings.users);
+        let mut event = EventGenerator::empty_event();
+        for _ in 0..=index {
+            generator.fill(&mut event);
+        }
+        event
+    }
+}
+
+/// The fields in which two events differ (timestamps aside), and the key.
+fn differing_fields(expected: &UserEvent, got: &UserEvent, key: &[u8]) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if expected.user_id != got.user_id {
+        fields.push("user_id");
+    }
+    if expected.event_type != got.event_type {
+        fields.push("event_type");
+    }
+    let (want, have) = (
+        expected.data.clone().unwrap_or_default(),
+        got.data.clone().unwrap_or_default(),
+    );
+    if want.email != have.email {
+        fields.push("data.email");
+    }
+    if want.username != have.username {
+        fields.push("data.username");
+    }
+    if want.metadata != have.metadata {
+        fields.push("data.metadata");
+    }
+    if key != expected.user_id.as_bytes() {
+        fields.push("key");
+    }
+    fields
+}
+
+fn verify_blocking(
+    config: &Config,
+    expected: Option<ExpectedEvents>,
+) -> Result<VerifyReport, VerifyError> {
+    use crate::kafka::topic_reader::{ranges_between, read_ranges, retained_ranges};
+    if expected.is_some_and(|e| e.seed == 0) {
+        return Err(VerifyError::RandomSeed);
+    }
+    if expected.is_some_and(|e| e.events == 0) {
+        return Err(VerifyError::UnknownCount);
+    }
     let topic = &config.zstd_producer.topic;
     let mut consumer_config = client_config(
         &config.kafka,
@@ -237,58 +419,104 @@ fn verify_blocking(config: &Config) -> Result<VerifyReport, ZstdProducerError> {
     consumer_config.set("enable.auto.commit", "false");
     let consumer: BaseConsumer<StatisticsContext> =
         consumer_config.create_with_context(StatisticsContext)?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map_or(0, |t| t.partitions().len()) as i32;
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut ends = BTreeMap::new();
-    let mut remaining = 0;
-    for partition in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
-        if low < high {
-            assignment.add_partition_offset(topic, partition, rdkafka::Offset::Offset(low))?;
-            ends.insert(partition, high);
-            remaining += high - low;
-        }
-    }
-    consumer.assign(&assignment)?;
+    let mut expected = expected.map(Expected::generate);
     let mut report = VerifyReport::default();
-    let mut last_record = Instant::now();
-    while remaining > 0 && last_record.elapsed() < Duration::from_secs(30) {
-        let Some(received) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = received?;
-        last_record = Instant::now();
-        if message.offset() >= ends.get(&message.partition()).copied().unwrap_or(0) {
-            continue;
-        }
-        remaining -= 1;
+    let mut comparison = Comparison {
+        expected: expected.as_ref().map_or(0, |e| e.settings.events),
+        ..Comparison::default()
+    };
+    let mut differences: Vec<(u64, UserEvent, Vec<u8>)> = Vec::new();
+    let mut extras = Vec::new();
+    let mut event = UserEvent::default();
+    let mut buffer = Vec::new();
+    let mut visit = |message: &rdkafka::message::BorrowedMessage<'_>| {
         report.records += 1;
-        match UserEvent::decode(message.payload().unwrap_or_default()) {
-            Ok(event) => {
-                let kind = EventType::try_from(event.event_type)
-                    .map_or("UNRECOGNISED", |kind| kind.as_str_name());
-                *report.by_type.entry(kind.to_string()).or_default() += 1;
+        if let Err(error) = event.merge(message.payload().unwrap_or_default()) {
+            report.undecodable += 1;
+            tracing::warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                error = %Report(&error),
+                "undecodable record"
+            );
+            event.clear();
+            return;
+        }
+        let kind =
+            EventType::try_from(event.event_type).map_or("UNRECOGNISED", |kind| kind.as_str_name());
+        *report.by_type.entry(kind.to_string()).or_default() += 1;
+        if let Some(expected) = expected.as_mut() {
+            let key = message.key().unwrap_or_default();
+            match expected.by_id.get_mut(&event.event_id) {
+                Some(known) if !known.seen => {
+                    known.seen = true;
+                    if known.fingerprint == fingerprint(&mut event, key, &mut buffer) {
+                        comparison.matched += 1;
+                    } else {
+                        comparison.different += 1;
+                        if differences.len() < EXAMPLES {
+                            differences.push((known.index, event.clone(), key.to_vec()));
+                        }
+                    }
+                }
+                known => {
+                    comparison.extra += 1;
+                    if extras.len() < EXAMPLES {
+                        let why = if known.is_some() {
+                            "a second time"
+                        } else {
+                            "not expected"
+                        };
+                        extras.push(format!(
+                            "extra: partition {} offset {} event {} ({why})",
+                            message.partition(),
+                            message.offset(),
+                            event.event_id
+                        ));
+                    }
+                }
             }
-            Err(error) => {
-                report.undecodable += 1;
-                tracing::warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    %error,
-                    "undecodable record"
-                );
-            }
+        }
+        event.clear();
+    };
+    let mut read_to = retained_ranges(&consumer, topic, Duration::from_secs(10))?;
+    read_ranges(&consumer, topic, &read_to, VERIFY_IDLE_LIMIT, &mut visit)?;
+    // Until the watermarks stay put: records acknowledged before they were covered.
+    let mut settled_since = Instant::now();
+    while settled_since.elapsed() < VERIFY_SETTLE {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = retained_ranges(&consumer, topic, Duration::from_secs(10))?;
+        let grown = ranges_between(&read_to, &now);
+        if grown.iter().any(|range| !range.is_empty()) {
+            read_ranges(&consumer, topic, &grown, VERIFY_IDLE_LIMIT, &mut visit)?;
+            read_to = now;
+            settled_since = Instant::now();
         }
     }
-    if remaining > 0 {
-        tracing::warn!(
-            remaining,
-            "records not received (removed by retention meanwhile?)"
-        );
+    if let Some(expected) = &expected {
+        let mut missing: Vec<(u64, &str)> = expected
+            .by_id
+            .iter()
+            .filter(|(_, known)| !known.seen)
+            .map(|(id, known)| (known.index, id.as_str()))
+            .collect();
+        comparison.missing = missing.len() as u64;
+        missing.sort_unstable();
+        for (index, id) in missing.iter().take(EXAMPLES) {
+            comparison
+                .examples
+                .push(format!("missing: event #{index} ({id})"));
+        }
+        comparison.examples.extend(extras);
+        for (index, got, key) in &differences {
+            let want = expected.event_at(*index);
+            comparison.examples.push(format!(
+                "different: event #{index} ({}): {}",
+                got.event_id,
+                differing_fields(&want, got, key).join(", ")
+            ));
+        }
+        report.comparison = Some(comparison);
     }
     Ok(report)
 }

@@ -200,6 +200,34 @@ impl Program {
         }
     }
 
+    /// What the program wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until the program's stderr holds `needle` (a log line it prints when it
+    /// reaches a state), failing the test after `timeout` or when the program exits first.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr_so_far();
+            if stderr.contains(needle) {
+                return;
+            }
+            assert!(
+                self.is_running(),
+                "{} exited before printing {needle:?}:\n{stderr}",
+                self.name
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {needle:?} within {timeout:?}:\n{stderr}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then wait for the drain to finish.
     pub fn terminate(self) -> Finished {
         self.signal("TERM");
@@ -220,6 +248,8 @@ pub struct Pipeline {
     pub topic: String,
     pub group: String,
     pub brokers: String,
+    /// The stack's Redis unless [`Pipeline::with_redis`] named another.
+    pub redis_url: String,
     config_path: PathBuf,
 }
 
@@ -237,7 +267,7 @@ impl Pipeline {
         let yaml = format!(
             "seckill:\n  activity_id: {activity_id}\n  requests_topic: {topic}\n\
              server_kafka:\n  group_id: {group}\n  status_interval_secs: 1\n  timeout_ms: 0\n\
-             log_worker:\n  flush_interval_ms: 100\n\
+             log_worker:\n  flush_interval_ms: 100\n  lease_ms: 2000\n\
              kafka:\n  properties:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '500'\n    auto.commit.interval.ms: '500'\n"
         );
         std::fs::write(&config_path, yaml).unwrap();
@@ -246,8 +276,15 @@ impl Pipeline {
             topic,
             group,
             brokers,
+            redis_url: stack_var("REDIS_URL"),
             config_path,
         }
+    }
+
+    /// The same scenario on another Redis (a private server a test may kill).
+    pub fn with_redis(mut self, url: String) -> Self {
+        self.redis_url = url;
+        self
     }
 
     pub fn env(&self) -> Vec<(String, String)> {
@@ -257,7 +294,7 @@ impl Pipeline {
                 self.config_path.display().to_string(),
             ),
             ("KAFKA_BROKERS".into(), self.brokers.clone()),
-            ("REDIS_URL".into(), stack_var("REDIS_URL")),
+            ("REDIS_URL".into(), self.redis_url.clone()),
             ("DATABASE_URL".into(), stack_var("DATABASE_URL")),
             ("RUST_LOG".into(), "info".into()),
         ]
@@ -273,7 +310,11 @@ impl Pipeline {
     }
 
     pub fn redis(&self) -> RedisState {
-        RedisState::connect(&redis_config()).unwrap()
+        let config = RedisConfig {
+            url: SecretUrl::new(self.redis_url.clone()),
+            ..RedisConfig::default()
+        };
+        RedisState::connect(&config).unwrap()
     }
 
     /// Polls the activity's Redis figures until `done` holds.
@@ -286,7 +327,18 @@ impl Pipeline {
         let redis = self.redis();
         let deadline = Instant::now() + timeout;
         loop {
-            let snapshot = redis.snapshot(self.activity_id).await.unwrap();
+            // A Redis a test restarts does not answer for a moment.
+            let snapshot = match redis.snapshot(self.activity_id).await {
+                Ok(snapshot) => snapshot,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "timed out waiting for {what}: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             if done(&snapshot) {
                 return snapshot;
             }
@@ -352,4 +404,188 @@ pub fn request_json(activity_id: u64, user_id: u64, request_id: &str) -> Vec<u8>
         request_initiation_time: seckill_kafka::common::now_ms(),
     };
     serde_json::to_vec(&request).unwrap()
+}
+
+// ------------------------------------------------------------------ ports and metrics pages
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics`, or `None` while nothing listens yet.
+pub fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Scrapes until every `needle` is in the page and `ready` holds.
+pub fn scrape_until(
+    port: u16,
+    needles: &[&str],
+    ready: impl Fn(&str) -> bool,
+) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(page) = scrape(port) {
+            if needles.iter().all(|needle| page.contains(needle)) && ready(&page) {
+                return Ok(page);
+            }
+            last = page;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let missing: Vec<&&str> = needles.iter().filter(|n| !last.contains(**n)).collect();
+    Err(format!("missing {missing:?} in:\n{last}"))
+}
+
+/// The value of the first sample of `metric` (any labels) in a Prometheus page.
+pub fn sample(page: &str, metric: &str) -> Option<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(metric))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+// ------------------------------------------------------------------ a Redis a test may kill
+
+/// A private redis-server with the append-only file on, in a scratch directory, that a test
+/// can SIGKILL and start again on the same port and data.
+pub struct KillableRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl KillableRedis {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("seckill-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server on its port and data, and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            // Every write is on disk before its reply, so a SIGKILL loses nothing that was
+            // acknowledged (with `everysec` the last second may go).
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/dev-stack.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for KillableRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ------------------------------------------------------------------ a reply lost on the way
+
+/// A TCP proxy in front of a server that swallows one reply: the first server-to-client
+/// chunk holding `needle` is never delivered and that connection is cut, as when a server
+/// dies right after executing a command. Every other byte passes through.
+pub struct ReplyDroppingProxy {
+    pub port: u16,
+    pub dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ReplyDroppingProxy {
+    pub fn start(upstream_port: u16, needle: &'static [u8]) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                let (mut client_in, mut server_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(Shutdown::Both);
+                });
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    let (mut server_in, mut client_out) = (server, client);
+                    let mut buffer = vec![0; 64 * 1024];
+                    loop {
+                        let read = match server_in.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => read,
+                        };
+                        let chunk = &buffer[..read];
+                        let holds = chunk.windows(needle.len()).any(|w| w == needle);
+                        if holds && !flag.swap(true, Ordering::SeqCst) {
+                            break;
+                        }
+                        if client_out.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_out.shutdown(Shutdown::Both);
+                    let _ = server_in.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Self { port, dropped }
+    }
 }

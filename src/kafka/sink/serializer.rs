@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serialize the message as {format}: {source}")]
+#[error("cannot serialize the message as {format}")]
 pub struct SerializeError {
     pub format: &'static str,
     #[source]

@@ -18,6 +18,7 @@ use super::partition::StrategyPartitioner;
 use super::serializer::{JsonSerializer, MessageSerializer, SerializeError, CONTENT_TYPE_HEADER};
 use crate::backoff::Backoff;
 use crate::kafka::{ErrorClass, KafkaError};
+use crate::report::Report;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -54,9 +55,9 @@ pub enum SinkError {
     TransactionState(&'static str),
     #[error("the delivery report was lost (producer shut down)")]
     DeliveryLost,
-    #[error("cannot create the latency histogram: {0}")]
+    #[error("cannot create the latency histogram")]
     Histogram(#[from] hdrhistogram::CreationError),
-    #[error("a blocking producer call failed: {0}")]
+    #[error("a blocking producer call failed")]
     Blocking(#[from] tokio::task::JoinError),
 }
 
@@ -457,7 +458,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
 
     /// Accounts a message that failed for good.
     fn fail(&self, error: SinkError) -> SinkError {
-        self.shared.metrics.failed(&error);
+        self.shared.metrics.failed(&Report(&error));
         if self.shared.breaker.record_failure() {
             self.shared.metrics.breaker_trip();
         }
@@ -466,7 +467,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
 
     /// Accounts a message refused without an attempt (breaker open).
     fn refuse(&self, error: SinkError) -> SinkError {
-        self.shared.metrics.failed(&error);
+        self.shared.metrics.failed(&Report(&error));
         error
     }
 
@@ -494,9 +495,9 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
                 {
                     retries_left -= 1;
                     self.shared.metrics.retry();
-                    self.shared.metrics.set_last_error(&error);
+                    self.shared.metrics.set_last_error(&Report(&error));
                     let delay = backoff.next_delay();
-                    tracing::debug!(event = "retry", %error, retry_in_ms = delay.as_millis() as u64, "retrying a send");
+                    tracing::debug!(event = "retry", error = %Report(&error), retry_in_ms = delay.as_millis() as u64, "retrying a send");
                     tokio::time::sleep(delay).await;
                 }
                 Err(error) => return Err(self.fail(error)),
