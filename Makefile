@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint fmt demo bench run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
+.PHONY: help build test lint fmt demo bench bench-server run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ demo: ## Flash-sale demo: 20,000 users x 3 requests vs stock 1,000, then verify 
 bench: ## Criterion benches: serializers, and sink send throughput to the dev broker
 	@$(STACK) up
 	@$(STACK_ENV) && cargo bench --bench serializers --bench sink_throughput
+
+bench-server: ## server_kafka vs redis-benchmark on its own script, latency at half load, log_worker pace
+	@scripts/bench-server.sh
 
 run-server: ## server_kafka on the dev stack until Ctrl-C (resets the activity's stock to 1,000)
 	@$(STACK) up

@@ -31,6 +31,10 @@ BIN=$(cargo metadata --format-version 1 --no-deps \
 RUN=$(date +%s)
 export SECKILL_SECKILL_ACTIVITY_ID=$RUN
 export SECKILL_SERVER_KAFKA_GROUP_ID=seckill-demo-$RUN
+# A new group starts at the topic's end: earlier runs' requests are history, not this run's
+# work (the server says it is ready only once its start positions are fixed).
+export SECKILL_SERVER_KAFKA_OFFSET_RESET=latest
+METRICS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOGS=.dev/demo/$RUN
 mkdir -p "$LOGS"
 REDIS_PORT=$(cat .dev/redis.port)
@@ -54,12 +58,20 @@ cleanup() {
 trap cleanup EXIT
 
 say "activity $RUN: stock $STOCK, $USERS users x $PER_USER requests = $TOTAL requests"
-"$BIN/server_kafka" --initial-stock "$STOCK" >"$LOGS/server.out" 2>"$LOGS/server.log" &
+"$BIN/server_kafka" --initial-stock "$STOCK" --metrics-addr "127.0.0.1:$METRICS_PORT" \
+    >"$LOGS/server.out" 2>"$LOGS/server.log" &
 SERVER_PID=$!
 "$BIN/log_worker" >"$LOGS/log_worker.out" 2>"$LOGS/log_worker.log" &
 WORKER_PID=$!
-# The server resets the activity in Redis at start; wait for that before sending.
-for _ in $(seq 100); do [ "$(rcli EXISTS "$(key stock)")" = 1 ] && break; sleep 0.1; done
+# Send only once the server is ready (state reset, every consumer has its partitions), so the
+# latency figures measure processing, not the group's first join.
+ready() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$METRICS_PORT/ready', timeout=1)" 2>/dev/null; }
+deadline=$((SECONDS + 60))
+until ready; do
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$LOGS/server.log" >&2; echo "demo: server_kafka exited; logs in $LOGS" >&2; exit 1; }
+    [ "$SECONDS" -lt "$deadline" ] || { echo "demo: server_kafka not ready in 60 s; logs in $LOGS" >&2; exit 1; }
+    sleep 0.1
+done
 
 started=$(date +%s.%N)
 "$BIN/client_kafka" --users "$USERS" --requests-per-user "$PER_USER" 2>"$LOGS/client.log" | tee "$LOGS/client.out"

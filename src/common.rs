@@ -36,9 +36,21 @@ pub enum RequestDecodeError {
 /// Longest accepted `request_id`; it is stored in Redis for deduplication.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-impl SeckillRequest {
-    /// Decodes and checks a request payload.
-    pub fn from_json(payload: &[u8]) -> Result<Self, RequestDecodeError> {
+/// A request decoded without copying its request id out of the payload (unless the JSON
+/// escapes characters in it): what server_kafka reads per message.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestView<'a> {
+    #[serde(borrow)]
+    pub request_id: std::borrow::Cow<'a, str>,
+    pub user_id: u64,
+    pub activity_id: u64,
+    pub request_initiation_time: i64,
+}
+
+impl<'a> RequestView<'a> {
+    /// Decodes and checks a request payload, as [`SeckillRequest::from_json`] does.
+    pub fn from_json(payload: &'a [u8]) -> Result<Self, RequestDecodeError> {
         let request: Self = serde_json::from_slice(payload)?;
         if request.request_id.is_empty() {
             return Err(RequestDecodeError::EmptyRequestId);
@@ -57,6 +69,19 @@ impl SeckillRequest {
             }
         }
         Ok(request)
+    }
+}
+
+impl SeckillRequest {
+    /// Decodes and checks a request payload.
+    pub fn from_json(payload: &[u8]) -> Result<Self, RequestDecodeError> {
+        let view = RequestView::from_json(payload)?;
+        Ok(Self {
+            request_id: view.request_id.into_owned(),
+            user_id: view.user_id,
+            activity_id: view.activity_id,
+            request_initiation_time: view.request_initiation_time,
+        })
     }
 
     /// Encodes the request into `buffer` (cleared first), so callers can reuse one buffer.

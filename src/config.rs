@@ -225,7 +225,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
             url: SecretUrl::new("postgres://seckill@127.0.0.1:5432/seckill"),
-            max_connections: 4,
+            max_connections: 8,
             connect_timeout_ms: 5_000,
         }
     }
@@ -306,8 +306,18 @@ pub struct ServerKafkaConfig {
     pub initial_stock: u64,
     /// Consumer tasks in the group.
     pub consumers: usize,
-    /// Requests each consumer processes at once.
+    /// Purchase script calls each consumer has in flight at once (each carries up to
+    /// `batch_size` requests).
     pub concurrency: usize,
+    /// Requests per purchase script call at most.
+    pub batch_size: usize,
+    /// Longest wait, after a batch's first request, for more requests to fill it; 0 sends
+    /// what there is as soon as no more requests are waiting.
+    pub batch_wait_ms: u64,
+    /// Static group membership: consumer `n` joins as `group.instance.id`
+    /// `<instance_id>-<n>`, so a restarted server takes its partitions back without a
+    /// rebalance (Apache Kafka). Unique per server process (e.g. the pod name); unset = off.
+    pub instance_id: Option<String>,
     /// A request older than this when processed is answered TIMEOUT without touching stock;
     /// 0 disables the check.
     pub timeout_ms: u64,
@@ -325,7 +335,10 @@ impl Default for ServerKafkaConfig {
             group_id: "seckill-server".into(),
             initial_stock: 1_000,
             consumers: 2,
-            concurrency: 64,
+            concurrency: 4,
+            batch_size: 256,
+            batch_wait_ms: 0,
+            instance_id: None,
             timeout_ms: 60_000,
             offset_reset: OffsetReset::Earliest,
             keep_state: false,
@@ -364,15 +377,19 @@ pub struct LogWorkerConfig {
     /// How long a worker's claim on the records it took outlives its last renewal (renewed
     /// every third of it). Another worker takes over a dead worker's records after this.
     pub lease_ms: u64,
+    /// Insert loops in the process, each a worker with its own processing list, so that
+    /// PostgreSQL inserts overlap.
+    pub concurrency: usize,
 }
 
 impl Default for LogWorkerConfig {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 1_000,
             flush_interval_ms: 200,
             drain: false,
             lease_ms: 10_000,
+            concurrency: 4,
         }
     }
 }
@@ -511,7 +528,7 @@ impl Config {
             key: key.to_string(),
             reason,
         };
-        let positive: [(&str, u64); 14] = [
+        let positive: [(&str, u64); 16] = [
             ("redis.pool_size", self.redis.pool_size as u64),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
@@ -529,6 +546,10 @@ impl Config {
                 self.server_kafka.concurrency as u64,
             ),
             (
+                "server_kafka.batch_size",
+                self.server_kafka.batch_size as u64,
+            ),
+            (
                 "server_kafka.status_interval_secs",
                 self.server_kafka.status_interval_secs,
             ),
@@ -538,6 +559,7 @@ impl Config {
                 self.log_worker.flush_interval_ms,
             ),
             ("log_worker.lease_ms", self.log_worker.lease_ms),
+            ("log_worker.concurrency", self.log_worker.concurrency as u64),
             (
                 "stream_sum.channel_capacity",
                 self.stream_sum.channel_capacity as u64,
@@ -569,6 +591,15 @@ impl Config {
         for (key, value) in non_empty {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty".into()));
+            }
+        }
+        if let Some(instance_id) = &self.server_kafka.instance_id {
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+            if instance_id.is_empty() || !instance_id.chars().all(allowed) {
+                return Err(invalid(
+                    "server_kafka.instance_id",
+                    "must be letters, digits, '.', '_' or '-' (e.g. the pod name), or null to turn static membership off".into(),
+                ));
             }
         }
         let metrics_addr = self.telemetry.metrics_addr.trim();

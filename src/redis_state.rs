@@ -30,46 +30,67 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Script};
 use std::time::Duration;
 
-/// The atomic purchase. Return codes: 0 SUCCESS, 1 SOLD_OUT, 2 DUPLICATE, 3 ALREADY_BOUGHT,
+/// The atomic purchase of one request (`src/redis_state/purchase.lua`; `make bench-server`
+/// loads the same file into redis-benchmark). Return codes: 0 SUCCESS, 1 SOLD_OUT, 2 DUPLICATE, 3 ALREADY_BOUGHT,
 /// -1 the activity was never initialised (no stock key).
-const SECKILL_SCRIPT: &str = r#"
--- KEYS: 1 stock, 2 over, 3 buyers, 4 requests, 5 success, 6 logs
--- ARGV: 1 request_id, 2 user_id, 3 record JSON
-local stock = redis.call('GET', KEYS[1])
-if not stock then
-  return -1
+const SECKILL_SCRIPT: &str = include_str!("redis_state/purchase.lua");
+
+/// The purchase of a batch of requests in one call (`src/redis_state/purchase_batch.lua`):
+/// for each request, in order, exactly what [`SECKILL_SCRIPT`] does for one (the property
+/// test in tests/redis_state.rs compares every outcome and every key). Set lookups and
+/// writes are made once per batch (SMISMEMBER, one SADD, one RPUSH, the counters once), what
+/// the batch itself adds is tracked in the script, and the record is built there, so the
+/// caller sends only what a record needs. Return: a code per request (as SECKILL_SCRIPT), or
+/// -1 for the whole batch when the activity was never initialised.
+const SECKILL_BATCH_SCRIPT: &str = include_str!("redis_state/purchase_batch.lua");
+
+/// Moves up to ARGV[1] records from the queue to a worker's processing list in one round trip
+/// (three commands, whatever the count).
+const TAKE_LOGS_SCRIPT: &str = r#"
+local taken = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #taken == 0 then
+  return taken
 end
-if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then
-  return 2
+for first = 1, #taken, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(taken, first, math.min(first + 999, #taken)))
 end
-if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
-  return 3
-end
-if tonumber(stock) <= 0 then
-  redis.call('SET', KEYS[2], '1')
-  return 1
-end
-local remaining = redis.call('DECR', KEYS[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('INCR', KEYS[5])
-redis.call('RPUSH', KEYS[6], ARGV[3])
-if remaining <= 0 then
-  redis.call('SET', KEYS[2], '1')
-end
-return 0
+redis.call('LTRIM', KEYS[1], #taken, -1)
+return taken
 "#;
 
-/// Moves up to ARGV[1] records from the queue to a worker's processing list in one round trip.
-const TAKE_LOGS_SCRIPT: &str = r#"
-local taken = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local record = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not record then
+/// Takes stored records off a worker's processing list, copying ARGV[1] of them (the
+/// undecodable ones, given first in ARGV after the count) to the dead-letter list. The
+/// records of a batch are the list's head, in order (a worker takes into its own list and
+/// stores batch after batch): then one LTRIM does it; otherwise each is removed by value.
+/// KEYS: 1 processing list, 2 dead-letter list. ARGV: 1 dead count, then dead records,
+/// then the others.
+const LEAVE_PROCESSING_SCRIPT: &str = r#"
+local dead = tonumber(ARGV[1])
+local records = #ARGV - 1
+for first = 2, dead + 1, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, first, math.min(first + 999, dead + 1)))
+end
+local head = redis.call('LRANGE', KEYS[1], 0, records - 1)
+local wanted = {}
+for i = 2, #ARGV do
+  wanted[ARGV[i]] = (wanted[ARGV[i]] or 0) + 1
+end
+local is_head = #head == records
+for _, record in ipairs(head) do
+  if not wanted[record] or wanted[record] == 0 then
+    is_head = false
     break
   end
-  taken[#taken + 1] = record
+  wanted[record] = wanted[record] - 1
 end
-return taken
+if is_head then
+  redis.call('LTRIM', KEYS[1], records, -1)
+else
+  for i = 2, #ARGV do
+    redis.call('LREM', KEYS[1], 1, ARGV[i])
+  end
+end
+return records
 "#;
 
 /// Renews a worker's lease, unless its records were claimed meanwhile (it is no longer in
@@ -122,6 +143,8 @@ pub enum RedisStateError {
     NotInitialised(u64),
     #[error("unexpected reply from the seckill script: {0}")]
     UnexpectedReply(i64),
+    #[error("the batch purchase script answered {answers} codes for {requests} requests")]
+    BatchReply { requests: usize, answers: usize },
     #[error("cannot encode the purchase record")]
     Encode(#[from] serde_json::Error),
 }
@@ -254,7 +277,9 @@ pub fn create_pool(config: &RedisConfig) -> Result<Pool, RedisStateError> {
 pub struct RedisState {
     pool: Pool,
     seckill_script: Script,
+    batch_script: Script,
     take_logs_script: Script,
+    leave_processing_script: Script,
     renew_lease_script: Script,
     claim_script: Script,
     unregister_script: Script,
@@ -270,7 +295,9 @@ impl RedisState {
         Self {
             pool,
             seckill_script: Script::new(SECKILL_SCRIPT),
+            batch_script: Script::new(SECKILL_BATCH_SCRIPT),
             take_logs_script: Script::new(TAKE_LOGS_SCRIPT),
+            leave_processing_script: Script::new(LEAVE_PROCESSING_SCRIPT),
             renew_lease_script: Script::new(RENEW_LEASE_SCRIPT),
             claim_script: Script::new(CLAIM_SCRIPT),
             unregister_script: Script::new(UNREGISTER_SCRIPT),
@@ -392,6 +419,80 @@ impl RedisState {
         }
     }
 
+    /// The hash of the single-request purchase script, for `EVALSHA` from other tools
+    /// (`make bench-server` drives it with redis-benchmark).
+    pub fn seckill_script_hash(&self) -> &str {
+        self.seckill_script.get_hash()
+    }
+
+    /// Loads the single-request purchase script into Redis (for `EVALSHA` by hash).
+    pub async fn load_seckill_script(&self) -> Result<(), RedisStateError> {
+        let mut connection = self.pool.get().await?;
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SECKILL_SCRIPT)
+            .query_async(&mut *connection)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the purchase of every request in `batch` in one script call and returns their
+    /// outcomes, in order. Each request gets exactly the outcome
+    /// [`RedisState::run_seckill_script`] would give it in the same order.
+    pub async fn run_purchase_batch(
+        &self,
+        batch: &PurchaseBatch,
+    ) -> Result<Vec<SeckillOutcome>, RedisStateError> {
+        if batch.requests == 0 {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.pool.get().await?;
+        let reply = match batch.command.query_async(&mut *connection).await {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Redis restarted or SCRIPT FLUSH: load the script and send the call again.
+                let _: String = redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(SECKILL_BATCH_SCRIPT)
+                    .query_async(&mut *connection)
+                    .await?;
+                batch.command.query_async(&mut *connection).await?
+            }
+            other => other?,
+        };
+        let codes = match reply {
+            redis::Value::Int(-1) => {
+                return Err(RedisStateError::NotInitialised(batch.activity_id))
+            }
+            redis::Value::Int(other) => return Err(RedisStateError::UnexpectedReply(other)),
+            redis::Value::Array(codes) => codes,
+            _ => return Err(RedisStateError::UnexpectedReply(i64::MIN)),
+        };
+        if codes.len() != batch.requests {
+            return Err(RedisStateError::BatchReply {
+                requests: batch.requests,
+                answers: codes.len(),
+            });
+        }
+        codes
+            .into_iter()
+            .map(|code| match code {
+                redis::Value::Int(0) => Ok(SeckillOutcome::Success),
+                redis::Value::Int(1) => Ok(SeckillOutcome::SoldOut),
+                redis::Value::Int(2) => Ok(SeckillOutcome::Duplicate),
+                redis::Value::Int(3) => Ok(SeckillOutcome::AlreadyBought),
+                redis::Value::Int(other) => Err(RedisStateError::UnexpectedReply(other)),
+                _ => Err(RedisStateError::UnexpectedReply(i64::MIN)),
+            })
+            .collect()
+    }
+
+    /// An empty batch for `activity_id`, to fill with [`PurchaseBatch::push`].
+    pub fn purchase_batch(&self, activity_id: u64) -> PurchaseBatch {
+        PurchaseBatch::new(activity_id, self.batch_script.get_hash())
+    }
+
     /// All counters of the activity in one round trip.
     pub async fn snapshot(&self, activity_id: u64) -> Result<ActivitySnapshot, RedisStateError> {
         let keys = ActivityKeys::new(activity_id);
@@ -452,6 +553,73 @@ impl RedisState {
             keys,
             worker,
         }
+    }
+}
+
+/// The requests of one purchase script call, encoded straight into the command as they are
+/// added (no per-request allocation). Reuse it with [`PurchaseBatch::start`].
+pub struct PurchaseBatch {
+    activity_id: u64,
+    hash: String,
+    keys: ActivityKeys,
+    command: redis::Cmd,
+    requests: usize,
+}
+
+impl PurchaseBatch {
+    fn new(activity_id: u64, hash: &str) -> Self {
+        let mut batch = Self {
+            activity_id,
+            hash: hash.to_string(),
+            keys: ActivityKeys::new(activity_id),
+            command: redis::Cmd::with_capacity(64, 4096),
+            requests: 0,
+        };
+        batch.start(0);
+        batch
+    }
+
+    /// Empties the batch for requests processed at `processed_time` (ms since the epoch).
+    pub fn start(&mut self, processed_time: i64) {
+        let keys = &self.keys;
+        self.command.clear();
+        self.command
+            .arg("EVALSHA")
+            .arg(&self.hash)
+            .arg(6)
+            .arg(&keys.stock)
+            .arg(&keys.over)
+            .arg(&keys.buyers)
+            .arg(&keys.requests)
+            .arg(&keys.success)
+            .arg(&keys.logs)
+            .arg(self.activity_id)
+            .arg(processed_time);
+        self.requests = 0;
+    }
+
+    /// Adds a request of this batch's activity; `cost_ms` goes into its record.
+    pub fn push(
+        &mut self,
+        request_id: &str,
+        user_id: u64,
+        request_initiation_time: i64,
+        cost_ms: u64,
+    ) {
+        self.command
+            .arg(request_id)
+            .arg(user_id)
+            .arg(request_initiation_time)
+            .arg(cost_ms);
+        self.requests += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.requests
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0
     }
 }
 
@@ -617,39 +785,23 @@ impl LogQueue {
         Ok(taken)
     }
 
-    /// Removes records from this worker's processing list once they are stored.
-    pub async fn ack(&self, records: &[String]) -> Result<(), RedisStateError> {
-        self.leave_processing(records, false).await
-    }
-
-    /// Moves undecodable records from the processing list to the dead-letter list, so they
-    /// are kept for inspection but no longer block the queue.
-    pub async fn dead_letter(&self, records: &[String]) -> Result<(), RedisStateError> {
-        self.leave_processing(records, true).await
-    }
-
-    /// Takes `records` off the processing list in one round trip, copying them to the
-    /// dead-letter list first when `to_dead_list` (atomically, so none is in neither).
-    async fn leave_processing(
-        &self,
-        records: &[String],
-        to_dead_list: bool,
-    ) -> Result<(), RedisStateError> {
+    /// Removes records from this worker's processing list once they are stored; `dead`
+    /// (undecodable ones among them) are kept in the dead-letter list, in the same atomic
+    /// step, so none is in neither.
+    pub async fn ack(&self, records: &[String], dead: &[String]) -> Result<(), RedisStateError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        if to_dead_list {
-            pipe.atomic();
+        let mut invocation = self.state.leave_processing_script.key(&self.processing);
+        invocation.key(&self.keys.dead).arg(dead.len());
+        for record in dead {
+            invocation.arg(record);
         }
-        for record in records {
-            if to_dead_list {
-                pipe.rpush(&self.keys.dead, record).ignore();
-            }
-            pipe.lrem(&self.processing, 1, record).ignore();
+        for record in records.iter().filter(|record| !dead.contains(record)) {
+            invocation.arg(record);
         }
         let mut connection = self.state.pool.get().await?;
-        pipe.exec_async(&mut *connection).await?;
+        let _: i64 = invocation.invoke_async(&mut *connection).await?;
         Ok(())
     }
 

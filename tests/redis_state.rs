@@ -272,11 +272,33 @@ async fn log_records_move_reliably() {
     );
     // Taken but not acknowledged: they sit in the worker's processing list.
     assert_eq!(queue.held().await.unwrap(), first);
-    queue.ack(&first[..2]).await.unwrap();
+    queue.ack(&first[..2], &[]).await.unwrap();
     assert_eq!(queue.held().await.unwrap(), first[2..].to_vec());
 
     let rest = queue.take(10, Duration::ZERO).await.unwrap();
     assert_eq!(rest.len(), 2);
+    // Not the head of the list (first[2] is): removed by value; one kept as dead.
+    queue.ack(&rest, &rest[1..]).await.unwrap();
+    assert_eq!(queue.held().await.unwrap(), first[2..].to_vec());
+    {
+        let mut connection = state.pool().get().await.unwrap();
+        let dead: Vec<String> = redis::cmd("LRANGE")
+            .arg(&keys.dead)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *connection)
+            .await
+            .unwrap();
+        assert_eq!(dead, rest[1..].to_vec());
+        for record in &rest {
+            let () = redis::cmd("RPUSH")
+                .arg(keys.processing(queue.worker()))
+                .arg(record)
+                .query_async(&mut *connection)
+                .await
+                .unwrap();
+        }
+    }
     let snapshot = state.snapshot(activity).await.unwrap();
     assert_eq!(
         (snapshot.queued_records, snapshot.processing_records),
@@ -357,7 +379,7 @@ async fn a_dead_workers_records_are_claimed_only_after_its_lease_lapses() {
 
     // A clean stop leaves the set only when nothing is held.
     assert_eq!(alive.unregister().await.unwrap(), 2);
-    alive.ack(&alive_holds).await.unwrap();
+    alive.ack(&alive_holds, &[]).await.unwrap();
     assert_eq!(alive.unregister().await.unwrap(), 0);
     assert!(!alive.renew(Duration::from_secs(30)).await.unwrap());
 
@@ -375,4 +397,252 @@ async fn a_dead_workers_records_are_claimed_only_after_its_lease_lapses() {
         claimer.held().await.unwrap().last().unwrap(),
         "legacy-record"
     );
+}
+
+mod batch_equals_one_call_per_request {
+    //! The batch purchase script against the single-request one: random request sequences
+    //! (repeated request ids, several requests per user, stock running out, requests of
+    //! another activity) go through one call per request in one pair of activities and
+    //! through batches of random sizes in another; every outcome and every Redis key must
+    //! be the same.
+
+    use super::*;
+    use proptest::prelude::*;
+    use seckill_kafka::common::SeckillRecord;
+
+    /// Request ids include characters JSON must escape.
+    const REQUEST_IDS: [&str; 8] = ["r1", "r2", "r\"3", "r/4", "r\\5", "ü6", "r 7", "r8"];
+    const PROCESSED_TIME: i64 = 1_700_000_000_500;
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        /// 0 or 1: which of the two activities.
+        activity: usize,
+        request: usize,
+        user: u64,
+        initiated_ago_ms: i64,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        proptest::collection::vec(
+            (0..2usize, 0..REQUEST_IDS.len(), 0..6u64, 0..2_000i64).prop_map(
+                |(activity, request, user, initiated_ago_ms)| Step {
+                    activity,
+                    request,
+                    user,
+                    initiated_ago_ms,
+                },
+            ),
+            0..40,
+        )
+    }
+
+    fn request_of(step: &Step, activity_id: u64) -> SeckillRequest {
+        SeckillRequest {
+            request_id: REQUEST_IDS[step.request].to_string(),
+            user_id: step.user,
+            activity_id,
+            request_initiation_time: PROCESSED_TIME - step.initiated_ago_ms,
+        }
+    }
+
+    /// Everything Redis holds for an activity, with the activity id taken out of the
+    /// records so that two activities can be compared.
+    #[derive(Debug, PartialEq)]
+    struct State {
+        stock: Option<String>,
+        initial: Option<String>,
+        over: bool,
+        buyers: Vec<String>,
+        requests: Vec<String>,
+        success: Option<String>,
+        records: Vec<SeckillRecord>,
+    }
+
+    async fn state_of(redis: &RedisState, activity_id: u64) -> State {
+        let keys = ActivityKeys::new(activity_id);
+        let mut connection = redis.pool().get().await.unwrap();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        type Reply = (
+            Option<String>,
+            Option<String>,
+            bool,
+            Vec<String>,
+            Vec<String>,
+            Option<String>,
+            Vec<String>,
+        );
+        let (stock, initial, over, buyers, requests, success, records): Reply = redis::pipe()
+            .get(&keys.stock)
+            .get(&keys.initial_stock)
+            .exists(&keys.over)
+            .smembers(&keys.buyers)
+            .smembers(&keys.requests)
+            .get(&keys.success)
+            .lrange(&keys.logs, 0, -1)
+            .query_async(&mut *connection)
+            .await
+            .unwrap();
+        State {
+            stock,
+            initial,
+            over,
+            buyers: sorted(buyers),
+            requests: sorted(requests),
+            success,
+            records: records
+                .iter()
+                .map(|json| {
+                    let mut record = SeckillRecord::from_json(json.as_bytes())
+                        .unwrap_or_else(|e| panic!("{json}: {e}"));
+                    record.activity_id = 0;
+                    record
+                })
+                .collect(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn batches_give_every_request_the_same_outcome_and_leave_the_same_keys(
+            steps in steps(),
+            stocks in (0..5u64, 0..5u64),
+            cuts in proptest::collection::vec(1..8usize, 1..20),
+        ) {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let redis = state();
+                let single = [support::unique_id(), support::unique_id()];
+                let batched = [support::unique_id(), support::unique_id()];
+                for (activities, stock) in [(single, stocks.0), (batched, stocks.0)] {
+                    redis.init_state(activities[0], stock).await.unwrap();
+                    redis.init_state(activities[1], stocks.1).await.unwrap();
+                }
+
+                // One call per request, in order.
+                let mut expected = Vec::new();
+                for step in &steps {
+                    let request = request_of(step, single[step.activity]);
+                    let record = SeckillRecord::new(&request, PROCESSED_TIME);
+                    expected.push(redis.run_seckill_script(&request, &record).await.unwrap());
+                }
+
+                // Batches of random sizes; inside one, a call per activity, in order.
+                let mut got = vec![None; steps.len()];
+                let mut start = 0;
+                let mut cut = cuts.iter().cycle();
+                while start < steps.len() {
+                    let end = (start + cut.next().copied().unwrap_or(1)).min(steps.len());
+                    for (activity, &activity_id) in batched.iter().enumerate() {
+                        let mut batch = redis.purchase_batch(activity_id);
+                        batch.start(PROCESSED_TIME);
+                        let members: Vec<usize> =
+                            (start..end).filter(|&i| steps[i].activity == activity).collect();
+                        for &i in &members {
+                            let request = request_of(&steps[i], activity_id);
+                            batch.push(
+                                &request.request_id,
+                                request.user_id,
+                                request.request_initiation_time,
+                                request.cost_ms(PROCESSED_TIME),
+                            );
+                        }
+                        let outcomes = redis.run_purchase_batch(&batch).await.unwrap();
+                        assert_eq!(outcomes.len(), members.len());
+                        for (&i, outcome) in members.iter().zip(&outcomes) {
+                            got[i] = Some(*outcome);
+                        }
+                    }
+                    start = end;
+                }
+                let got: Vec<SeckillOutcome> = got.into_iter().map(Option::unwrap).collect();
+                assert_eq!(got, expected, "outcomes of {steps:?}");
+                for activity in 0..2 {
+                    assert_eq!(
+                        state_of(&redis, batched[activity]).await,
+                        state_of(&redis, single[activity]).await,
+                        "activity {activity} after {steps:?}"
+                    );
+                }
+            });
+        }
+    }
+
+    /// A batch larger than the script's chunk of set members (1,000), with repeated request
+    /// ids and users across chunk borders, against one call per request.
+    #[tokio::test]
+    async fn a_batch_of_thousands_equals_one_call_per_request() {
+        let redis = state();
+        let (single, batched) = (support::unique_id(), support::unique_id());
+        for activity in [single, batched] {
+            redis.init_state(activity, 1_500).await.unwrap();
+        }
+        let steps: Vec<(String, u64)> = (0..2_600u64)
+            .map(|n| (format!("r{}", n % 2_300), n % 1_900))
+            .collect();
+        let mut expected = Vec::new();
+        for (request_id, user) in &steps {
+            let request = SeckillRequest {
+                request_id: request_id.clone(),
+                user_id: *user,
+                activity_id: single,
+                request_initiation_time: PROCESSED_TIME - 10,
+            };
+            let record = SeckillRecord::new(&request, PROCESSED_TIME);
+            expected.push(redis.run_seckill_script(&request, &record).await.unwrap());
+        }
+        let mut batch = redis.purchase_batch(batched);
+        batch.start(PROCESSED_TIME);
+        for (request_id, user) in &steps {
+            batch.push(request_id, *user, PROCESSED_TIME - 10, 10);
+        }
+        let got = redis.run_purchase_batch(&batch).await.unwrap();
+        assert_eq!(got, expected);
+        assert_eq!(
+            state_of(&redis, batched).await,
+            state_of(&redis, single).await
+        );
+    }
+
+    /// A batch for an activity that was never initialised changes nothing and says so.
+    #[tokio::test]
+    async fn an_uninitialised_activity_fails_the_whole_batch() {
+        let redis = state();
+        let activity = support::unique_id();
+        let mut batch = redis.purchase_batch(activity);
+        batch.start(PROCESSED_TIME);
+        batch.push("r1", 1, PROCESSED_TIME, 0);
+        let error = redis.run_purchase_batch(&batch).await.unwrap_err();
+        assert!(matches!(error, RedisStateError::NotInitialised(id) if id == activity));
+        assert_eq!(
+            state_of(&redis, activity).await.requests,
+            Vec::<String>::new()
+        );
+    }
+
+    /// After SCRIPT FLUSH (or a Redis restart) the batch script is loaded again.
+    #[tokio::test]
+    async fn the_batch_script_survives_script_flush() {
+        let redis = state();
+        let activity = support::unique_id();
+        redis.init_state(activity, 1).await.unwrap();
+        {
+            let mut connection = redis.pool().get().await.unwrap();
+            let () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut *connection)
+                .await
+                .unwrap();
+        }
+        let mut batch = redis.purchase_batch(activity);
+        batch.start(PROCESSED_TIME);
+        batch.push("r1", 1, PROCESSED_TIME, 0);
+        batch.push("r2", 2, PROCESSED_TIME, 0);
+        let outcomes = redis.run_purchase_batch(&batch).await.unwrap();
+        assert_eq!(outcomes, [SeckillOutcome::Success, SeckillOutcome::SoldOut]);
+    }
 }

@@ -23,6 +23,9 @@ struct Args {
     /// Longest wait for a batch to fill, ms (log_worker.flush_interval_ms)
     #[arg(long)]
     flush_interval_ms: Option<u64>,
+    /// Insert loops in this process, each with its own processing list (log_worker.concurrency)
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Exit once the queue is empty (log_worker.drain)
     #[arg(long)]
     drain: bool,
@@ -53,6 +56,7 @@ async fn main() {
             "flush-interval-ms",
             args.flush_interval_ms,
         )
+        .set("log_worker.concurrency", "concurrency", args.concurrency)
         .switch("log_worker.drain", "drain", args.drain)
         .set("redis.url", "redis-url", args.redis_url)
         .set("postgres.url", "database-url", args.database_url);

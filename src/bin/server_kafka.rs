@@ -1,4 +1,5 @@
-//! server_kafka: consumes seckill requests and runs the atomic Redis purchase for each.
+//! server_kafka: consumes seckill requests and runs the atomic Redis purchase for them, a
+//! batch per script call.
 
 use clap::Parser;
 use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
@@ -7,7 +8,8 @@ use seckill_kafka::seckill::server::run_server;
 use seckill_kafka::secret::SecretUrl;
 use seckill_kafka::shutdown::Shutdown;
 
-/// Flash-sale request processor: Kafka consumer group -> one Lua call per request in Redis.
+/// Flash-sale request processor: Kafka consumer group -> one Lua call per batch of requests
+/// in Redis.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -28,9 +30,19 @@ struct Args {
     /// Consumer tasks (server_kafka.consumers)
     #[arg(long)]
     consumers: Option<usize>,
-    /// Requests in flight per consumer (server_kafka.concurrency)
+    /// Purchase script calls in flight per consumer (server_kafka.concurrency)
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Requests per purchase script call at most (server_kafka.batch_size)
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Longest wait for a batch to fill, ms; 0 = send when nothing more waits
+    /// (server_kafka.batch_wait_ms)
+    #[arg(long)]
+    batch_wait_ms: Option<u64>,
+    /// Static group membership: consumer n joins as <ID>-<n> (server_kafka.instance_id)
+    #[arg(long, value_name = "ID")]
+    instance_id: Option<String>,
     /// Requests older than this are answered TIMEOUT; 0 disables (server_kafka.timeout_ms)
     #[arg(long)]
     timeout_ms: Option<u64>,
@@ -66,6 +78,13 @@ async fn main() {
         )
         .set("server_kafka.consumers", "consumers", args.consumers)
         .set("server_kafka.concurrency", "concurrency", args.concurrency)
+        .set("server_kafka.batch_size", "batch-size", args.batch_size)
+        .set(
+            "server_kafka.batch_wait_ms",
+            "batch-wait-ms",
+            args.batch_wait_ms,
+        )
+        .set("server_kafka.instance_id", "instance-id", args.instance_id)
         .set("server_kafka.timeout_ms", "timeout-ms", args.timeout_ms)
         .set(
             "server_kafka.offset_reset",

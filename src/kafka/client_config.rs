@@ -41,6 +41,7 @@ const TYPED_PROPERTIES: &[(&str, &str)] = &[
 /// Properties the suite sets itself because its guarantees depend on them.
 const SUITE_PROPERTIES: &[(&str, &str)] = &[
     ("group.id", "the program's group id option"),
+    ("group.instance.id", "server_kafka.instance_id"),
     (
         "enable.auto.offset.store",
         "the suite (offsets are stored after processing)",

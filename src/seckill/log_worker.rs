@@ -63,6 +63,23 @@ pub struct LogWorkerSummary {
 }
 
 impl LogWorkerSummary {
+    /// Adds what one insert loop did.
+    fn add(&mut self, other: LogWorkerSummary) {
+        self.recovered += other.recovered;
+        self.inserted += other.inserted;
+        self.already_stored += other.already_stored;
+        self.malformed += other.malformed;
+        self.batches += other.batches;
+        if let Some(first) = other.first_batch_started {
+            let earliest = self
+                .first_batch_started
+                .map_or(first, |mine| mine.min(first));
+            self.first_batch_started = Some(earliest);
+            let ended = first + other.active;
+            self.active = self.active.max(ended.saturating_duration_since(earliest));
+        }
+    }
+
     pub fn rows_per_sec(&self) -> f64 {
         self.inserted as f64 / self.active.as_secs_f64().max(1e-9)
     }
@@ -124,49 +141,24 @@ pub async fn run_log_worker(
     )
     .await?;
     let redis = RedisState::connect(&config.redis)?;
-    let queue = redis.log_queue(activity_id, worker_id());
-    let lease = Duration::from_millis(settings.lease_ms);
-    retry(
-        "Redis",
-        &shutdown,
-        || queue.register(lease),
-        RedisStateError::is_transient,
-    )
-    .await?;
+    let base_id = worker_id();
     tracing::info!(
         activity_id,
-        worker = queue.worker(),
+        worker = %base_id,
+        loops = settings.concurrency,
         batch_size = settings.batch_size,
         drain = settings.drain,
         "log_worker started"
     );
-    let lost = Arc::new(AtomicBool::new(false));
-    let keeper = tokio::spawn(keep_lease(queue.clone(), lease, lost.clone()));
-    let worker = Worker {
-        pool: &pool,
-        queue: &queue,
-        lost: &lost,
-        shutdown: &shutdown,
-        batch_size: settings.batch_size,
-        activity_id,
-    };
-
-    let result = worker.run(settings, lease, &mut summary).await;
-    keeper.abort();
-    if result.is_ok() {
-        // A clean stop holds nothing: leave, so nobody waits for this worker's lease.
-        match queue.unregister().await {
-            Ok(0) => {}
-            Ok(held) => tracing::warn!(
-                held,
-                "stopping with records taken; another worker claims them once the lease lapses"
-            ),
-            Err(error) => {
-                tracing::warn!(error = %Report(&error), "could not unregister; the lease lapses by itself")
-            }
-        }
+    // Each loop is a worker of its own (own processing list and lease), so PostgreSQL
+    // inserts of several batches overlap; they share the process's pools.
+    let loops = (0..settings.concurrency).map(|index| {
+        let queue = redis.log_queue(activity_id, format!("{base_id}-{index}"));
+        run_loop(queue, &pool, config, &shutdown)
+    });
+    for result in futures::future::join_all(loops).await {
+        summary.add(result?);
     }
-    result?;
     summary.elapsed = started.elapsed();
     tracing::info!(
         inserted = summary.inserted,
@@ -176,6 +168,53 @@ pub async fn run_log_worker(
         "log_worker stopped"
     );
     Ok(summary)
+}
+
+/// One insert loop under its own worker id: registers, keeps its lease, runs, and on a clean
+/// stop leaves the workers set.
+async fn run_loop(
+    queue: LogQueue,
+    pool: &PgPool,
+    config: &Config,
+    shutdown: &Shutdown,
+) -> Result<LogWorkerSummary, LogWorkerError> {
+    let settings = &config.log_worker;
+    let lease = Duration::from_millis(settings.lease_ms);
+    retry(
+        "Redis",
+        shutdown,
+        || queue.register(lease),
+        RedisStateError::is_transient,
+    )
+    .await?;
+    let lost = Arc::new(AtomicBool::new(false));
+    let keeper = tokio::spawn(keep_lease(queue.clone(), lease, lost.clone()));
+    let worker = Worker {
+        pool,
+        queue: &queue,
+        lost: &lost,
+        shutdown,
+        batch_size: settings.batch_size,
+        activity_id: config.seckill.activity_id,
+    };
+    let mut summary = LogWorkerSummary::default();
+    let result = worker.run(settings, lease, &mut summary).await;
+    keeper.abort();
+    if result.is_ok() {
+        // A clean stop holds nothing: leave, so nobody waits for this worker's lease.
+        match queue.unregister().await {
+            Ok(0) => {}
+            Ok(held) => tracing::warn!(
+                held,
+                worker = queue.worker(),
+                "stopping with records taken; another worker claims them once the lease lapses"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %Report(&error), "could not unregister; the lease lapses by itself")
+            }
+        }
+    }
+    result.map(|()| summary)
 }
 
 /// A unique id for this run of log_worker: host, process and a random part.
@@ -415,11 +454,8 @@ impl Worker<'_> {
             )
             .await?
         };
-        if !malformed.is_empty() {
-            self.retry_redis(|| self.queue.dead_letter(&malformed))
-                .await?;
-        }
-        self.retry_redis(|| self.queue.ack(batch)).await?;
+        self.retry_redis(|| self.queue.ack(batch, &malformed))
+            .await?;
         summary.inserted += inserted;
         summary.already_stored += columns.len() as u64 - inserted;
         metrics::counter!("seckill_rows_written_total").increment(inserted);

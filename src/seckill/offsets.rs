@@ -1,73 +1,77 @@
-//! At-least-once offset tracking for a consumer that processes messages concurrently.
+//! At-least-once offset tracking for a consumer that processes messages in batches, several
+//! batches at once.
 //!
-//! Messages of one partition finish out of order. An offset may be stored (and so
+//! A consumer fills batches one after another from its message stream, so a batch holds a
+//! consecutive run of each partition's messages, and batches of one partition are in
+//! consumption order. Batches finish out of order. An offset may be stored (and so
 //! committed) only when every earlier message of that partition has finished, otherwise a
-//! crash would skip the unfinished ones. [`PartitionOffsets`] keeps the in-flight offsets per
-//! partition and says, after each completion, which offset is now safe to store.
+//! crash would skip the unfinished ones. [`BatchOffsets`] keeps, per partition, the batches
+//! in flight with the last offset each holds, and says after each finished batch which
+//! offsets are now safe to store. Its cost is per batch and partition, not per message.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 
-/// In-flight and finished offsets of one partition.
-#[derive(Debug, Default, Clone)]
-struct Partition {
-    /// The first offset started since the last clear: nothing below it was seen.
-    first_started: Option<i64>,
-    in_flight: BTreeSet<i64>,
-    highest_done: Option<i64>,
-    last_stored: Option<i64>,
+/// A batch's share of one partition.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    batch: u64,
+    last_offset: i64,
+    done: bool,
 }
 
 /// Offset tracking for every partition one consumer reads.
 #[derive(Debug, Default)]
-pub struct PartitionOffsets {
-    partitions: HashMap<i32, Partition>,
+pub struct BatchOffsets {
+    partitions: HashMap<i32, VecDeque<Span>>,
 }
 
-impl PartitionOffsets {
+impl BatchOffsets {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// A message was received and its processing started.
-    pub fn start(&mut self, partition: i32, offset: i64) {
-        let state = self.partitions.entry(partition).or_default();
-        state.first_started = Some(
-            state
-                .first_started
-                .map_or(offset, |first| first.min(offset)),
-        );
-        state.in_flight.insert(offset);
+    /// Message `offset` of `partition` joined batch `batch`. Batches are numbered in the
+    /// order they are filled, and a batch is filled completely before the next one starts.
+    pub fn add(&mut self, batch: u64, partition: i32, offset: i64) {
+        let spans = self.partitions.entry(partition).or_default();
+        match spans.back_mut() {
+            Some(span) if span.batch == batch => span.last_offset = span.last_offset.max(offset),
+            _ => spans.push_back(Span {
+                batch,
+                last_offset: offset,
+                done: false,
+            }),
+        }
     }
 
-    /// A message finished. Returns the offset of the last message that, with every earlier
-    /// one of the partition, is finished, when that advanced since the last call; that is
-    /// the offset to hand to `store_offset` (which commits `offset + 1`).
-    pub fn finish(&mut self, partition: i32, offset: i64) -> Option<i64> {
-        let state = self.partitions.get_mut(&partition)?;
-        if !state.in_flight.remove(&offset) {
-            return None;
+    /// Batch `batch` finished. Appends to `store` each partition whose every message up to
+    /// some offset is now finished, with that offset (the one to hand to `store_offset`,
+    /// which commits `offset + 1`).
+    pub fn finish(&mut self, batch: u64, store: &mut Vec<(i32, i64)>) {
+        for (&partition, spans) in &mut self.partitions {
+            let Some(span) = spans.iter_mut().find(|span| span.batch == batch) else {
+                continue;
+            };
+            span.done = true;
+            let mut safe = None;
+            while let Some(front) = spans.front().filter(|span| span.done) {
+                safe = Some(front.last_offset);
+                spans.pop_front();
+            }
+            if let Some(offset) = safe {
+                store.push((partition, offset));
+            }
         }
-        state.highest_done = Some(state.highest_done.map_or(offset, |done| done.max(offset)));
-        let safe = match state.in_flight.first() {
-            // Everything below the oldest in-flight message is done.
-            Some(&oldest) => oldest - 1,
-            None => state.highest_done?,
-        };
-        let below_everything_seen = state.first_started.is_none_or(|first| safe < first);
-        if below_everything_seen || state.last_stored.is_some_and(|stored| safe <= stored) {
-            return None;
-        }
-        state.last_stored = Some(safe);
-        Some(safe)
     }
 
-    /// Messages still being processed, over all partitions.
+    /// Batches holding unfinished messages, over all partitions (a batch counts once per
+    /// partition it holds).
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.in_flight.len()).sum()
+        self.partitions.values().map(VecDeque::len).sum()
     }
 
-    /// Forgets a partition a rebalance took away: completions from before the revocation
-    /// must not be stored over what its next owner commits.
+    /// Forgets a partition a rebalance took away: batches from before the revocation must
+    /// not store offsets over what its next owner commits.
     pub fn forget(&mut self, partition: i32) {
         self.partitions.remove(&partition);
     }
@@ -76,68 +80,94 @@ impl PartitionOffsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
-    fn stores_only_past_contiguous_finished_messages() {
-        let mut offsets = PartitionOffsets::new();
-        for offset in 10..15 {
-            offsets.start(0, offset);
+    fn stores_only_behind_finished_batches() {
+        let mut offsets = BatchOffsets::new();
+        // Batch 0: offsets 10-12 of partition 0; batch 1: 13-14 of p0 and 5 of p1.
+        for offset in 10..=12 {
+            offsets.add(0, 0, offset);
         }
-        // 11 and 12 finish before 10: nothing may be stored yet.
-        assert_eq!(offsets.finish(0, 11), None);
-        assert_eq!(offsets.finish(0, 12), None);
-        // 10 finishes: 10, 11, 12 are done, 13 is in flight.
-        assert_eq!(offsets.finish(0, 10), Some(12));
-        assert_eq!(offsets.finish(0, 14), None, "13 still in flight");
-        assert_eq!(offsets.finish(0, 13), Some(14));
+        offsets.add(1, 0, 13);
+        offsets.add(1, 1, 5);
+        offsets.add(1, 0, 14);
+        let mut store = Vec::new();
+        offsets.finish(1, &mut store);
+        assert_eq!(store, vec![(1, 5)], "p0 waits for batch 0");
+        store.clear();
+        offsets.finish(0, &mut store);
+        assert_eq!(store, vec![(0, 14)]);
         assert_eq!(offsets.in_flight(), 0);
     }
 
     #[test]
-    fn partitions_are_independent() {
-        let mut offsets = PartitionOffsets::new();
-        offsets.start(0, 100);
-        offsets.start(1, 5);
-        offsets.start(0, 101);
-        assert_eq!(offsets.finish(1, 5), Some(5));
-        assert_eq!(offsets.finish(0, 101), None);
-        assert_eq!(offsets.finish(0, 100), Some(101));
-    }
-
-    #[test]
-    fn unknown_or_repeated_completions_are_ignored() {
-        let mut offsets = PartitionOffsets::new();
-        assert_eq!(offsets.finish(3, 1), None);
-        offsets.start(3, 1);
-        assert_eq!(offsets.finish(3, 1), Some(1));
-        assert_eq!(offsets.finish(3, 1), None);
-        offsets.start(3, 2);
+    fn unknown_repeated_and_forgotten_batches_store_nothing() {
+        let mut offsets = BatchOffsets::new();
+        let mut store = Vec::new();
+        offsets.finish(7, &mut store);
+        offsets.add(0, 3, 1);
+        offsets.finish(0, &mut store);
+        offsets.finish(0, &mut store);
+        assert_eq!(store, vec![(3, 1)]);
+        store.clear();
+        offsets.add(1, 3, 2);
         offsets.forget(3);
-        assert_eq!(offsets.finish(3, 2), None, "forgotten after a rebalance");
+        offsets.finish(1, &mut store);
+        assert!(store.is_empty(), "forgotten after a rebalance");
+        // Re-assigned: the batch being filled holds new messages of the partition.
+        offsets.add(2, 3, 40);
+        offsets.finish(1, &mut store);
+        assert!(
+            store.is_empty(),
+            "a batch from before the revocation stores nothing"
+        );
+        offsets.finish(2, &mut store);
+        assert_eq!(store, vec![(3, 40)]);
     }
 
-    /// Random completion orders never store past an unfinished message.
+    /// Random batches over several partitions finishing in random orders never store past
+    /// an unfinished message, and end with every partition's last offset stored.
     #[test]
     fn never_passes_an_unfinished_message() {
         use rand::seq::SliceRandom;
+        use rand::Rng;
+        let mut rng = rand::rng();
         for round in 0..200 {
-            let mut offsets = PartitionOffsets::new();
-            let mut pending: Vec<i64> = (0..50).collect();
-            for &offset in &pending {
-                offsets.start(0, offset);
+            let mut offsets = BatchOffsets::new();
+            let mut next_offset = [0_i64; 3];
+            let mut members: Vec<Vec<(i32, i64)>> = Vec::new();
+            for batch in 0..20_u64 {
+                let mut held = Vec::new();
+                for _ in 0..rng.random_range(1..6) {
+                    let partition = rng.random_range(0..3);
+                    let offset = next_offset[partition as usize];
+                    next_offset[partition as usize] += 1;
+                    offsets.add(batch, partition, offset);
+                    held.push((partition, offset));
+                }
+                members.push(held);
             }
-            pending.shuffle(&mut rand::rng());
-            let mut finished = BTreeSet::new();
-            for offset in pending {
-                finished.insert(offset);
-                if let Some(stored) = offsets.finish(0, offset) {
+            let mut order: Vec<u64> = (0..20).collect();
+            order.shuffle(&mut rng);
+            let mut finished: BTreeSet<(i32, i64)> = BTreeSet::new();
+            let mut stored = [-1_i64; 3];
+            for batch in order {
+                finished.extend(members[batch as usize].iter().copied());
+                let mut store = Vec::new();
+                offsets.finish(batch, &mut store);
+                for (partition, offset) in store {
                     assert!(
-                        (0..=stored).all(|o| finished.contains(&o)),
-                        "round {round}: stored {stored}"
+                        (0..=offset).all(|o| finished.contains(&(partition, o))),
+                        "round {round}: stored {offset} of partition {partition}"
                     );
+                    assert!(offset > stored[partition as usize]);
+                    stored[partition as usize] = offset;
                 }
             }
-            assert_eq!(offsets.partitions[&0].last_stored, Some(49));
+            for partition in 0..3 {
+                assert_eq!(stored[partition], next_offset[partition] - 1);
+            }
         }
     }
 }

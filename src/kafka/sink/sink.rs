@@ -171,6 +171,12 @@ impl ClientContext for SinkContext {
             .statistics
             .queued_messages
             .store(statistics.msg_cnt, Ordering::Relaxed);
+        if let Some(eos) = &statistics.eos {
+            shared
+                .statistics
+                .producer_id_assigned
+                .store(eos.idemp_state == "Assigned", Ordering::Release);
+        }
         shared.statistics.reports.fetch_add(1, Ordering::Release);
         crate::telemetry::publish_kafka_statistics(&statistics);
         metrics::gauge!("kafka_sink_breaker_state", "sink" => statistics.client_id.clone()).set(
@@ -214,6 +220,8 @@ struct StatisticsTotals {
     batch_bytes: AtomicU64,
     batch_messages: AtomicU64,
     queued_messages: AtomicU64,
+    /// The idempotent producer has its producer id (`eos.idemp_state` is `Assigned`).
+    producer_id_assigned: AtomicBool,
 }
 
 impl ProducerContext<StrategyPartitioner> for SinkContext {
@@ -357,6 +365,37 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             batch_messages: totals.batch_messages.load(Ordering::Relaxed),
             queued_messages: totals.queued_messages.load(Ordering::Relaxed),
         }
+    }
+
+    /// Waits until the producer can send: it has the topic's metadata, and, when it is
+    /// idempotent and statistics are on, its producer id (librdkafka asks for one only after
+    /// the bootstrap connection gave way to the real broker, up to 0.5 s after start, and
+    /// holds every message back until then). Use it when the first messages' latency
+    /// matters. Without statistics only the metadata is awaited.
+    pub async fn connect(&self, timeout: Duration) -> Result<(), SinkError> {
+        let deadline = Instant::now() + timeout;
+        let producer = self.producer.clone();
+        let topic = self.config.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(timeout))
+                .map(|_| ())
+        })
+        .await?
+        .map_err(|error| SinkError::Kafka(error.into()))?;
+        let wait_for_id = self.config.idempotence && self.config.statistics_interval.is_some();
+        while wait_for_id
+            && !self
+                .shared
+                .statistics
+                .producer_id_assigned
+                .load(Ordering::Acquire)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     /// Messages handed to librdkafka whose delivery report has not arrived yet.

@@ -1,30 +1,31 @@
-//! server_kafka's engine: a consumer group whose members process requests concurrently,
-//! each with one atomic Lua call, storing offsets only behind fully processed messages.
+//! server_kafka's engine: a consumer group whose members fill batches of requests from their
+//! message stream and run the purchase of a whole batch in one atomic Lua call, several
+//! calls in flight per member, storing offsets only behind fully processed batches.
 //!
 //! Per message: decode (malformed -> dead-letter topic), skip requests of other activities
-//! (another group serves them), answer TIMEOUT for requests older than `timeout_ms`, else run
-//! the purchase script. Redis being unreachable is retried with backoff until it answers or
-//! shutdown; an abandoned message's offset is never stored, so it is redelivered.
+//! (another group serves them), answer TIMEOUT for requests older than `timeout_ms` when
+//! their batch is sent, else add them to the batch's script call ([`consumer`]). Redis being
+//! unreachable is retried with backoff until it answers or shutdown; an abandoned batch's
+//! offsets are never stored, so its messages are delivered again.
+//!
+//! `/ready` (telemetry) answers 200 once the state is prepared and every consumer has its
+//! assignment; static membership (`server_kafka.instance_id`) lets a restarted server take
+//! its partitions back without a rebalance on Apache Kafka.
+
+mod consumer;
 
 use crate::backoff::{retry, RetryError};
-use crate::common::{now_ms, SeckillOutcome, SeckillRecord, SeckillRequest};
+use crate::common::SeckillOutcome;
 use crate::config::Config;
-use crate::kafka::sink::{BytesSerializer, KafkaMessage, KafkaSink, SinkConfig, SinkError};
-use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::kafka::sink::{BytesSerializer, KafkaSink, SinkConfig, SinkError};
+use crate::kafka::KafkaError;
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
 use crate::report::Report;
-use crate::seckill::offsets::PartitionOffsets;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
-use futures::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::message::Message;
-use rdkafka::ClientContext;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Header of a dead-letter message that says why it was rejected.
@@ -69,7 +70,8 @@ pub struct ServerCounters {
 }
 
 impl ServerCounters {
-    fn count(&self, outcome: SeckillOutcome) {
+    /// Adds `count` answers of `outcome`.
+    fn add(&self, outcome: SeckillOutcome, count: u64) {
         let counter = match outcome {
             SeckillOutcome::Success => &self.success,
             SeckillOutcome::SoldOut => &self.sold_out,
@@ -77,15 +79,16 @@ impl ServerCounters {
             SeckillOutcome::AlreadyBought => &self.already_bought,
             SeckillOutcome::Timeout => &self.timeout,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(count, Ordering::Relaxed);
     }
 
-    fn received(&self, started: Instant) {
-        let now = started.elapsed().as_millis() as u64;
+    /// A message was received at `at` (the first call marks the start of the busy window).
+    fn received(&self, started: Instant, at: Instant) {
+        let since_start = at.saturating_duration_since(started).as_millis() as u64;
         // Only the first call changes it (0 means unset; a 0 ms start is counted as 1).
         let _ = self.first_received_ms.compare_exchange(
             0,
-            now.max(1),
+            since_start.max(1),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
@@ -230,83 +233,32 @@ struct Shared {
     /// Malformed payloads, forwarded unchanged (a missing payload stays missing).
     dlq: KafkaSink<Option<Vec<u8>>, BytesSerializer>,
     counters: Arc<ServerCounters>,
+    /// Consumers that hold an assignment now: all of them (the state is prepared before
+    /// any starts) means ready.
+    assigned: AtomicUsize,
 }
 
-/// Records which partitions a rebalance took away, for the consumer task to forget them.
-struct RebalanceContext {
-    consumer_index: usize,
-    revoked: Mutex<Vec<i32>>,
-}
-
-impl ClientContext for RebalanceContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        crate::telemetry::publish_kafka_statistics(&statistics);
-    }
-}
-
-fn partition_ids(partitions: &rdkafka::TopicPartitionList) -> Vec<i32> {
-    partitions
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect()
-}
-
-impl ConsumerContext for RebalanceContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                let assigned = partition_ids(partitions);
-                tracing::info!(
-                    event = "rebalance",
-                    consumer = self.consumer_index,
-                    ?assigned,
-                    "rebalance: partitions assigned"
-                );
-            }
-            Rebalance::Revoke(partitions) => {
-                let revoked = partition_ids(partitions);
-                tracing::info!(
-                    event = "rebalance",
-                    consumer = self.consumer_index,
-                    ?revoked,
-                    "rebalance: partitions revoked"
-                );
-                if let Ok(mut pending) = self.revoked.lock() {
-                    pending.extend(revoked);
-                }
-            }
-            Rebalance::Error(error) => {
-                tracing::warn!(event = "rebalance", consumer = self.consumer_index, %error, "rebalance error");
-            }
+impl Shared {
+    /// A consumer got (`true`) or lost (`false`) its assignment.
+    fn assignment_changed(&self, now_assigned: bool) {
+        if now_assigned {
+            self.assigned.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.assigned.fetch_sub(1, Ordering::SeqCst);
         }
+        self.publish_readiness();
     }
-}
 
-/// What one message came to.
-enum Handled {
-    Outcome {
-        outcome: SeckillOutcome,
-        cost_ms: u64,
-    },
-    Malformed,
-    OtherActivity,
-    /// Shutdown came while Redis or the dead-letter topic was unreachable: not processed,
-    /// offset not stored, so the message is delivered again.
-    Abandoned,
-}
-
-struct Completion {
-    partition: i32,
-    offset: i64,
-    /// The partition's epoch when the message started; a rebalance bumps it.
-    epoch: u64,
-    result: Result<Handled, ServerError>,
+    fn publish_readiness(&self) {
+        let ready = self.assigned.load(Ordering::SeqCst) == self.config.server_kafka.consumers;
+        crate::telemetry::set_ready(ready);
+    }
 }
 
 /// Runs server_kafka until `shutdown` fires (then drains and commits) or a fatal error.
 pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSummary, ServerError> {
     let started = Instant::now();
+    crate::telemetry::set_ready(false);
     let activity_id = config.seckill.activity_id;
     let redis = RedisState::connect(&config.redis)?;
     prepare_state(&redis, config, shutdown.clone()).await?;
@@ -330,7 +282,9 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         redis: redis.clone(),
         dlq,
         counters: counters.clone(),
+        assigned: AtomicUsize::new(0),
     });
+    let broker = consumer::detect_broker(config).await;
 
     // One internal trigger: a signal or the first failing consumer stops every task.
     let (trigger, stop) = Shutdown::new();
@@ -343,6 +297,9 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         group = %config.server_kafka.group_id,
         consumers = config.server_kafka.consumers,
         concurrency = config.server_kafka.concurrency,
+        batch_size = config.server_kafka.batch_size,
+        batch_wait_ms = config.server_kafka.batch_wait_ms,
+        instance_id = config.server_kafka.instance_id.as_deref().unwrap_or(""),
         "server_kafka started"
     );
     let status = tokio::spawn(status_loop(shared.clone(), stop.clone(), started));
@@ -352,7 +309,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         let stop = stop.clone();
         let trigger = trigger.clone();
         tasks.push(tokio::spawn(async move {
-            let result = consume(index, shared, stop).await;
+            let result = consumer::consume(index, shared, broker, stop).await;
             if result.is_err() {
                 trigger.trigger();
             }
@@ -377,6 +334,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
             }
         }
     }
+    crate::telemetry::set_ready(false);
     trigger.trigger();
     let _ = status.await;
     // Dead-letter messages were awaited one by one; nothing should be left, and close()
@@ -483,302 +441,6 @@ async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) 
                 tracing::warn!(error = %Report(&error), success = counts.success, rate_per_sec = rate.round() as u64, "status: Redis unreachable")
             }
         }
-    }
-}
-
-/// One group member: receives, processes up to `concurrency` messages at once, stores
-/// offsets behind finished messages, and on stop drains and commits.
-async fn consume(
-    index: usize,
-    shared: Arc<Shared>,
-    mut stop: Shutdown,
-) -> Result<Histogram<u64>, ServerError> {
-    let config = &shared.config;
-    let mut consumer_config = client_config(
-        &config.kafka,
-        ClientRole::Consumer {
-            group_id: &config.server_kafka.group_id,
-        },
-        "server_kafka",
-    )?;
-    consumer_config.set(
-        "auto.offset.reset",
-        config.server_kafka.offset_reset.as_librdkafka(),
-    );
-    let context = RebalanceContext {
-        consumer_index: index,
-        revoked: Mutex::new(Vec::new()),
-    };
-    let consumer: StreamConsumer<RebalanceContext> =
-        consumer_config.create_with_context(context)?;
-    let topic = config.seckill.requests_topic.as_str();
-    consumer.subscribe(&[topic])?;
-
-    let concurrency = config.server_kafka.concurrency;
-    let mut offsets = PartitionOffsets::new();
-    let mut epochs: std::collections::HashMap<i32, u64> = std::collections::HashMap::new();
-    let mut in_flight = FuturesUnordered::new();
-    let mut latency = latency_histogram()?;
-    let mut fatal: Option<ServerError> = None;
-    let mut consume_errors = 0u64;
-
-    while !stop.is_triggered() {
-        tokio::select! {
-            biased;
-            _ = stop.wait() => break,
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(error) = complete(done, &shared, &consumer, &mut offsets, &epochs, &mut latency, topic) {
-                    fatal = Some(error);
-                    break;
-                }
-            }
-            received = consumer.recv(), if in_flight.len() < concurrency => {
-                forget_revoked(&consumer, &mut offsets, &mut epochs);
-                match received {
-                    Ok(message) => {
-                        let partition = message.partition();
-                        let offset = message.offset();
-                        let epoch = *epochs.entry(partition).or_insert(0);
-                        shared.counters.received(shared.started);
-                        offsets.start(partition, offset);
-                        let work = Work::from_message(&message, config.seckill.activity_id);
-                        in_flight.push(handle(shared.clone(), work, partition, offset, epoch, stop.clone()));
-                    }
-                    Err(error) => {
-                        let error = KafkaError::from(error);
-                        if error.is_fatal() {
-                            fatal = Some(error.into());
-                            break;
-                        }
-                        consume_errors += 1;
-                        // librdkafka recovers by itself; say so now and then, not per poll.
-                        if consume_errors.is_power_of_two() {
-                            tracing::warn!(event = "retry", consumer = index, error = %Report(&error), count = consume_errors, "consume error (retrying)");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    // Drain: in-flight messages finish (or are abandoned if their service is down).
-    while let Some(done) = in_flight.next().await {
-        if let Err(error) = complete(
-            done,
-            &shared,
-            &consumer,
-            &mut offsets,
-            &epochs,
-            &mut latency,
-            topic,
-        ) {
-            fatal.get_or_insert(error);
-        }
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!(event = "commit", consumer = index, "offsets committed"),
-        // Nothing stored since the last commit.
-        Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(error) => {
-            tracing::warn!(event = "commit", consumer = index, error = %Report(&error), "final commit failed; the next start re-reads from the last commit")
-        }
-    }
-    match fatal {
-        Some(error) => Err(error),
-        None => Ok(latency),
-    }
-}
-
-fn forget_revoked(
-    consumer: &StreamConsumer<RebalanceContext>,
-    offsets: &mut PartitionOffsets,
-    epochs: &mut std::collections::HashMap<i32, u64>,
-) {
-    let revoked: Vec<i32> = match consumer.context().revoked.lock() {
-        Ok(mut pending) => pending.drain(..).collect(),
-        Err(_) => return,
-    };
-    for partition in revoked {
-        offsets.forget(partition);
-        *epochs.entry(partition).or_insert(0) += 1;
-    }
-}
-
-fn complete(
-    done: Completion,
-    shared: &Shared,
-    consumer: &StreamConsumer<RebalanceContext>,
-    offsets: &mut PartitionOffsets,
-    epochs: &std::collections::HashMap<i32, u64>,
-    latency: &mut Histogram<u64>,
-    topic: &str,
-) -> Result<(), ServerError> {
-    let handled = done.result?;
-    shared.counters.finished(shared.started);
-    match handled {
-        Handled::Outcome { outcome, cost_ms } => {
-            shared.counters.count(outcome);
-            latency.saturating_record(cost_ms);
-            metrics::counter!("seckill_requests_total", "outcome" => outcome.as_str()).increment(1);
-            // Request age when answered: client send to the end of the Lua call.
-            metrics::histogram!("seckill_request_age_seconds").record(cost_ms as f64 / 1e3);
-        }
-        Handled::Malformed => {
-            shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("seckill_requests_total", "outcome" => "MALFORMED").increment(1);
-            metrics::counter!("dead_lettered_total", "program" => "server_kafka").increment(1);
-        }
-        Handled::OtherActivity => {
-            shared
-                .counters
-                .other_activity
-                .fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("seckill_requests_total", "outcome" => "OTHER_ACTIVITY").increment(1);
-        }
-        // Not finished: its offset stays unstored and blocks the partition's commits.
-        Handled::Abandoned => return Ok(()),
-    }
-    let current_epoch = epochs.get(&done.partition).copied().unwrap_or(0);
-    if done.epoch != current_epoch {
-        return Ok(());
-    }
-    if let Some(offset) = offsets.finish(done.partition, done.offset) {
-        if let Err(error) = consumer.store_offset(topic, done.partition, offset) {
-            // The partition was revoked meanwhile; its new owner re-reads from the commit.
-            tracing::debug!(partition = done.partition, offset, error = %Report(&error), "offset not stored");
-        }
-    }
-    Ok(())
-}
-
-/// A message decoded just enough to process it without holding the consumer's buffer.
-enum Work {
-    Request(SeckillRequest),
-    OtherActivity,
-    Malformed {
-        reason: String,
-        key: Option<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-        source: String,
-    },
-}
-
-impl Work {
-    fn from_message(message: &impl Message, activity_id: u64) -> Work {
-        let malformed = |reason: String| Work::Malformed {
-            reason,
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            source: format!(
-                "{}/{}/{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            ),
-        };
-        let Some(payload) = message.payload() else {
-            return malformed("empty message (no payload)".into());
-        };
-        match SeckillRequest::from_json(payload) {
-            Ok(request) if request.activity_id == activity_id => Work::Request(request),
-            Ok(_) => Work::OtherActivity,
-            Err(error) => malformed(Report(&error).to_string()),
-        }
-    }
-}
-
-async fn handle(
-    shared: Arc<Shared>,
-    work: Work,
-    partition: i32,
-    offset: i64,
-    epoch: u64,
-    stop: Shutdown,
-) -> Completion {
-    let result = match work {
-        Work::Request(request) => purchase(&shared, &request, &stop).await,
-        Work::OtherActivity => Ok(Handled::OtherActivity),
-        Work::Malformed {
-            reason,
-            key,
-            payload,
-            source,
-        } => {
-            dead_letter(
-                &shared,
-                &reason,
-                key.as_deref(),
-                payload.as_deref(),
-                &source,
-                &stop,
-            )
-            .await
-        }
-    };
-    Completion {
-        partition,
-        offset,
-        epoch,
-        result,
-    }
-}
-
-async fn purchase(
-    shared: &Shared,
-    request: &SeckillRequest,
-    stop: &Shutdown,
-) -> Result<Handled, ServerError> {
-    let now = now_ms();
-    let cost_ms = request.cost_ms(now);
-    let timeout_ms = shared.config.server_kafka.timeout_ms;
-    if timeout_ms > 0 && cost_ms > timeout_ms {
-        return Ok(Handled::Outcome {
-            outcome: SeckillOutcome::Timeout,
-            cost_ms,
-        });
-    }
-    let record = SeckillRecord::new(request, now);
-    match retry(
-        "Redis",
-        stop,
-        || shared.redis.run_seckill_script(request, &record),
-        RedisStateError::is_transient,
-    )
-    .await
-    {
-        Ok(outcome) => Ok(Handled::Outcome { outcome, cost_ms }),
-        Err(RetryError::Stopped(_)) => Ok(Handled::Abandoned),
-        Err(RetryError::Failed(error)) => Err(error.into()),
-    }
-}
-
-async fn dead_letter(
-    shared: &Shared,
-    reason: &str,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-    source: &str,
-    stop: &Shutdown,
-) -> Result<Handled, ServerError> {
-    tracing::warn!(event = "dlq", %reason, %source, dlq = %shared.dlq.config().topic, "malformed request sent to the dead-letter topic");
-    let mut message = KafkaMessage::new(payload.map(<[u8]>::to_vec))
-        .header(DLQ_ERROR_HEADER, reason)
-        .header(DLQ_SOURCE_HEADER, source);
-    message.key = key.map(<[u8]>::to_vec);
-    let send = || shared.dlq.send(message.clone());
-    match retry(
-        "Kafka dead-letter topic",
-        stop,
-        send,
-        SinkError::is_retriable,
-    )
-    .await
-    {
-        Ok(_) => Ok(Handled::Malformed),
-        Err(RetryError::Stopped(_)) => Ok(Handled::Abandoned),
-        Err(RetryError::Failed(error)) => Err(error.into()),
     }
 }
 

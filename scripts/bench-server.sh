@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# make bench-server: server_kafka against the speed of its own Redis, in one run on the local
+# stack (docs/BENCHMARKS.md has the figures and what they mean):
+#   (a) the single-request purchase script (src/redis_state/purchase.lua) driven by
+#       redis-benchmark on the same Redis: sold-out path, unique request ids, -c 50 -P 16;
+#   (b) server_kafka's busy rate on a backlog of BENCH_REQUESTS requests (95% sold out), its
+#       group joined before the backlog is written (the server is stopped with SIGSTOP while
+#       client_kafka writes it, then continued), with its peak RSS; then (b) / (a);
+#   (c) cost_ms p50/p95/p99 for a warmed group fed at half of (b) by client_kafka --rate;
+#   (d) every request a success (stock = requests): log_worker's insert rate next to the
+#       server's, and the longest the Redis queue got.
+# Each phase uses a new activity and consumer group on the shared requests topic, starting
+# at its end (offset_reset latest, after /ready), so earlier runs' history costs nothing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+REQUESTS=${BENCH_REQUESTS:-200000}
+LATENCY_SECONDS=${BENCH_LATENCY_SECONDS:-5}
+
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'bench-server: %s\n' "$*" >&2; exit 1; }
+
+scripts/dev-stack.sh up >/dev/null
+eval "$(scripts/dev-stack.sh env)"
+say "building the programs (release)"
+cargo build --release --quiet --bin client_kafka --bin server_kafka --bin log_worker
+BIN=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+REDIS_PORT=$(cat .dev/redis.port)
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+RUN=$(date +%s)
+LOGS=.dev/bench-server/$RUN
+mkdir -p "$LOGS"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# 0 when GET http://127.0.0.1:$1$2 answers 200.
+http_ok() { python3 -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$1$2', timeout=2)" 2>/dev/null; }
+# Requests the server has answered (every outcome), from its metrics page.
+answered() {
+    python3 - "$1" <<'EOF'
+import sys, urllib.request
+page = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=2).read().decode()
+print(int(sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+              if line.startswith("seckill_requests_total{"))))
+EOF
+}
+wait_until() { # wait_until SECONDS WHAT COMMAND...
+    local deadline=$((SECONDS + $1)) what=$2; shift 2
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || die "timed out waiting for $what; logs in $LOGS"
+        sleep 0.2
+    done
+}
+all_answered() { [ "$(answered "$1")" -ge "$2" ]; }
+
+SERVER_PID= WORKER_PID=
+cleanup() { for pid in $SERVER_PID $WORKER_PID; do kill -CONT "$pid" 2>/dev/null; kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# start_server NAME ACTIVITY STOCK: a server on a new activity and group, at the topic's end,
+# returns once /ready answers 200 (every consumer has its partitions).
+start_server() {
+    local name=$1 activity=$2 stock=$3
+    METRICS_PORT=$(free_port)
+    SECKILL_SECKILL_ACTIVITY_ID=$activity SECKILL_SERVER_KAFKA_GROUP_ID=bench-$activity \
+    SECKILL_SERVER_KAFKA_OFFSET_RESET=latest \
+        "$BIN/server_kafka" --initial-stock "$stock" --metrics-addr "127.0.0.1:$METRICS_PORT" \
+        --status-interval-secs 60 >"$LOGS/$name.out" 2>"$LOGS/$name.log" &
+    SERVER_PID=$!
+    wait_until 60 "$name /ready" http_ok "$METRICS_PORT" /ready
+}
+stop_server() {
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" || die "server_kafka exited $?; logs in $LOGS"
+    SERVER_PID=
+}
+client() { # client ACTIVITY ARGS...: client_kafka on ACTIVITY, summary line on stdout
+    local activity=$1; shift
+    SECKILL_SECKILL_ACTIVITY_ID=$activity "$BIN/client_kafka" "$@" 2>>"$LOGS/client.log" | tail -1
+}
+
+say "(a) the single-request script via redis-benchmark -c 50 -P 16 (sold-out path, unique request ids)"
+A_ACTIVITY=$((RUN * 10 + 1))
+key() { echo "seckill:{$A_ACTIVITY}:$1"; }
+rcli SET "$(key stock)" 0 >/dev/null
+rcli SET "$(key success)" 0 >/dev/null
+SHA=$(rcli SCRIPT LOAD "$(cat src/redis_state/purchase.lua)")
+RECORD='{"request_id":"bench-__rand_int__","user_id":1,"activity_id":'$A_ACTIVITY',"request_initiation_time":1700000000000,"processed_time":1700000000100,"cost_ms":100}'
+redis_rate() { # redis_rate PIPELINE
+    # -q ends with "<command>: <rate> requests per second, ..." (the command holds JSON,
+    # which --csv does not quote).
+    redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 50 -P "$1" -n 1000000 -r 1000000000000 -q \
+        EVALSHA "$SHA" 6 "$(key stock)" "$(key over)" "$(key buyers)" "$(key requests)" \
+        "$(key success)" "$(key logs)" "bench-__rand_int__" __rand_int__ "$RECORD" \
+        | tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 \
+        | python3 -c 'import sys; print(round(float(sys.stdin.read())))'
+}
+REDIS_P1=$(redis_rate 1)
+REDIS_P16=$(redis_rate 16)
+[ "$(rcli GET "$(key success)")" = 0 ] || die "redis-benchmark took stock"
+rcli DEL "$(key requests)" "$(key buyers)" >/dev/null
+echo "redis-benchmark: $REDIS_P1 calls/s (-P 1), $REDIS_P16 calls/s (-P 16)"
+
+say "(b) server_kafka busy rate on a backlog of $REQUESTS requests, group joined first"
+B_ACTIVITY=$((RUN * 10 + 2))
+start_server server-b "$B_ACTIVITY" $((REQUESTS / 20))
+kill -STOP "$SERVER_PID"
+client "$B_ACTIVITY" --users "$REQUESTS" --seed "$RUN"
+kill -CONT "$SERVER_PID"
+wait_until 300 "the backlog to be answered" all_answered "$METRICS_PORT" "$REQUESTS"
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+stop_server
+cat "$LOGS/server-b.out"
+BUSY_RATE=$(sed -n 's/.*busy (\([0-9]*\)\/s).*/\1/p' "$LOGS/server-b.out")
+python3 - "$BUSY_RATE" "$REDIS_P16" "$RSS_KB" <<'EOF'
+import sys
+busy, redis, rss = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+print(f"server_kafka busy rate {busy}/s = {busy / redis:.2f}x redis-benchmark -P 16 ({redis}/s); peak RSS {rss / 1024:.0f} MiB")
+EOF
+
+HALF=$((BUSY_RATE / 2))
+LATENCY_REQUESTS=$((HALF * LATENCY_SECONDS))
+say "(c) latency: a warmed group fed $LATENCY_REQUESTS requests at $HALF/s (half of (b))"
+C_ACTIVITY=$((RUN * 10 + 3))
+start_server server-c "$C_ACTIVITY" $((LATENCY_REQUESTS / 20))
+client "$C_ACTIVITY" --users "$LATENCY_REQUESTS" --rate "$HALF" --seed "$RUN"
+wait_until 300 "the requests to be answered" all_answered "$METRICS_PORT" "$LATENCY_REQUESTS"
+stop_server
+grep -h "processed\|latency" "$LOGS/server-c.out"
+
+say "(d) every request a success: log_worker next to the server ($REQUESTS requests, stock $REQUESTS)"
+D_ACTIVITY=$((RUN * 10 + 4))
+start_server server-d "$D_ACTIVITY" "$REQUESTS"
+SECKILL_SECKILL_ACTIVITY_ID=$D_ACTIVITY "$BIN/log_worker" >"$LOGS/log_worker.out" 2>"$LOGS/log_worker.log" &
+WORKER_PID=$!
+client "$D_ACTIVITY" --users "$REQUESTS" --seed "$RUN" &
+CLIENT_PID=$!
+DKEY() { echo "seckill:{$D_ACTIVITY}:$1"; }
+longest=0
+while :; do
+    queued=$(rcli LLEN "$(DKEY logs)")
+    [ "$queued" -gt "$longest" ] && longest=$queued
+    stored=$(( $(rcli GET "$(DKEY success)") - queued ))
+    if ! kill -0 "$CLIENT_PID" 2>/dev/null && [ "$queued" = 0 ] \
+        && [ "$(rcli GET "$(DKEY success)")" = "$REQUESTS" ]; then break; fi
+    sleep 0.1
+done
+wait "$CLIENT_PID"
+sleep 1 # the last batch leaves its processing list
+stop_server
+kill -TERM "$WORKER_PID"; wait "$WORKER_PID" || die "log_worker exited $?"; WORKER_PID=
+grep -h "processed" "$LOGS/server-d.out"
+cat "$LOGS/log_worker.out"
+echo "longest Redis log queue: $longest records (stored $stored)"
+SECKILL_SECKILL_ACTIVITY_ID=$D_ACTIVITY "$BIN/log_worker" --verify --expect-buyers "$REQUESTS" >"$LOGS/verify.out" 2>&1 \
+    || { cat "$LOGS/verify.out"; die "invariants violated after (d)"; }
+echo "log_worker --verify: all invariants hold"
+echo "logs: $LOGS"
