@@ -5,8 +5,10 @@
 #       redis-benchmark on the same Redis: sold-out path, unique request ids, -c 50 -P 16;
 #   (b) server_kafka's busy rate on a backlog of BENCH_REQUESTS requests (95% sold out), its
 #       group joined before the backlog is written (the server is stopped with SIGSTOP while
-#       client_kafka writes it, then continued), with its peak RSS; then (b) / (a);
-#   (c) cost_ms p50/p95/p99 for a warmed group fed at half of (b) by client_kafka --rate;
+#       client_kafka writes it, then continued), with its peak RSS; then (b) / (a); once with
+#       every result published to the results topic (the default) and once without;
+#   (c) cost_ms p50/p95/p99 for a warmed group fed at half of (b) by client_kafka --rate, and
+#       what the buyers saw (client_kafka --await-results: send to result read);
 #   (d) every request a success (stock = requests): log_worker's insert rate next to the
 #       server's, and the longest the Redis queue got.
 # Each phase uses a new activity and consumer group on the shared requests topic, starting
@@ -58,15 +60,15 @@ SERVER_PID= WORKER_PID=
 cleanup() { for pid in $SERVER_PID $WORKER_PID; do kill -CONT "$pid" 2>/dev/null; kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# start_server NAME ACTIVITY STOCK: a server on a new activity and group, at the topic's end,
-# returns once /ready answers 200 (every consumer has its partitions).
+# start_server NAME ACTIVITY STOCK [ARGS...]: a server on a new activity and group, at the
+# topic's end, returns once /ready answers 200 (every consumer has its partitions).
 start_server() {
-    local name=$1 activity=$2 stock=$3
+    local name=$1 activity=$2 stock=$3; shift 3
     METRICS_PORT=$(free_port)
     SECKILL_SECKILL_ACTIVITY_ID=$activity SECKILL_SERVER_KAFKA_GROUP_ID=bench-$activity \
     SECKILL_SERVER_KAFKA_OFFSET_RESET=latest \
         "$BIN/server_kafka" --initial-stock "$stock" --metrics-addr "127.0.0.1:$METRICS_PORT" \
-        --status-interval-secs 60 >"$LOGS/$name.out" 2>"$LOGS/$name.log" &
+        --status-interval-secs 60 "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.log" &
     SERVER_PID=$!
     wait_until 60 "$name /ready" http_ok "$METRICS_PORT" /ready
 }
@@ -75,9 +77,9 @@ stop_server() {
     wait "$SERVER_PID" || die "server_kafka exited $?; logs in $LOGS"
     SERVER_PID=
 }
-client() { # client ACTIVITY ARGS...: client_kafka on ACTIVITY, summary line on stdout
+client() { # client ACTIVITY ARGS...: client_kafka on ACTIVITY, its summary on stdout
     local activity=$1; shift
-    SECKILL_SECKILL_ACTIVITY_ID=$activity "$BIN/client_kafka" "$@" 2>>"$LOGS/client.log" | tail -1
+    SECKILL_SECKILL_ACTIVITY_ID=$activity "$BIN/client_kafka" "$@" 2>>"$LOGS/client.log"
 }
 
 say "(a) the single-request script via redis-benchmark -c 50 -P 16 (sold-out path, unique request ids)"
@@ -91,32 +93,41 @@ redis_rate() { # redis_rate PIPELINE
     # -q ends with "<command>: <rate> requests per second, ..." (the command holds JSON,
     # which --csv does not quote).
     redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 50 -P "$1" -n 1000000 -r 1000000000000 -q \
-        EVALSHA "$SHA" 6 "$(key stock)" "$(key over)" "$(key buyers)" "$(key requests)" \
-        "$(key success)" "$(key logs)" "bench-__rand_int__" __rand_int__ "$RECORD" \
+        EVALSHA "$SHA" 7 "$(key stock)" "$(key over)" "$(key buyers)" "$(key decided)" \
+        "$(key success)" "$(key logs)" "$(key outcomes)" "bench-__rand_int__" __rand_int__ "$RECORD" \
         | tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 \
         | python3 -c 'import sys; print(round(float(sys.stdin.read())))'
 }
 REDIS_P1=$(redis_rate 1)
 REDIS_P16=$(redis_rate 16)
 [ "$(rcli GET "$(key success)")" = 0 ] || die "redis-benchmark took stock"
-rcli DEL "$(key requests)" "$(key buyers)" >/dev/null
+rcli DEL "$(key decided)" "$(key outcomes)" "$(key buyers)" >/dev/null
 echo "redis-benchmark: $REDIS_P1 calls/s (-P 1), $REDIS_P16 calls/s (-P 16)"
 
-say "(b) server_kafka busy rate on a backlog of $REQUESTS requests, group joined first"
-B_ACTIVITY=$((RUN * 10 + 2))
-start_server server-b "$B_ACTIVITY" $((REQUESTS / 20))
-kill -STOP "$SERVER_PID"
-client "$B_ACTIVITY" --users "$REQUESTS" --seed "$RUN"
-kill -CONT "$SERVER_PID"
-wait_until 300 "the backlog to be answered" all_answered "$METRICS_PORT" "$REQUESTS"
-RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
-stop_server
-cat "$LOGS/server-b.out"
-BUSY_RATE=$(sed -n 's/.*busy (\([0-9]*\)\/s).*/\1/p' "$LOGS/server-b.out")
-python3 - "$BUSY_RATE" "$REDIS_P16" "$RSS_KB" <<'EOF'
+# backlog NAME ACTIVITY [SERVER ARGS...]: (b) once; sets BUSY_RATE and RSS_KB.
+backlog() {
+    local name=$1 activity=$2; shift 2
+    start_server "$name" "$activity" $((REQUESTS / 20)) "$@"
+    kill -STOP "$SERVER_PID"
+    client "$activity" --users "$REQUESTS" --seed "$RUN"
+    kill -CONT "$SERVER_PID"
+    wait_until 300 "the backlog to be answered" all_answered "$METRICS_PORT" "$REQUESTS"
+    RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+    stop_server
+    cat "$LOGS/$name.out"
+    BUSY_RATE=$(sed -n 's/.*busy (\([0-9]*\)\/s).*/\1/p' "$LOGS/$name.out")
+}
+
+say "(b) server_kafka busy rate on a backlog of $REQUESTS requests, group joined first, results off"
+backlog server-b-off $((RUN * 10 + 5)) --no-results
+BUSY_OFF=$BUSY_RATE
+say "(b) the same with every result published (the default)"
+backlog server-b $((RUN * 10 + 2))
+python3 - "$BUSY_RATE" "$REDIS_P16" "$RSS_KB" "$BUSY_OFF" <<'EOF'
 import sys
-busy, redis, rss = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+busy, redis, rss, off = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 print(f"server_kafka busy rate {busy}/s = {busy / redis:.2f}x redis-benchmark -P 16 ({redis}/s); peak RSS {rss / 1024:.0f} MiB")
+print(f"results on: {busy}/s, off: {off}/s: {busy / off:.2f}x")
 EOF
 
 HALF=$((BUSY_RATE / 2))
@@ -124,7 +135,7 @@ LATENCY_REQUESTS=$((HALF * LATENCY_SECONDS))
 say "(c) latency: a warmed group fed $LATENCY_REQUESTS requests at $HALF/s (half of (b))"
 C_ACTIVITY=$((RUN * 10 + 3))
 start_server server-c "$C_ACTIVITY" $((LATENCY_REQUESTS / 20))
-client "$C_ACTIVITY" --users "$LATENCY_REQUESTS" --rate "$HALF" --seed "$RUN"
+client "$C_ACTIVITY" --users "$LATENCY_REQUESTS" --rate "$HALF" --seed "$RUN" --await-results
 wait_until 300 "the requests to be answered" all_answered "$METRICS_PORT" "$LATENCY_REQUESTS"
 stop_server
 grep -h "processed\|latency" "$LOGS/server-c.out"

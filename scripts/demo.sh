@@ -3,7 +3,8 @@
 #   1. start the dev stack (Redis, PostgreSQL, dev broker) and build the programs (release)
 #   2. run server_kafka and log_worker in the background
 #   3. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests against
-#      DEMO_STOCK items (several requests per user, so duplicates happen)
+#      DEMO_STOCK items (several requests per user, so repeat buyers happen), and waits for
+#      every request's answer on the results topic (--await-results)
 #   4. wait until every request is processed and every record is in PostgreSQL
 #   5. SIGTERM both programs (they drain and commit), verify the invariants, print a report
 # Each run uses a new activity id and consumer group, so runs do not disturb each other.
@@ -74,12 +75,13 @@ until ready; do
 done
 
 started=$(date +%s.%N)
-"$BIN/client_kafka" --users "$USERS" --requests-per-user "$PER_USER" 2>"$LOGS/client.log" | tee "$LOGS/client.out"
+"$BIN/client_kafka" --users "$USERS" --requests-per-user "$PER_USER" --await-results \
+    2>"$LOGS/client.log" | tee "$LOGS/client.out"
 
 say "waiting for the pipeline to drain"
 deadline=$((SECONDS + 90))
 while :; do
-    seen=$(rcli SCARD "$(key requests)")
+    seen=$(rcli HLEN "$(key decided)")
     queued=$(pending_records)
     [ "$seen" -ge "$TOTAL" ] && [ "$queued" = 0 ] && break
     if [ "$SECONDS" -ge "$deadline" ]; then
@@ -111,6 +113,6 @@ started, drained, total = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3
 print(f"{total} requests from send to the last row in PostgreSQL in {drained - started:.2f} s "
       f"({total / (drained - started):.0f} requests/s end to end)")
 EOF
-grep -h "processed\|rows/s" "$LOGS/server.out" "$LOGS/log_worker.out" | sed 's/^ */  /'
+grep -h "results:\|processed\|rows/s" "$LOGS/client.out" "$LOGS/server.out" "$LOGS/log_worker.out" | sed "s/^ */  /"
 echo "  logs: $LOGS"
 exit "$verify_status"

@@ -262,6 +262,9 @@ pub struct SeckillConfig {
     pub activity_id: u64,
     /// Topic client_kafka writes requests to and server_kafka reads them from.
     pub requests_topic: String,
+    /// Topic server_kafka answers every request on (keyed by user id), and
+    /// `client_kafka --await-results` reads.
+    pub results_topic: String,
 }
 
 impl Default for SeckillConfig {
@@ -269,6 +272,7 @@ impl Default for SeckillConfig {
         Self {
             activity_id: 1,
             requests_topic: "seckill-requests".into(),
+            results_topic: "seckill-results".into(),
         }
     }
 }
@@ -284,6 +288,11 @@ pub struct ClientKafkaConfig {
     pub delay_ms: u64,
     /// Seed for the shuffle; unset takes one from the clock.
     pub seed: Option<u64>,
+    /// After sending, read `seckill.results_topic` until every request sent has its result
+    /// (or `results_timeout_ms` passes), and report outcomes and latency.
+    pub await_results: bool,
+    /// How long to wait for the results after the last request was sent.
+    pub results_timeout_ms: u64,
 }
 
 impl Default for ClientKafkaConfig {
@@ -294,6 +303,8 @@ impl Default for ClientKafkaConfig {
             rate: 0,
             delay_ms: 0,
             seed: None,
+            await_results: false,
+            results_timeout_ms: 60_000,
         }
     }
 }
@@ -327,6 +338,9 @@ pub struct ServerKafkaConfig {
     pub status_interval_secs: u64,
     /// Dead-letter topic for malformed requests; unset means `<requests_topic>.dlq`.
     pub dlq_topic: Option<String>,
+    /// Publish every request's outcome to `seckill.results_topic` (offsets are stored only
+    /// once a request's result is acknowledged); off for pure load tests.
+    pub publish_results: bool,
 }
 
 impl Default for ServerKafkaConfig {
@@ -335,7 +349,7 @@ impl Default for ServerKafkaConfig {
             group_id: "seckill-server".into(),
             initial_stock: 1_000,
             consumers: 2,
-            concurrency: 4,
+            concurrency: 16,
             batch_size: 256,
             batch_wait_ms: 0,
             instance_id: None,
@@ -344,6 +358,7 @@ impl Default for ServerKafkaConfig {
             keep_state: false,
             status_interval_secs: 5,
             dlq_topic: None,
+            publish_results: true,
         }
     }
 }
@@ -582,6 +597,7 @@ impl Config {
             ("kafka.brokers", &self.kafka.brokers),
             ("kafka.client_id", &self.kafka.client_id),
             ("seckill.requests_topic", &self.seckill.requests_topic),
+            ("seckill.results_topic", &self.seckill.results_topic),
             ("server_kafka.group_id", &self.server_kafka.group_id),
             ("stream_sum.input_topic", &self.stream_sum.input_topic),
             ("stream_sum.output_topic", &self.stream_sum.output_topic),

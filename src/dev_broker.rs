@@ -13,6 +13,7 @@ use std::path::PathBuf;
 pub const SUITE_TOPICS: &[(&str, i32)] = &[
     ("seckill-requests", 8),
     ("seckill-requests.dlq", 1),
+    ("seckill-results", 8),
     ("integer-list-input-avro", 3),
     ("integer-list-input-avro.dlq", 1),
     ("integer-sum-output-avro", 3),

@@ -9,7 +9,8 @@
 //! | `seckill:{id}:initial_stock`  | string  | stock set by `init_state`                      |
 //! | `seckill:{id}:over`           | string  | "1" once the stock reached 0                   |
 //! | `seckill:{id}:buyers`         | set     | user ids with a purchase                       |
-//! | `seckill:{id}:requests`       | set     | request ids already processed (dedupe)         |
+//! | `seckill:{id}:decided`        | hash    | request id -> `<outcome code>:<user id>`       |
+//! | `seckill:{id}:outcomes`       | hash    | outcome code -> requests decided so           |
 //! | `seckill:{id}:success`        | string  | number of successful purchases                 |
 //! | `seckill:{id}:logs`           | list    | `SeckillRecord` JSON waiting for log_worker    |
 //! | `seckill:{id}:logs:workers`   | set     | ids of the log_workers that hold records       |
@@ -24,15 +25,16 @@
 //! idempotent). A worker never takes records from a worker whose lease is alive, so several
 //! workers on one activity neither insert each other's batches nor strand them.
 
-use crate::common::{SeckillOutcome, SeckillRecord, SeckillRequest};
+use crate::common::{Decision, SeckillOutcome, SeckillRecord, SeckillRequest};
 use crate::config::RedisConfig;
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Script};
 use std::time::Duration;
 
 /// The atomic purchase of one request (`src/redis_state/purchase.lua`; `make bench-server`
-/// loads the same file into redis-benchmark). Return codes: 0 SUCCESS, 1 SOLD_OUT, 2 DUPLICATE, 3 ALREADY_BOUGHT,
-/// -1 the activity was never initialised (no stock key).
+/// loads the same file into redis-benchmark). Return codes: 0 SUCCESS, 1 SOLD_OUT,
+/// 3 ALREADY_BOUGHT, 10 + that for a request id decided before, -1 the activity was never
+/// initialised (no stock key).
 const SECKILL_SCRIPT: &str = include_str!("redis_state/purchase.lua");
 
 /// The purchase of a batch of requests in one call (`src/redis_state/purchase_batch.lua`):
@@ -183,7 +185,10 @@ pub struct ActivityKeys {
     pub initial_stock: String,
     pub over: String,
     pub buyers: String,
-    pub requests: String,
+    /// Request id -> `<outcome code>:<user id>`: every request decided, once.
+    pub decided: String,
+    /// Outcome code -> how many request ids were decided so.
+    pub outcome_counts: String,
     pub success: String,
     pub logs: String,
     /// The ids of the log_workers that may hold records.
@@ -202,7 +207,8 @@ impl ActivityKeys {
             initial_stock: key("initial_stock"),
             over: key("over"),
             buyers: key("buyers"),
-            requests: key("requests"),
+            decided: key("decided"),
+            outcome_counts: key("outcomes"),
             success: key("success"),
             logs: key("logs"),
             log_workers: key("logs:workers"),
@@ -221,13 +227,14 @@ impl ActivityKeys {
         format!("seckill:{{{}}}:logs:lease:{worker}", self.activity_id)
     }
 
-    fn fixed(&self) -> [&str; 10] {
+    fn fixed(&self) -> [&str; 11] {
         [
             &self.stock,
             &self.initial_stock,
             &self.over,
             &self.buyers,
-            &self.requests,
+            &self.decided,
+            &self.outcome_counts,
             &self.success,
             &self.logs,
             &self.log_workers,
@@ -245,8 +252,11 @@ pub struct ActivitySnapshot {
     pub success: i64,
     pub over: bool,
     pub buyers: u64,
-    /// Distinct request ids the script has seen (every answer except TIMEOUT).
+    /// Distinct request ids the script has decided (every answer except TIMEOUT).
     pub requests_seen: u64,
+    /// Request ids decided SOLD_OUT and ALREADY_BOUGHT (SUCCESS: `success`).
+    pub sold_out: u64,
+    pub already_bought: u64,
     pub queued_records: u64,
     /// Records taken by log_workers and not yet stored, over every worker's list.
     pub processing_records: u64,
@@ -385,14 +395,15 @@ impl RedisState {
         Ok(())
     }
 
-    /// Processes one request atomically: dedupe by request id, one purchase per user,
-    /// check and take stock, count the success, set the over flag at 0 and queue `record`
-    /// for log_worker, all in one script call.
+    /// Processes one request atomically: a request id decided before gets that decision
+    /// again (flagged as a repeat); otherwise one purchase per user, check and take stock,
+    /// count the success, set the over flag at 0, queue `record` for log_worker and remember
+    /// the decision, all in one script call.
     pub async fn run_seckill_script(
         &self,
         request: &SeckillRequest,
         record: &SeckillRecord,
-    ) -> Result<SeckillOutcome, RedisStateError> {
+    ) -> Result<Decision, RedisStateError> {
         let keys = ActivityKeys::new(request.activity_id);
         let record_json = record.to_json()?;
         let mut connection = self.pool.get().await?;
@@ -401,21 +412,18 @@ impl RedisState {
             .key(&keys.stock)
             .key(&keys.over)
             .key(&keys.buyers)
-            .key(&keys.requests)
+            .key(&keys.decided)
             .key(&keys.success)
             .key(&keys.logs)
+            .key(&keys.outcome_counts)
             .arg(&request.request_id)
             .arg(request.user_id)
             .arg(record_json)
             .invoke_async(&mut *connection)
             .await?;
         match code {
-            0 => Ok(SeckillOutcome::Success),
-            1 => Ok(SeckillOutcome::SoldOut),
-            2 => Ok(SeckillOutcome::Duplicate),
-            3 => Ok(SeckillOutcome::AlreadyBought),
             -1 => Err(RedisStateError::NotInitialised(request.activity_id)),
-            other => Err(RedisStateError::UnexpectedReply(other)),
+            code => decision_of(code),
         }
     }
 
@@ -442,7 +450,7 @@ impl RedisState {
     pub async fn run_purchase_batch(
         &self,
         batch: &PurchaseBatch,
-    ) -> Result<Vec<SeckillOutcome>, RedisStateError> {
+    ) -> Result<Vec<Decision>, RedisStateError> {
         if batch.requests == 0 {
             return Ok(Vec::new());
         }
@@ -478,11 +486,7 @@ impl RedisState {
         codes
             .into_iter()
             .map(|code| match code {
-                redis::Value::Int(0) => Ok(SeckillOutcome::Success),
-                redis::Value::Int(1) => Ok(SeckillOutcome::SoldOut),
-                redis::Value::Int(2) => Ok(SeckillOutcome::Duplicate),
-                redis::Value::Int(3) => Ok(SeckillOutcome::AlreadyBought),
-                redis::Value::Int(other) => Err(RedisStateError::UnexpectedReply(other)),
+                redis::Value::Int(code) => decision_of(code),
                 _ => Err(RedisStateError::UnexpectedReply(i64::MIN)),
             })
             .collect()
@@ -507,20 +511,35 @@ impl RedisState {
             u64,
             u64,
             Vec<String>,
+            (Option<u64>, Option<u64>),
         );
-        let (initial_stock, stock, success, over, buyers, requests_seen, queued, legacy, workers): Reply =
-            redis::pipe()
-                .get(&keys.initial_stock)
-                .get(&keys.stock)
-                .get(&keys.success)
-                .exists(&keys.over)
-                .scard(&keys.buyers)
-                .scard(&keys.requests)
-                .llen(&keys.logs)
-                .llen(&keys.legacy_processing)
-                .smembers(&keys.log_workers)
-                .query_async(&mut *connection)
-                .await?;
+        let (
+            initial_stock,
+            stock,
+            success,
+            over,
+            buyers,
+            requests_seen,
+            queued,
+            legacy,
+            workers,
+            (sold_out, already_bought),
+        ): Reply = redis::pipe()
+            .get(&keys.initial_stock)
+            .get(&keys.stock)
+            .get(&keys.success)
+            .exists(&keys.over)
+            .scard(&keys.buyers)
+            .hlen(&keys.decided)
+            .llen(&keys.logs)
+            .llen(&keys.legacy_processing)
+            .smembers(&keys.log_workers)
+            .cmd("HMGET")
+            .arg(&keys.outcome_counts)
+            .arg(OUTCOME_SOLD_OUT)
+            .arg(OUTCOME_ALREADY_BOUGHT)
+            .query_async(&mut *connection)
+            .await?;
         let mut processing = legacy;
         if !workers.is_empty() {
             let mut lengths = redis::pipe();
@@ -537,9 +556,52 @@ impl RedisState {
             over,
             buyers,
             requests_seen,
+            sold_out: sold_out.unwrap_or(0),
+            already_bought: already_bought.unwrap_or(0),
             queued_records: queued,
             processing_records: processing,
         })
+    }
+
+    /// The requests of `user_id` this activity has decided, with their outcomes, sorted by
+    /// request id, and whether the user is a buyer. Scans the whole decided hash (HSCAN):
+    /// for looking one user up, not for a hot path.
+    pub async fn user_decisions(
+        &self,
+        activity_id: u64,
+        user_id: u64,
+    ) -> Result<(Vec<(String, SeckillOutcome)>, bool), RedisStateError> {
+        let keys = ActivityKeys::new(activity_id);
+        let mut connection = self.pool.get().await?;
+        let suffix = format!(":{user_id}");
+        let mut decisions = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, entries): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&keys.decided)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut *connection)
+                .await?;
+            for (request_id, value) in entries {
+                if let Some(code) = value.strip_suffix(&suffix) {
+                    let code: i64 = code.parse().unwrap_or(i64::MIN);
+                    decisions.push((request_id, decision_of(code)?.outcome));
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        decisions.sort_by(|a, b| a.0.cmp(&b.0));
+        let buyer: bool = redis::cmd("SISMEMBER")
+            .arg(&keys.buyers)
+            .arg(user_id)
+            .query_async(&mut *connection)
+            .await?;
+        Ok((decisions, buyer))
     }
 
     /// The reliable log queue of an activity as seen by one log_worker.
@@ -586,13 +648,14 @@ impl PurchaseBatch {
         self.command
             .arg("EVALSHA")
             .arg(&self.hash)
-            .arg(6)
+            .arg(7)
             .arg(&keys.stock)
             .arg(&keys.over)
             .arg(&keys.buyers)
-            .arg(&keys.requests)
+            .arg(&keys.decided)
             .arg(&keys.success)
             .arg(&keys.logs)
+            .arg(&keys.outcome_counts)
             .arg(self.activity_id)
             .arg(processed_time);
         self.requests = 0;
@@ -816,6 +879,28 @@ impl LogQueue {
             .query_async(&mut *connection)
             .await?)
     }
+}
+
+/// The scripts' outcome codes (also the fields of the outcome counts hash).
+const OUTCOME_SUCCESS: i64 = 0;
+const OUTCOME_SOLD_OUT: i64 = 1;
+const OUTCOME_ALREADY_BOUGHT: i64 = 3;
+/// Added to the code of a request id decided before.
+const REPEAT: i64 = 10;
+
+fn decision_of(code: i64) -> Result<Decision, RedisStateError> {
+    let (first, repeat) = if code >= REPEAT {
+        (code - REPEAT, true)
+    } else {
+        (code, false)
+    };
+    let outcome = match first {
+        OUTCOME_SUCCESS => SeckillOutcome::Success,
+        OUTCOME_SOLD_OUT => SeckillOutcome::SoldOut,
+        OUTCOME_ALREADY_BOUGHT => SeckillOutcome::AlreadyBought,
+        _ => return Err(RedisStateError::UnexpectedReply(code)),
+    };
+    Ok(Decision { outcome, repeat })
 }
 
 fn duration_ms(duration: Duration) -> u64 {

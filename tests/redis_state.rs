@@ -2,7 +2,7 @@
 
 mod support;
 
-use seckill_kafka::common::{now_ms, SeckillOutcome, SeckillRecord, SeckillRequest};
+use seckill_kafka::common::{now_ms, Decision, SeckillOutcome, SeckillRecord, SeckillRequest};
 use seckill_kafka::redis_state::{ActivityKeys, RedisState, RedisStateError};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -21,7 +21,7 @@ fn request(activity_id: u64, user_id: u64, request_id: &str) -> SeckillRequest {
     }
 }
 
-async fn buy(state: &RedisState, request: &SeckillRequest) -> SeckillOutcome {
+async fn buy(state: &RedisState, request: &SeckillRequest) -> Decision {
     let record = SeckillRecord::new(request, now_ms());
     state
         .run_seckill_script(request, &record)
@@ -54,7 +54,7 @@ async fn concurrent_requests_never_oversell() {
                     format!("t{task}-{n}")
                 };
                 let request = request(activity, user, &request_id);
-                if buy(&state, &request).await == SeckillOutcome::Success {
+                if buy(&state, &request).await == Decision::first(SeckillOutcome::Success) {
                     successes.push(user);
                 }
             }
@@ -94,24 +94,49 @@ async fn concurrent_requests_never_oversell() {
     assert_eq!(recorded, distinct);
 }
 
+/// A request id is decided once: repeating it (a redelivery, a duplicated send, even with
+/// another user id) gets the first outcome again, flagged as a repeat, and changes nothing.
 #[tokio::test]
-async fn repeated_request_id_is_duplicate_and_leaves_stock() {
+async fn a_repeated_request_gets_its_first_outcome_and_changes_nothing() {
     let state = state();
     let activity = support::unique_id();
-    state.init_state(activity, 5).await.unwrap();
+    state.init_state(activity, 1).await.unwrap();
     let first = request(activity, 1, "req-1");
-    assert_eq!(buy(&state, &first).await, SeckillOutcome::Success);
-    assert_eq!(state.get_stock(activity).await.unwrap(), Some(4));
-    // Same id again, even from another user (a corrupted retry): no stock taken.
-    assert_eq!(buy(&state, &first).await, SeckillOutcome::Duplicate);
+    assert_eq!(
+        buy(&state, &first).await,
+        Decision::first(SeckillOutcome::Success)
+    );
+    assert_eq!(state.get_stock(activity).await.unwrap(), Some(0));
+    assert_eq!(
+        buy(&state, &first).await,
+        Decision::repeat(SeckillOutcome::Success)
+    );
     assert_eq!(
         buy(&state, &request(activity, 2, "req-1")).await,
-        SeckillOutcome::Duplicate
+        Decision::repeat(SeckillOutcome::Success)
+    );
+    let sold_out = request(activity, 3, "req-3");
+    assert_eq!(
+        buy(&state, &sold_out).await,
+        Decision::first(SeckillOutcome::SoldOut)
+    );
+    assert_eq!(
+        buy(&state, &sold_out).await,
+        Decision::repeat(SeckillOutcome::SoldOut)
     );
     let snapshot = state.snapshot(activity).await.unwrap();
     assert_eq!(
         (snapshot.stock, snapshot.success, snapshot.queued_records),
-        (Some(4), 1, 1)
+        (Some(0), 1, 1)
+    );
+    // Each request id decided once and counted once, by outcome.
+    assert_eq!(
+        (
+            snapshot.requests_seen,
+            snapshot.sold_out,
+            snapshot.already_bought
+        ),
+        (2, 1, 0)
     );
 }
 
@@ -122,11 +147,11 @@ async fn second_request_of_a_user_is_already_bought() {
     state.init_state(activity, 5).await.unwrap();
     assert_eq!(
         buy(&state, &request(activity, 9, "a")).await,
-        SeckillOutcome::Success
+        Decision::first(SeckillOutcome::Success)
     );
     assert_eq!(
         buy(&state, &request(activity, 9, "b")).await,
-        SeckillOutcome::AlreadyBought
+        Decision::first(SeckillOutcome::AlreadyBought)
     );
     assert_eq!(state.get_stock(activity).await.unwrap(), Some(4));
     assert_eq!(state.snapshot(activity).await.unwrap().success, 1);
@@ -140,7 +165,7 @@ async fn sold_out_sets_the_over_flag() {
     assert!(!state.is_activity_over(activity).await.unwrap());
     assert_eq!(
         buy(&state, &request(activity, 1, "a")).await,
-        SeckillOutcome::Success
+        Decision::first(SeckillOutcome::Success)
     );
     assert!(
         state.is_activity_over(activity).await.unwrap(),
@@ -148,7 +173,7 @@ async fn sold_out_sets_the_over_flag() {
     );
     assert_eq!(
         buy(&state, &request(activity, 2, "b")).await,
-        SeckillOutcome::SoldOut
+        Decision::first(SeckillOutcome::SoldOut)
     );
     assert_eq!(state.get_stock(activity).await.unwrap(), Some(0));
     state.set_activity_over(activity, false).await.unwrap();
@@ -174,7 +199,10 @@ async fn uninitialised_activity_is_an_error_and_records_nothing() {
     assert_eq!(state.get_stock(activity).await.unwrap(), None);
     // The request id was not remembered: after init the same request succeeds.
     state.init_state(activity, 1).await.unwrap();
-    assert_eq!(buy(&state, &request).await, SeckillOutcome::Success);
+    assert_eq!(
+        buy(&state, &request).await,
+        Decision::first(SeckillOutcome::Success)
+    );
 }
 
 #[tokio::test]
@@ -184,7 +212,7 @@ async fn script_survives_script_flush() {
     state.init_state(activity, 10).await.unwrap();
     assert_eq!(
         buy(&state, &request(activity, 1, "a")).await,
-        SeckillOutcome::Success
+        Decision::first(SeckillOutcome::Success)
     );
     {
         let mut connection = state.pool().get().await.unwrap();
@@ -197,7 +225,7 @@ async fn script_survives_script_flush() {
     // EVALSHA now answers NOSCRIPT; the call must load the script again and succeed.
     assert_eq!(
         buy(&state, &request(activity, 2, "b")).await,
-        SeckillOutcome::Success
+        Decision::first(SeckillOutcome::Success)
     );
     assert_eq!(state.get_stock(activity).await.unwrap(), Some(8));
 }
@@ -221,7 +249,7 @@ async fn init_state_resets_everything() {
     // The old request ids and buyers are forgotten.
     assert_eq!(
         buy(&state, &request(activity, 1, "a")).await,
-        SeckillOutcome::Success
+        Decision::first(SeckillOutcome::Success)
     );
 }
 
@@ -454,7 +482,8 @@ mod batch_equals_one_call_per_request {
         initial: Option<String>,
         over: bool,
         buyers: Vec<String>,
-        requests: Vec<String>,
+        decided: Vec<(String, String)>,
+        outcome_counts: Vec<(String, String)>,
         success: Option<String>,
         records: Vec<SeckillRecord>,
     }
@@ -462,36 +491,40 @@ mod batch_equals_one_call_per_request {
     async fn state_of(redis: &RedisState, activity_id: u64) -> State {
         let keys = ActivityKeys::new(activity_id);
         let mut connection = redis.pool().get().await.unwrap();
-        let sorted = |mut v: Vec<String>| {
+        fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
             v.sort();
             v
-        };
+        }
         type Reply = (
             Option<String>,
             Option<String>,
             bool,
             Vec<String>,
-            Vec<String>,
+            Vec<(String, String)>,
+            Vec<(String, String)>,
             Option<String>,
             Vec<String>,
         );
-        let (stock, initial, over, buyers, requests, success, records): Reply = redis::pipe()
-            .get(&keys.stock)
-            .get(&keys.initial_stock)
-            .exists(&keys.over)
-            .smembers(&keys.buyers)
-            .smembers(&keys.requests)
-            .get(&keys.success)
-            .lrange(&keys.logs, 0, -1)
-            .query_async(&mut *connection)
-            .await
-            .unwrap();
+        let (stock, initial, over, buyers, decided, outcome_counts, success, records): Reply =
+            redis::pipe()
+                .get(&keys.stock)
+                .get(&keys.initial_stock)
+                .exists(&keys.over)
+                .smembers(&keys.buyers)
+                .hgetall(&keys.decided)
+                .hgetall(&keys.outcome_counts)
+                .get(&keys.success)
+                .lrange(&keys.logs, 0, -1)
+                .query_async(&mut *connection)
+                .await
+                .unwrap();
         State {
             stock,
             initial,
             over,
             buyers: sorted(buyers),
-            requests: sorted(requests),
+            decided: sorted(decided),
+            outcome_counts: sorted(outcome_counts),
             success,
             records: records
                 .iter()
@@ -559,7 +592,7 @@ mod batch_equals_one_call_per_request {
                     }
                     start = end;
                 }
-                let got: Vec<SeckillOutcome> = got.into_iter().map(Option::unwrap).collect();
+                let got: Vec<Decision> = got.into_iter().map(Option::unwrap).collect();
                 assert_eq!(got, expected, "outcomes of {steps:?}");
                 for activity in 0..2 {
                     assert_eq!(
@@ -618,10 +651,7 @@ mod batch_equals_one_call_per_request {
         batch.push("r1", 1, PROCESSED_TIME, 0);
         let error = redis.run_purchase_batch(&batch).await.unwrap_err();
         assert!(matches!(error, RedisStateError::NotInitialised(id) if id == activity));
-        assert_eq!(
-            state_of(&redis, activity).await.requests,
-            Vec::<String>::new()
-        );
+        assert!(state_of(&redis, activity).await.decided.is_empty());
     }
 
     /// After SCRIPT FLUSH (or a Redis restart) the batch script is loaded again.
@@ -643,6 +673,12 @@ mod batch_equals_one_call_per_request {
         batch.push("r1", 1, PROCESSED_TIME, 0);
         batch.push("r2", 2, PROCESSED_TIME, 0);
         let outcomes = redis.run_purchase_batch(&batch).await.unwrap();
-        assert_eq!(outcomes, [SeckillOutcome::Success, SeckillOutcome::SoldOut]);
+        assert_eq!(
+            outcomes,
+            [
+                Decision::first(SeckillOutcome::Success),
+                Decision::first(SeckillOutcome::SoldOut)
+            ]
+        );
     }
 }

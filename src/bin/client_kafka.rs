@@ -33,6 +33,14 @@ struct Args {
     /// Shuffle seed (client_kafka.seed)
     #[arg(long)]
     seed: Option<u64>,
+    /// Then read every request's result and report outcomes and latency; exit 1 if some got
+    /// none (client_kafka.await_results)
+    #[arg(long)]
+    await_results: bool,
+    /// How long to wait for the results after the last send, ms
+    /// (client_kafka.results_timeout_ms)
+    #[arg(long)]
+    results_timeout_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -50,15 +58,33 @@ async fn main() {
         )
         .set("client_kafka.rate", "rate", args.rate)
         .set("client_kafka.delay_ms", "delay-ms", args.delay_ms)
-        .set("client_kafka.seed", "seed", args.seed);
+        .set("client_kafka.seed", "seed", args.seed)
+        .switch(
+            "client_kafka.await_results",
+            "await-results",
+            args.await_results,
+        )
+        .set(
+            "client_kafka.results_timeout_ms",
+            "results-timeout-ms",
+            args.results_timeout_ms,
+        );
     let Some(config) = start("client_kafka", &args.common, flags) else {
         return;
     };
     let result = async {
         let summary = run_client(&config, Shutdown::on_signals()?).await?;
         println!("{summary}");
-        // Exit non-zero when a request did not reach the broker.
+        // Exit non-zero when a request did not reach the broker, or got no answer.
         anyhow::ensure!(summary.failed == 0, "{} requests failed", summary.failed);
+        if let Some(results) = &summary.results {
+            anyhow::ensure!(
+                results.unanswered() == 0,
+                "{} requests got no result within {:.0} s",
+                results.unanswered(),
+                results.timeout.as_secs_f64()
+            );
+        }
         anyhow::Ok(())
     }
     .await;

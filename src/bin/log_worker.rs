@@ -4,7 +4,7 @@ use clap::Parser;
 use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
 use seckill_kafka::seckill::log_worker::run_log_worker;
-use seckill_kafka::seckill::verify::verify;
+use seckill_kafka::seckill::verify::{user_report, verify};
 use seckill_kafka::secret::SecretUrl;
 use seckill_kafka::shutdown::Shutdown;
 
@@ -42,6 +42,15 @@ struct Args {
     /// With --verify: distinct users who asked, to also check sold = min(stock, buyers)
     #[arg(long, requires = "verify", value_name = "N")]
     expect_buyers: Option<u64>,
+    /// With --verify: what the system knows of this user instead (their requests' outcomes
+    /// in Redis, their row in PostgreSQL)
+    #[arg(
+        long,
+        requires = "verify",
+        value_name = "ID",
+        conflicts_with = "expect_buyers"
+    )]
+    user: Option<u64>,
 }
 
 #[tokio::main]
@@ -64,7 +73,9 @@ async fn main() {
         return;
     };
     let result = async {
-        if args.verify {
+        if let (true, Some(user)) = (args.verify, args.user) {
+            println!("{}", user_report(&config, user).await?);
+        } else if args.verify {
             let report = verify(&config, args.expect_buyers).await?;
             println!("{report}");
             anyhow::ensure!(

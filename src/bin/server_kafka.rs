@@ -58,6 +58,9 @@ struct Args {
     /// Dead-letter topic (server_kafka.dlq_topic; default <topic>.dlq)
     #[arg(long)]
     dlq_topic: Option<String>,
+    /// Do not publish results (server_kafka.publish_results = false), for pure load tests
+    #[arg(long)]
+    no_results: bool,
     /// Redis URL (redis.url). Prefer REDIS_URL: other local users can read flags with ps
     #[arg(long, value_name = "URL")]
     redis_url: Option<SecretUrl>,
@@ -98,7 +101,12 @@ async fn main() {
             args.status_interval_secs,
         )
         .set("server_kafka.dlq_topic", "dlq-topic", args.dlq_topic)
-        .set("redis.url", "redis-url", args.redis_url);
+        .set("redis.url", "redis-url", args.redis_url)
+        .set(
+            "server_kafka.publish_results",
+            "no-results",
+            args.no_results.then_some(false),
+        );
     let Some(config) = start("server_kafka", &args.common, flags) else {
         return;
     };

@@ -1,24 +1,34 @@
--- KEYS: 1 stock, 2 over, 3 buyers, 4 requests, 5 success, 6 logs
+-- The purchase of one request. A request id is decided once: its outcome is kept (with the
+-- user id) in the decided hash, and a repeated request (a redelivery, a duplicated send) is
+-- answered with that outcome again, flagged as a repeat, without touching anything.
+-- KEYS: 1 stock, 2 over, 3 buyers, 4 decided, 5 success, 6 logs, 7 outcome counts
 -- ARGV: 1 request_id, 2 user_id, 3 record JSON
+-- Returns 0 SUCCESS, 1 SOLD_OUT, 3 ALREADY_BOUGHT, 10 + that for a repeat, or -1 when the
+-- activity was never initialised (no stock key).
 local stock = redis.call('GET', KEYS[1])
 if not stock then
   return -1
 end
-if redis.call('SADD', KEYS[4], ARGV[1]) == 0 then
-  return 2
+local prior = redis.call('HGET', KEYS[4], ARGV[1])
+if prior then
+  return 10 + tonumber(string.match(prior, '^%d+'))
 end
+local code
 if redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 1 then
-  return 3
-end
-if tonumber(stock) <= 0 then
+  code = 3
+elseif tonumber(stock) <= 0 then
   redis.call('SET', KEYS[2], '1')
-  return 1
+  code = 1
+else
+  local remaining = redis.call('DECR', KEYS[1])
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('INCR', KEYS[5])
+  redis.call('RPUSH', KEYS[6], ARGV[3])
+  if remaining <= 0 then
+    redis.call('SET', KEYS[2], '1')
+  end
+  code = 0
 end
-local remaining = redis.call('DECR', KEYS[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('INCR', KEYS[5])
-redis.call('RPUSH', KEYS[6], ARGV[3])
-if remaining <= 0 then
-  redis.call('SET', KEYS[2], '1')
-end
-return 0
+redis.call('HSET', KEYS[4], ARGV[1], code .. ':' .. ARGV[2])
+redis.call('HINCRBY', KEYS[7], code, 1)
+return code

@@ -2,12 +2,15 @@
 //!
 //! Builds `users x requests_per_user` requests, shuffles them with a seed, and produces them
 //! as JSON keyed by user id, at an optional rate. A message counts as sent only when its
-//! delivery report says so; progress and the summary are built from delivery reports.
+//! delivery report says so; progress and the summary are built from delivery reports. With
+//! `await_results` it then reads every request's answer from the results topic
+//! ([`crate::seckill::results`]).
 
 use crate::common::{now_ms, SeckillRequest};
 use crate::config::Config;
 use crate::kafka::sink::{Compression, KafkaMessage, KafkaSink, SinkConfig, SinkError};
 use crate::report::Report;
+use crate::seckill::results::{PlannedRequests, ResultsReader, ResultsReport, SendingDone};
 use crate::shutdown::Shutdown;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -29,6 +32,8 @@ pub enum ClientError {
     Sink(#[from] SinkError),
     #[error("the sending thread failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("reading the results topic failed")]
+    Results(#[from] crate::seckill::results::ResultsError),
 }
 
 type RequestSink = KafkaSink<SeckillRequest>;
@@ -45,6 +50,8 @@ pub struct ClientSummary {
     pub not_sent: u64,
     pub elapsed: Duration,
     pub last_error: Option<String>,
+    /// With `await_results`: what the results topic said.
+    pub results: Option<ResultsReport>,
 }
 
 impl ClientSummary {
@@ -67,6 +74,9 @@ impl fmt::Display for ClientSummary {
         )?;
         if let Some(error) = &self.last_error {
             write!(f, " last_error=\"{error}\"")?;
+        }
+        if let Some(results) = &self.results {
+            write!(f, "\n{results}")?;
         }
         Ok(())
     }
@@ -133,6 +143,28 @@ pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSum
         }
     }
 
+    // Positioned at the results topic's end before the first request goes out, and reading
+    // while they go out.
+    let sending_done = Arc::new(SendingDone::default());
+    let results = if settings.await_results {
+        let reader = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || ResultsReader::at_end(&config)).await??
+        };
+        let planned_requests = PlannedRequests {
+            activity_id: config.seckill.activity_id,
+            seed,
+            users: settings.users,
+            requests_per_user: settings.requests_per_user,
+        };
+        let timeout = Duration::from_millis(settings.results_timeout_ms);
+        let (sending_done, shutdown) = (sending_done.clone(), shutdown.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            reader.collect(planned_requests, &sending_done, timeout, &shutdown)
+        }))
+    } else {
+        None
+    };
     let started = Instant::now();
     let planned = plan.len() as u64;
     let progress = Progress::start(planned, sink.clone());
@@ -149,6 +181,11 @@ pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSum
     let attempted = send.await?;
     let report = sink.close(FLUSH_TIMEOUT).await?;
     progress.finish();
+    sending_done.now();
+    let results = match results {
+        Some(collecting) => Some(collecting.await??),
+        None => None,
+    };
     let summary = ClientSummary {
         planned,
         sent: report.metrics.messages_sent,
@@ -156,6 +193,7 @@ pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSum
         not_sent: planned - attempted,
         elapsed: started.elapsed(),
         last_error: report.metrics.last_error.map(|last| last.message),
+        results,
     };
     tracing::info!(
         sent = summary.sent,

@@ -1,6 +1,8 @@
 //! The invariant check behind `log_worker --verify`: for one activity, compares Redis and
-//! PostgreSQL and reports each guarantee of the pipeline with its figures.
+//! PostgreSQL and reports each guarantee of the pipeline with its figures; and
+//! `log_worker --verify --user ID`: what the system knows of one user ([`user_report`]).
 
+use crate::common::SeckillOutcome;
 use crate::config::Config;
 use crate::postgres::{self, PostgresError};
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
@@ -68,6 +70,15 @@ impl VerifyReport {
                 name: "success counter = buyers in Redis",
                 holds: r.success == r.buyers as i64,
                 figures: format!("{} vs {}", r.success, r.buyers),
+            },
+            Check {
+                name: "each request decided once, counted once",
+                holds: r.requests_seen
+                    == u64::try_from(r.success).unwrap_or(0) + r.sold_out + r.already_bought,
+                figures: format!(
+                    "{} decided = {} success + {} sold out + {} already bought",
+                    r.requests_seen, r.success, r.sold_out, r.already_bought
+                ),
             },
             Check {
                 name: "log queue drained",
@@ -153,6 +164,67 @@ pub async fn verify(
     })
 }
 
+/// What the system knows of one user in the configured activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserReport {
+    pub activity_id: u64,
+    pub user_id: u64,
+    /// The user's requests Redis has decided, with their outcomes (request id order).
+    pub decisions: Vec<(String, SeckillOutcome)>,
+    pub buyer_in_redis: bool,
+    /// Their purchase row in PostgreSQL: request id, processed time (ms), cost_ms.
+    pub row: Option<(String, i64, i64)>,
+}
+
+impl fmt::Display for UserReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "user {} in activity {}", self.user_id, self.activity_id)?;
+        writeln!(f, "  requests decided in Redis: {}", self.decisions.len())?;
+        for (request_id, outcome) in &self.decisions {
+            writeln!(f, "    {request_id}  {outcome}")?;
+        }
+        writeln!(
+            f,
+            "  buyer in Redis: {}",
+            if self.buyer_in_redis { "yes" } else { "no" }
+        )?;
+        match &self.row {
+            Some((request_id, processed_ms, cost_ms)) => write!(
+                f,
+                "  row in PostgreSQL: request_id={request_id} processed_time_ms={processed_ms} cost_ms={cost_ms}"
+            ),
+            None => write!(f, "  row in PostgreSQL: none"),
+        }
+    }
+}
+
+/// Looks one user up: their decided requests in Redis (a scan of the activity's decided
+/// requests: O(requests), for diagnosis), whether they are a buyer, and their row.
+pub async fn user_report(config: &Config, user_id: u64) -> Result<UserReport, VerifyError> {
+    let activity_id = config.seckill.activity_id;
+    let redis = RedisState::connect(&config.redis)?;
+    let (decisions, buyer_in_redis) = redis.user_decisions(activity_id, user_id).await?;
+    let pool = postgres::connect(&config.postgres).await?;
+    postgres::migrate(&pool).await?;
+    let row: Option<(String, f64, i64)> = sqlx::query_as(
+        "SELECT request_id, EXTRACT(EPOCH FROM processed_time)::float8 * 1000, cost_ms
+         FROM seckill_records WHERE activity_id = $1 AND user_id = $2",
+    )
+    .bind(i64::try_from(activity_id).unwrap_or(i64::MAX))
+    .bind(i64::try_from(user_id).unwrap_or(i64::MAX))
+    .fetch_optional(&pool)
+    .await?;
+    Ok(UserReport {
+        activity_id,
+        user_id,
+        decisions,
+        buyer_in_redis,
+        row: row.map(|(request_id, processed_ms, cost_ms)| {
+            (request_id, processed_ms.round() as i64, cost_ms)
+        }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +239,8 @@ mod tests {
                 over: stock == 0,
                 buyers: success as u64,
                 requests_seen: 40,
+                sold_out: 40 - success as u64,
+                already_bought: 0,
                 queued_records: 0,
                 processing_records: 0,
             },

@@ -14,6 +14,7 @@
 use super::{dead_letter, sum_of, StreamOutputSerializer, StreamSumError};
 use super::{output_sink, worker_consumer, Counters, StreamContext, StreamOutput};
 use crate::config::Config;
+use crate::kafka::broker::BrokerKind;
 use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
 use crate::kafka::KafkaError;
 use crate::report::Report;
@@ -40,6 +41,7 @@ pub fn transactional_id(group_id: &str, index: usize) -> String {
 pub fn run_worker(
     index: usize,
     config: &Config,
+    broker: BrokerKind,
     counters: &Counters,
     stop: &AtomicBool,
     runtime: &Handle,
@@ -68,6 +70,7 @@ pub fn run_worker(
         input_topic: &settings.input_topic,
         dlq_topic: format!("{}.dlq", settings.input_topic),
         max_records: settings.transaction_records,
+        plain_commit: broker.is_mock(),
         message: KafkaMessage::new(StreamOutput::Sum(0)),
         spare_key: Vec::new(),
         next_offsets: HashMap::new(),
@@ -84,6 +87,9 @@ pub fn run_worker(
 
 struct TransactionalWorker<'a> {
     index: usize,
+    /// Commit each transaction's offsets plainly too (the dev broker, which does not store
+    /// offsets sent to a transaction).
+    plain_commit: bool,
     consumer: &'a BaseConsumer<StreamContext>,
     sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
     runtime: &'a Handle,
@@ -212,11 +218,14 @@ impl TransactionalWorker<'_> {
         });
         match committed {
             Ok(()) => {
-                // Redundant on Apache Kafka, where the transaction committed these offsets;
-                // the dev broker (librdkafka's mock) acknowledges TxnOffsetCommit without
-                // storing it, and only a plain commit lets a restart resume there.
-                if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
-                    tracing::debug!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
+                // Only on the dev broker (librdkafka's mock): it acknowledges TxnOffsetCommit
+                // without storing it, so only a plain commit lets a restart resume there;
+                // synchronous, so a kill repeats at most the open transactions. On Apache
+                // Kafka the transaction committed these offsets.
+                if self.plain_commit {
+                    if let Err(error) = self.consumer.commit(&offsets, CommitMode::Sync) {
+                        tracing::debug!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
+                    }
                 }
                 counters.add(self.sums, self.dead);
                 self.reset();

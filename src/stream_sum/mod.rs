@@ -321,6 +321,17 @@ pub(crate) fn partition_count(config: &Config, topic: &str) -> Result<usize, Str
 
 /// Creates the topics that do not exist yet with [`CREATED_TOPIC_PARTITIONS`] partitions. A
 /// broker without the CreateTopics API (the dev broker) is logged and left to auto-create.
+/// Whether the cluster is the dev broker (a short-lived client, once at start).
+async fn detect_broker(config: &Config) -> crate::kafka::broker::BrokerKind {
+    use crate::kafka::broker::BrokerKind;
+    let Ok(client) = client_config(&config.kafka, ClientRole::Admin, "stream_sum-probe") else {
+        return BrokerKind::Kafka;
+    };
+    tokio::task::spawn_blocking(move || BrokerKind::detect(&client, Duration::from_secs(3)))
+        .await
+        .unwrap_or(BrokerKind::Kafka)
+}
+
 pub(crate) async fn ensure_topics(config: &Config, topics: &[&str]) -> Result<(), StreamSumError> {
     let mut missing = Vec::new();
     for topic in topics {
@@ -484,8 +495,12 @@ pub async fn run_stream_sum(
         let config = config.clone();
         let counters = counters.clone();
         if settings.exactly_once {
+            let broker = detect_broker(&config).await;
+            if broker.is_mock() {
+                tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
+            }
             run_on_threads("stream-sum-txn", workers, move |index| {
-                exactly_once::run_worker(index, &config, &counters, &stop, &runtime)
+                exactly_once::run_worker(index, &config, broker, &counters, &stop, &runtime)
             })
             .await
         } else {

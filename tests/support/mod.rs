@@ -247,6 +247,8 @@ pub struct Pipeline {
     pub activity_id: u64,
     pub topic: String,
     pub group: String,
+    /// Where server_kafka answers (`<topic>-results`).
+    pub results_topic: String,
     pub brokers: String,
     /// The stack's Redis unless [`Pipeline::with_redis`] named another.
     pub redis_url: String,
@@ -262,11 +264,12 @@ impl Pipeline {
         let activity_id = unique_id();
         let topic = unique_name(prefix);
         let group = format!("{topic}-group");
+        let results_topic = format!("{topic}-results");
         let config_path = std::env::temp_dir().join(format!("{topic}.yaml"));
         // Offsets commit every 0.5 s (server_kafka notices a killed member within seconds
         // by itself: its session defaults are short).
         let yaml = format!(
-            "seckill:\n  activity_id: {activity_id}\n  requests_topic: {topic}\n\
+            "seckill:\n  activity_id: {activity_id}\n  requests_topic: {topic}\n  results_topic: {results_topic}\n\
              server_kafka:\n  group_id: {group}\n  status_interval_secs: 1\n  timeout_ms: 0\n\
              log_worker:\n  flush_interval_ms: 100\n  lease_ms: 2000\n\
              kafka:\n  properties:\n    auto.commit.interval.ms: '500'\n"
@@ -276,6 +279,7 @@ impl Pipeline {
             activity_id,
             topic,
             group,
+            results_topic,
             brokers,
             redis_url: stack_var("REDIS_URL"),
             config_path,
@@ -349,6 +353,49 @@ impl Pipeline {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Every result on the results topic (from its oldest record to its end now) for this
+    /// scenario's activity, by request id: the outcomes published for it, and how often.
+    pub fn results(
+        &self,
+    ) -> std::collections::BTreeMap<String, Vec<seckill_kafka::common::SeckillResult>> {
+        use rdkafka::message::Message;
+        use seckill_kafka::kafka::topic_reader::{read_ranges, retained_ranges};
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", unique_name("results-reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let ranges =
+            retained_ranges(&consumer, &self.results_topic, Duration::from_secs(10)).unwrap();
+        let mut results: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+        read_ranges(
+            &consumer,
+            &self.results_topic,
+            &ranges,
+            Duration::from_secs(30),
+            |message| {
+                let result = seckill_kafka::common::SeckillResult::from_json(
+                    message.payload().unwrap_or_default(),
+                )
+                .expect("a result");
+                assert_eq!(
+                    message.key(),
+                    Some(result.user_id.to_string().as_bytes()),
+                    "keyed by user id"
+                );
+                if result.activity_id == self.activity_id {
+                    results
+                        .entry(result.request_id.clone())
+                        .or_default()
+                        .push(result);
+                }
+            },
+        )
+        .unwrap();
+        results
     }
 
     /// Rows of the activity in PostgreSQL.

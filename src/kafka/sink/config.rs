@@ -321,9 +321,16 @@ impl SinkConfig {
             .set(
                 "queue.buffering.max.messages",
                 self.buffer_messages.to_string(),
-            )
-            // The partition strategy runs for unkeyed messages too.
-            .set("sticky.partitioning.linger.ms", "0");
+            );
+        if let PartitionStrategy::KeyHash = self.partition_strategy {
+            // librdkafka's own murmur2 places keys exactly where the Java client does (the
+            // Rust murmur2 in partition.rs is the test oracle) without a callback per
+            // message; unkeyed messages stay sticky per batch.
+            config.set("partitioner", "murmur2_random");
+        } else {
+            // The strategy's callback runs for unkeyed messages too.
+            config.set("sticky.partitioning.linger.ms", "0");
+        }
         if self.guarantee == DeliveryGuarantee::AtMostOnce {
             set_default(&mut config, "message.send.max.retries", "0");
         }

@@ -8,8 +8,8 @@
 //! | `partition.rs`      | `PartitionStrategy`, Java-compatible murmur2                         |
 //! | `circuit_breaker.rs`| Closed / Open / HalfOpen breaker                                     |
 //! | `metrics.rs`        | counters, latency histogram, `metrics` facade                        |
-//! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, transactions,  |
-//! |                     | flush and close                                                      |
+//! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, delivery     |
+//! |                     | groups, transactions, flush and close                                |
 //!
 //! Retries reuse [`crate::backoff`]; errors are classified by [`crate::kafka::error`].
 
@@ -31,4 +31,6 @@ pub use serializer::{
     AvroSerializer, BincodeSerializer, BytesSerializer, JsonSerializer, MessageSerializer,
     ProtobufSerializer, SerializeError, CONTENT_TYPE_HEADER,
 };
-pub use sink::{CloseReport, DeliveryReport, KafkaSink, SinkError, SinkStatistics};
+pub use sink::{
+    CloseReport, DeliveryGroup, DeliveryReport, GroupDelivery, KafkaSink, SinkError, SinkStatistics,
+};

@@ -5,16 +5,19 @@
 //!   with backoff, and feed the circuit breaker;
 //! - `enqueue` (the fast path) hands the message to librdkafka and returns; delivery reports
 //!   are counted in the metrics, and `flush` / `close` wait for them. It allocates nothing per
-//!   message beyond what librdkafka itself copies.
+//!   message beyond what librdkafka itself copies;
+//! - `try_enqueue_in` is the fast path for a [`DeliveryGroup`]: messages whose delivery is
+//!   awaited together, once, with `wait_group` (the results of one batch).
 //!
 //! The delivery opaque tells the paths apart without an allocation: odd values carry the
-//! enqueue time of a fast-path message, even values the id of an awaited one.
+//! enqueue time of a fast-path message; otherwise the second bit says whether the rest is
+//! the id of a delivery group (set) or of one awaited message (clear).
 
 use super::circuit_breaker::{BreakerState, CircuitBreaker};
 use super::config::{DeliveryGuarantee, InvalidSinkConfig, SinkConfig};
 use super::message::KafkaMessage;
 use super::metrics::{MetricsSnapshot, SinkMetrics};
-use super::partition::StrategyPartitioner;
+use super::partition::{PartitionStrategy, StrategyPartitioner};
 use super::serializer::{JsonSerializer, MessageSerializer, SerializeError, CONTENT_TYPE_HEADER};
 use crate::backoff::Backoff;
 use crate::kafka::{ErrorClass, KafkaError};
@@ -98,12 +101,41 @@ pub struct CloseReport {
 
 type Waiter = oneshot::Sender<Result<DeliveryReport, RdKafkaError>>;
 
+/// The opaque bit that marks a message of a [`DeliveryGroup`].
+const GROUP_TAG: usize = 0b10;
+
+/// Messages handed to librdkafka on the fast path whose delivery is awaited together, once,
+/// with [`KafkaSink::wait_group`] (the results of one batch, say): one registration per
+/// group, nothing per message.
+pub struct DeliveryGroup {
+    id: u64,
+    state: Arc<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    pending: AtomicU64,
+    failed: AtomicU64,
+    last_error: Mutex<Option<RdKafkaError>>,
+    done: tokio::sync::Notify,
+}
+
+/// How a [`DeliveryGroup`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupDelivery {
+    /// Messages whose delivery failed for good (librdkafka's retries exhausted).
+    pub failed: u64,
+    pub last_error: Option<RdKafkaError>,
+}
+
 /// State shared between the sink and librdkafka's delivery-report thread.
 struct Shared {
     metrics: SinkMetrics,
     breaker: CircuitBreaker,
     waiters: Mutex<HashMap<u64, Waiter>>,
     next_waiter: AtomicU64,
+    groups: Mutex<HashMap<u64, Arc<GroupState>>>,
+    next_group: AtomicU64,
     epoch: Instant,
     /// Messages handed to librdkafka whose delivery report has not arrived. (librdkafka's
     /// own queue length also counts protocol requests, so it cannot say this.)
@@ -139,10 +171,11 @@ impl Shared {
     }
 }
 
-/// The producer context: delivery reports and the partition strategy.
+/// The producer context: delivery reports and the partition strategy (none for KeyHash:
+/// librdkafka's murmur2 does it).
 pub struct SinkContext {
     shared: Arc<Shared>,
-    partitioner: StrategyPartitioner,
+    partitioner: Option<StrategyPartitioner>,
 }
 
 impl ClientContext for SinkContext {
@@ -252,11 +285,43 @@ impl ProducerContext<StrategyPartitioner> for SinkContext {
             }
             return;
         }
+        if opaque & GROUP_TAG == GROUP_TAG {
+            let group = shared
+                .groups
+                .lock()
+                .ok()
+                .and_then(|groups| groups.get(&((opaque >> 2) as u64)).cloned());
+            match result {
+                Ok(message) => {
+                    let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
+                    shared.metrics.delivered(bytes, None);
+                    shared.breaker.record_success();
+                }
+                Err((error, _)) => {
+                    shared.metrics.failed(error);
+                    if shared.breaker.record_failure() {
+                        shared.metrics.breaker_trip();
+                    }
+                    if let Some(group) = &group {
+                        group.failed.fetch_add(1, Ordering::AcqRel);
+                        if let Ok(mut last) = group.last_error.lock() {
+                            *last = Some(error.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(group) = group {
+                if group.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    group.done.notify_one();
+                }
+            }
+            return;
+        }
         let waiter = shared
             .waiters
             .lock()
             .ok()
-            .and_then(|mut waiters| waiters.remove(&((opaque >> 1) as u64)));
+            .and_then(|mut waiters| waiters.remove(&((opaque >> 2) as u64)));
         let outcome = match result {
             Ok(message) => {
                 let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
@@ -274,7 +339,7 @@ impl ProducerContext<StrategyPartitioner> for SinkContext {
     }
 
     fn get_custom_partitioner(&self) -> Option<&StrategyPartitioner> {
-        Some(&self.partitioner)
+        self.partitioner.as_ref()
     }
 }
 
@@ -318,13 +383,18 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_timeout),
             waiters: Mutex::new(HashMap::new()),
             next_waiter: AtomicU64::new(1),
+            groups: Mutex::new(HashMap::new()),
+            next_group: AtomicU64::new(1),
             epoch: Instant::now(),
             outstanding: AtomicU64::new(0),
             statistics: StatisticsTotals::default(),
         });
         let context = SinkContext {
             shared: shared.clone(),
-            partitioner: StrategyPartitioner::new(config.partition_strategy.clone()),
+            partitioner: match config.partition_strategy {
+                PartitionStrategy::KeyHash => None,
+                ref strategy => Some(StrategyPartitioner::new(strategy.clone())),
+            },
         };
         let producer = config.client_config()?.create_with_context(context)?;
         let transaction = if config.guarantee == DeliveryGuarantee::ExactlyOnce {
@@ -495,6 +565,60 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         }
     }
 
+    /// A new, empty [`DeliveryGroup`].
+    pub fn delivery_group(&self) -> DeliveryGroup {
+        let id = self.shared.next_group.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(GroupState::default());
+        if let Ok(mut groups) = self.shared.groups.lock() {
+            groups.insert(id, state.clone());
+        }
+        DeliveryGroup { id, state }
+    }
+
+    /// The fast path into `group`, without blocking: `Ok(false)` when librdkafka's queue is
+    /// full (wait and try again). The delivery is awaited with [`wait_group`](Self::wait_group).
+    pub fn try_enqueue_in(
+        &self,
+        group: &DeliveryGroup,
+        message: &KafkaMessage<T>,
+    ) -> Result<bool, SinkError> {
+        self.check_open()?;
+        let opaque = ((group.id as usize) << 2) | GROUP_TAG;
+        // Counted before the send: the delivery report may arrive before it returns.
+        group.state.pending.fetch_add(1, Ordering::AcqRel);
+        match self.try_produce(message, opaque) {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                group.state.pending.fetch_sub(1, Ordering::AcqRel);
+                Ok(false)
+            }
+            Err(error) => {
+                group.state.pending.fetch_sub(1, Ordering::AcqRel);
+                Err(self.fail(error))
+            }
+        }
+    }
+
+    /// Waits until every message of `group` has its delivery report (librdkafka retries each
+    /// up to `message_timeout`), and says how many failed.
+    pub async fn wait_group(&self, group: DeliveryGroup) -> GroupDelivery {
+        while group.state.pending.load(Ordering::Acquire) > 0 {
+            group.state.done.notified().await;
+        }
+        if let Ok(mut groups) = self.shared.groups.lock() {
+            groups.remove(&group.id);
+        }
+        GroupDelivery {
+            failed: group.state.failed.load(Ordering::Acquire),
+            last_error: group
+                .state
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|mut last| last.take()),
+        }
+    }
+
     /// Accounts a message that failed for good.
     fn fail(&self, error: SinkError) -> SinkError {
         self.shared.metrics.failed(&Report(&error));
@@ -551,7 +675,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         if let Ok(mut waiters) = self.shared.waiters.lock() {
             waiters.insert(id, sender);
         }
-        let opaque = (id as usize) << 1;
+        let opaque = (id as usize) << 2;
         let deadline = Instant::now() + self.config.send_timeout;
         let enqueued = loop {
             match self.try_produce(message, opaque) {

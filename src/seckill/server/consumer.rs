@@ -8,9 +8,12 @@
 //! message the loop copies the request id into the batch's buffer and nothing else: no
 //! allocation, no future, no clock read.
 
-use super::{latency_histogram, ServerError, Shared, DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
+use super::{
+    latency_histogram, ResultSink, ServerError, Shared, DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER,
+};
+use crate::backoff::Backoff;
 use crate::backoff::{retry, RetryError};
-use crate::common::{now_ms, RequestView, SeckillOutcome};
+use crate::common::{now_ms, Decision, RequestView, SeckillOutcome, SeckillResult};
 use crate::config::{Config, OffsetReset};
 use crate::kafka::broker::BrokerKind;
 use crate::kafka::client_config::set_default;
@@ -242,6 +245,11 @@ fn consumer_config(
     Ok(consumer)
 }
 
+/// The Prometheus summary of request ages takes one request in this many (the summary
+/// printed at exit takes every one): quantiles stay the same, and the exporter's clock read
+/// per sample was 6% of server_kafka's CPU (perf, docs/BENCHMARKS.md).
+const AGE_SAMPLE_EVERY: usize = 16;
+
 /// A request of this activity waiting in a batch: where its id ends in the batch's id
 /// buffer (it starts where the previous one ends), its user and creation time.
 #[derive(Debug, Clone, Copy)]
@@ -265,31 +273,49 @@ struct Batch {
     purchase: PurchaseBatch,
     ids: String,
     pending: Vec<Pending>,
-    /// `cost_ms` of each request sent to the script, in order.
+    /// `cost_ms` of each pending request, taken when the batch was sealed.
     costs: Vec<u64>,
-    /// `cost_ms` of each request answered TIMEOUT.
-    timeout_costs: Vec<u64>,
-    outcomes: Vec<SeckillOutcome>,
+    /// Each pending request's answer: TIMEOUT set when sealed, the others from the script.
+    decisions: Vec<Decision>,
+    /// Which pending requests were sent to the script, in the order of its answers.
+    sent: Vec<usize>,
+    /// When the batch was sealed (ms since the epoch): the requests' `processed_time`.
+    decided_at: i64,
     other_activity: u64,
     dead_letters: Vec<DeadLetter>,
     first_at: Option<Instant>,
     messages: usize,
+    /// Reused for every result this batch publishes.
+    result: KafkaMessage<SeckillResult>,
 }
 
 impl Batch {
     fn new(purchase: PurchaseBatch) -> Self {
+        let mut result = KafkaMessage::new(SeckillResult {
+            request_id: String::with_capacity(64),
+            user_id: 0,
+            activity_id: 0,
+            outcome: SeckillOutcome::Success,
+            repeat: false,
+            request_initiation_time: 0,
+            decided_at: 0,
+            cost_ms: 0,
+        });
+        result.key = Some(Vec::with_capacity(24));
         Self {
             seq: 0,
             purchase,
             ids: String::new(),
             pending: Vec::new(),
             costs: Vec::new(),
-            timeout_costs: Vec::new(),
-            outcomes: Vec::new(),
+            decisions: Vec::new(),
+            sent: Vec::new(),
+            decided_at: 0,
             other_activity: 0,
             dead_letters: Vec::new(),
             first_at: None,
             messages: 0,
+            result,
         }
     }
 
@@ -298,8 +324,8 @@ impl Batch {
         self.ids.clear();
         self.pending.clear();
         self.costs.clear();
-        self.timeout_costs.clear();
-        self.outcomes.clear();
+        self.decisions.clear();
+        self.sent.clear();
         self.other_activity = 0;
         self.dead_letters.clear();
         self.first_at = None;
@@ -355,18 +381,24 @@ impl Batch {
     /// `timeout_ms` are answered TIMEOUT instead and never reach Redis.
     fn seal(&mut self, timeout_ms: u64) {
         let now = now_ms();
+        self.decided_at = now;
         self.purchase.start(now);
         let mut id_start = 0;
-        for request in &self.pending {
+        for (index, request) in self.pending.iter().enumerate() {
             let request_id = &self.ids[id_start..request.id_end];
             id_start = request.id_end;
             let cost_ms = u64::try_from(now.saturating_sub(request.initiated)).unwrap_or(0);
+            self.costs.push(cost_ms);
             if timeout_ms > 0 && cost_ms > timeout_ms {
-                self.timeout_costs.push(cost_ms);
+                self.decisions
+                    .push(Decision::first(SeckillOutcome::Timeout));
             } else {
                 self.purchase
                     .push(request_id, request.user_id, request.initiated, cost_ms);
-                self.costs.push(cost_ms);
+                // Replaced by the script's answer.
+                self.decisions
+                    .push(Decision::first(SeckillOutcome::Timeout));
+                self.sent.push(index);
             }
         }
     }
@@ -382,7 +414,8 @@ enum BatchEnd {
 
 type Finished = (Batch, Result<BatchEnd, ServerError>);
 
-/// Dead-letters the batch's malformed messages, then runs its purchase script call.
+/// Dead-letters the batch's malformed messages, runs its purchase script call, and publishes
+/// every answer to the results topic (when on), waiting for the broker to have them.
 async fn run_batch(shared: Arc<Shared>, mut batch: Batch, stop: Shutdown) -> Finished {
     for dead_letter in &batch.dead_letters {
         match send_dead_letter(&shared, dead_letter, &stop).await {
@@ -391,23 +424,123 @@ async fn run_batch(shared: Arc<Shared>, mut batch: Batch, stop: Shutdown) -> Fin
             Err(RetryError::Failed(error)) => return (batch, Err(error.into())),
         }
     }
-    if batch.purchase.is_empty() {
-        return (batch, Ok(BatchEnd::Done));
-    }
-    let result = retry(
-        "Redis",
-        &stop,
-        || shared.redis.run_purchase_batch(&batch.purchase),
-        RedisStateError::is_transient,
-    )
-    .await;
-    match result {
-        Ok(outcomes) => {
-            batch.outcomes = outcomes;
-            (batch, Ok(BatchEnd::Done))
+    if !batch.purchase.is_empty() {
+        let result = retry(
+            "Redis",
+            &stop,
+            || shared.redis.run_purchase_batch(&batch.purchase),
+            RedisStateError::is_transient,
+        )
+        .await;
+        match result {
+            Ok(decisions) => {
+                for (decision, &index) in decisions.into_iter().zip(&batch.sent) {
+                    batch.decisions[index] = decision;
+                }
+            }
+            Err(RetryError::Stopped(_)) => return (batch, Ok(BatchEnd::Abandoned)),
+            Err(RetryError::Failed(error)) => return (batch, Err(error.into())),
         }
-        Err(RetryError::Stopped(_)) => (batch, Ok(BatchEnd::Abandoned)),
-        Err(RetryError::Failed(error)) => (batch, Err(error.into())),
+    }
+    if let Some(results) = &shared.results {
+        match publish_results(
+            results,
+            &mut batch,
+            shared.config.seckill.activity_id,
+            &stop,
+        )
+        .await
+        {
+            Ok(()) => {}
+            Err(RetryError::Stopped(_)) => return (batch, Ok(BatchEnd::Abandoned)),
+            Err(RetryError::Failed(error)) => return (batch, Err(error.into())),
+        }
+    }
+    (batch, Ok(BatchEnd::Done))
+}
+
+/// Publishes an answer for every request of the batch (keyed by user id) and waits until the
+/// broker has all of them. A batch whose results did not all arrive is published again, with
+/// backoff, until they do or shutdown comes (a result may then be read twice, with the same
+/// outcome: a request id's outcome is decided once).
+async fn publish_results(
+    results: &ResultSink,
+    batch: &mut Batch,
+    activity_id: u64,
+    stop: &Shutdown,
+) -> Result<(), RetryError<SinkError>> {
+    if batch.pending.is_empty() {
+        return Ok(());
+    }
+    let mut backoff = Backoff::default();
+    let mut stop = stop.clone();
+    loop {
+        let group = results.delivery_group();
+        let mut failure = None;
+        {
+            let Batch {
+                ids,
+                pending,
+                costs,
+                decisions,
+                decided_at,
+                result,
+                ..
+            } = &mut *batch;
+            let mut id_start = 0;
+            for ((request, decision), cost_ms) in
+                pending.iter().zip(decisions.iter()).zip(costs.iter())
+            {
+                let value = &mut result.value;
+                value.request_id.clear();
+                value.request_id.push_str(&ids[id_start..request.id_end]);
+                id_start = request.id_end;
+                value.user_id = request.user_id;
+                value.activity_id = activity_id;
+                value.outcome = decision.outcome;
+                value.repeat = decision.repeat;
+                value.request_initiation_time = request.initiated;
+                value.decided_at = *decided_at;
+                value.cost_ms = *cost_ms;
+                if let Some(key) = result.key.as_mut() {
+                    key.clear();
+                    let _ = std::io::Write::write_fmt(key, format_args!("{}", request.user_id));
+                }
+                loop {
+                    match results.try_enqueue_in(&group, result) {
+                        Ok(true) => break,
+                        // librdkafka's queue is full: it drains as deliveries come back.
+                        Ok(false) => tokio::time::sleep(Duration::from_millis(1)).await,
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                if failure.is_some() {
+                    break;
+                }
+            }
+        }
+        let delivery = results.wait_group(group).await;
+        match failure {
+            Some(error) if !error.is_retriable() => return Err(RetryError::Failed(error)),
+            Some(error) => {
+                tracing::warn!(event = "retry", error = %Report(&error), "publishing results failed; publishing the batch's results again")
+            }
+            None if delivery.failed == 0 => return Ok(()),
+            None => {
+                let error = delivery
+                    .last_error
+                    .map(|e| Report(&e).to_string())
+                    .unwrap_or_default();
+                tracing::warn!(event = "retry", failed = delivery.failed, %error, "results not delivered; publishing the batch's results again");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stop.wait() => return Err(RetryError::Stopped(SinkError::Closed)),
+        }
     }
 }
 
@@ -538,24 +671,35 @@ impl ConsumerState {
 
     fn account(&mut self, batch: &Batch, shared: &Shared) {
         let counters = &shared.counters;
-        let mut counts = [0_u64; SeckillOutcome::ALL.len()];
-        for outcome in &batch.outcomes {
-            counts[*outcome as usize] += 1;
+        let mut first = [0_u64; SeckillOutcome::ALL.len()];
+        let mut repeated = 0_u64;
+        for decision in &batch.decisions {
+            if decision.repeat {
+                repeated += 1;
+            } else {
+                first[decision.outcome as usize] += 1;
+            }
         }
-        counts[SeckillOutcome::Timeout as usize] += batch.timeout_costs.len() as u64;
         for outcome in SeckillOutcome::ALL {
-            let count = counts[outcome as usize];
+            let count = first[outcome as usize];
             if count > 0 {
                 counters.add(outcome, count);
                 metrics::counter!("seckill_requests_total", "outcome" => outcome.as_str())
                     .increment(count);
             }
         }
+        if repeated > 0 {
+            counters.repeated.fetch_add(repeated, Ordering::Relaxed);
+            metrics::counter!("seckill_requests_total", "outcome" => "REPEAT").increment(repeated);
+        }
         let age = metrics::histogram!("seckill_request_age_seconds");
-        for &cost_ms in batch.costs.iter().chain(&batch.timeout_costs) {
+        for (index, &cost_ms) in batch.costs.iter().enumerate() {
             self.latency.saturating_record(cost_ms);
-            // Request age when answered: client send to the end of the Lua call.
-            age.record(cost_ms as f64 / 1e3);
+            // Request age when answered: client send to the end of the Lua call. One request
+            // in AGE_SAMPLE_EVERY: the exporter reads the clock for every sample it stores.
+            if index % AGE_SAMPLE_EVERY == 0 {
+                age.record(cost_ms as f64 / 1e3);
+            }
         }
         let malformed = batch.dead_letters.len() as u64;
         if malformed > 0 {

@@ -15,9 +15,11 @@
 mod consumer;
 
 use crate::backoff::{retry, RetryError};
-use crate::common::SeckillOutcome;
+use crate::common::{SeckillOutcome, SeckillResult};
 use crate::config::Config;
-use crate::kafka::sink::{BytesSerializer, KafkaSink, SinkConfig, SinkError};
+use crate::kafka::sink::{
+    BytesSerializer, KafkaSink, MessageSerializer, SerializeError, SinkConfig, SinkError,
+};
 use crate::kafka::KafkaError;
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
 use crate::report::Report;
@@ -62,8 +64,9 @@ pub struct ServerCounters {
     last_finished_ms: AtomicU64,
     success: AtomicU64,
     sold_out: AtomicU64,
-    duplicate: AtomicU64,
     already_bought: AtomicU64,
+    /// Requests whose id was decided before, answered with that first outcome again.
+    repeated: AtomicU64,
     timeout: AtomicU64,
     malformed: AtomicU64,
     other_activity: AtomicU64,
@@ -75,7 +78,6 @@ impl ServerCounters {
         let counter = match outcome {
             SeckillOutcome::Success => &self.success,
             SeckillOutcome::SoldOut => &self.sold_out,
-            SeckillOutcome::Duplicate => &self.duplicate,
             SeckillOutcome::AlreadyBought => &self.already_bought,
             SeckillOutcome::Timeout => &self.timeout,
         };
@@ -110,7 +112,7 @@ impl ServerCounters {
         OutcomeCounts {
             success: get(&self.success),
             sold_out: get(&self.sold_out),
-            duplicate: get(&self.duplicate),
+            repeated: get(&self.repeated),
             already_bought: get(&self.already_bought),
             timeout: get(&self.timeout),
             malformed: get(&self.malformed),
@@ -122,11 +124,14 @@ impl ServerCounters {
 /// How many messages ended how.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutcomeCounts {
+    /// First decisions by outcome.
     pub success: u64,
     pub sold_out: u64,
-    pub duplicate: u64,
     pub already_bought: u64,
     pub timeout: u64,
+    /// Requests decided before (redeliveries, duplicated sends), answered with their first
+    /// outcome again.
+    pub repeated: u64,
     /// Undecodable messages, sent to the dead-letter topic.
     pub malformed: u64,
     /// Valid requests for another activity, left to that activity's group.
@@ -138,8 +143,8 @@ impl OutcomeCounts {
     pub fn total(&self) -> u64 {
         self.success
             + self.sold_out
-            + self.duplicate
             + self.already_bought
+            + self.repeated
             + self.timeout
             + self.malformed
             + self.other_activity
@@ -201,8 +206,8 @@ impl fmt::Display for ServerSummary {
         )?;
         writeln!(
             f,
-            "  outcomes        success={} sold_out={} duplicate={} already_bought={} timeout={} malformed={} other_activity={}",
-            c.success, c.sold_out, c.duplicate, c.already_bought, c.timeout, c.malformed, c.other_activity
+            "  outcomes        success={} sold_out={} already_bought={} timeout={} repeated={} malformed={} other_activity={}",
+            c.success, c.sold_out, c.already_bought, c.timeout, c.repeated, c.malformed, c.other_activity
         )?;
         let l = &self.latency;
         writeln!(
@@ -232,6 +237,8 @@ struct Shared {
     redis: RedisState,
     /// Malformed payloads, forwarded unchanged (a missing payload stays missing).
     dlq: KafkaSink<Option<Vec<u8>>, BytesSerializer>,
+    /// Every answer, to `seckill.results_topic` (unless `publish_results` is off).
+    results: Option<ResultSink>,
     counters: Arc<ServerCounters>,
     /// Consumers that hold an assignment now: all of them (the state is prepared before
     /// any starts) means ready.
@@ -275,12 +282,24 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     dlq_config.retries = 0;
     dlq_config.breaker_threshold = 0;
     let dlq = KafkaSink::with_serializer(dlq_config, BytesSerializer)?;
+    let results = if config.server_kafka.publish_results {
+        let results = results_sink(config)?;
+        // Its metadata first: a broker that creates topics on demand creates the results
+        // topic now, before any client waits on it; and its producer id is ready.
+        if let Err(error) = results.connect(Duration::from_secs(10)).await {
+            tracing::warn!(error = %Report(&error), topic = %config.seckill.results_topic, "results topic not reachable yet");
+        }
+        Some(results)
+    } else {
+        None
+    };
     let counters = Arc::new(ServerCounters::default());
     let shared = Arc::new(Shared {
         started,
         config: config.clone(),
         redis: redis.clone(),
         dlq,
+        results,
         counters: counters.clone(),
         assigned: AtomicUsize::new(0),
     });
@@ -342,6 +361,12 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     if let Err(error) = shared.dlq.close(Duration::from_secs(10)).await {
         tracing::warn!(event = "dlq", error = %Report(&error), "closing the dead-letter sink");
     }
+    if let Some(results) = &shared.results {
+        // Every batch waited for its results; nothing should be left.
+        if let Err(error) = results.close(Duration::from_secs(10)).await {
+            tracing::warn!(error = %Report(&error), "closing the results sink");
+        }
+    }
     if let Some(error) = first_error {
         return Err(error);
     }
@@ -360,6 +385,42 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         "server_kafka stopped"
     );
     Ok(summary)
+}
+
+/// Writes results with [`SeckillResult::write_json`].
+struct ResultJson;
+
+impl MessageSerializer<SeckillResult> for ResultJson {
+    fn serialize(&self, value: &SeckillResult, buffer: &mut Vec<u8>) -> Result<(), SerializeError> {
+        value
+            .write_json(buffer)
+            .map_err(|error| SerializeError::new("JSON", error))
+    }
+
+    fn content_type(&self) -> &str {
+        "application/json"
+    }
+}
+
+/// The results sink's type.
+type ResultSink = KafkaSink<SeckillResult, ResultJson>;
+
+/// The results producer: small batches (a batch's offsets wait for its results), no
+/// per-message header, idempotent; failed deliveries are published again by the caller.
+fn results_sink(config: &Config) -> Result<ResultSink, SinkError> {
+    let mut sink = SinkConfig::new(config.kafka.clone(), config.seckill.results_topic.clone());
+    sink.client_id = "server_kafka-results".into();
+    sink.linger = Duration::from_millis(5);
+    sink.content_type_header = false;
+    sink.breaker_threshold = 0;
+    // Lets `connect` wait for the idempotent producer's id.
+    sink.statistics_interval = Some(Duration::from_millis(100));
+    sink.kafka
+        .properties
+        .0
+        .entry("socket.nagle.disable".into())
+        .or_insert_with(|| "true".into());
+    KafkaSink::with_serializer(sink, ResultJson)
 }
 
 async fn forward_shutdown(mut external: Shutdown, trigger: Arc<ShutdownTrigger>) {
@@ -428,7 +489,7 @@ async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) 
                 over = redis.over,
                 success = counts.success,
                 sold_out = counts.sold_out,
-                duplicate = counts.duplicate,
+                repeated = counts.repeated,
                 already_bought = counts.already_bought,
                 timeout = counts.timeout,
                 malformed = counts.malformed,

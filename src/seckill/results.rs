@@ -1,0 +1,287 @@
+//! Reading the answers server_kafka publishes to the results topic: what
+//! `client_kafka --await-results` reports (how many users got which answer, and how long
+//! they waited from sending to reading it).
+//!
+//! The reader takes its positions at the end of every partition before the first request
+//! is sent, so it sees every answer to this run and nothing older. It recognises this run's
+//! requests by their ids (`<seed hex>-<user>-<attempt>`, as client_kafka writes them) and
+//! keeps one bit per request, so a run of millions costs a few megabytes.
+
+use crate::common::{now_ms, SeckillOutcome, SeckillResult};
+use crate::config::Config;
+use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::shutdown::Shutdown;
+use crate::telemetry::StatisticsContext;
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the reader waits for the results topic to exist (server_kafka creates it when
+/// it starts, where the broker creates topics on demand).
+const TOPIC_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResultsError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("the results topic {topic} does not exist (create it, or start server_kafka first)")]
+    NoTopic { topic: String },
+}
+
+impl From<rdkafka::error::KafkaError> for ResultsError {
+    fn from(error: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka(error.into())
+    }
+}
+
+/// The requests a client_kafka run sends: ids `<seed hex>-<user>-<attempt>` for users
+/// `1..=users` and attempts `0..requests_per_user`.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedRequests {
+    pub activity_id: u64,
+    pub seed: u64,
+    pub users: u64,
+    pub requests_per_user: u32,
+}
+
+impl PlannedRequests {
+    pub fn count(&self) -> u64 {
+        self.users * u64::from(self.requests_per_user)
+    }
+
+    /// The request's place among them, when `request_id` is one of them.
+    fn index_of(&self, request_id: &str) -> Option<(u64, u64)> {
+        let mut parts = request_id.splitn(3, '-');
+        let seed = u64::from_str_radix(parts.next()?, 16).ok()?;
+        let user: u64 = parts.next()?.parse().ok()?;
+        let attempt: u32 = parts.next()?.parse().ok()?;
+        let known = seed == self.seed
+            && (1..=self.users).contains(&user)
+            && attempt < self.requests_per_user;
+        known.then(|| {
+            (
+                (user - 1) * u64::from(self.requests_per_user) + u64::from(attempt),
+                user - 1,
+            )
+        })
+    }
+}
+
+/// What the results topic said about a run's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultsReport {
+    pub planned: u64,
+    /// Requests with at least one result.
+    pub answered: u64,
+    /// Distinct users with at least one answer of each outcome (in `SeckillOutcome::ALL`
+    /// order).
+    pub users_by_outcome: [u64; SeckillOutcome::ALL.len()],
+    /// Requests whose first result was a repeat (their id had been decided before).
+    pub repeats: u64,
+    /// Send (the request's creation) to the result read, ms.
+    pub latency_p50_ms: u64,
+    pub latency_p95_ms: u64,
+    pub latency_p99_ms: u64,
+    pub latency_max_ms: u64,
+    /// How long the reader waited for the last results.
+    pub timeout: Duration,
+}
+
+impl ResultsReport {
+    pub fn unanswered(&self) -> u64 {
+        self.planned - self.answered
+    }
+}
+
+impl fmt::Display for ResultsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "client_kafka results: answered={}/{} users",
+            self.answered, self.planned
+        )?;
+        for (outcome, users) in SeckillOutcome::ALL.iter().zip(self.users_by_outcome) {
+            write!(f, " {outcome}={users}")?;
+        }
+        write!(
+            f,
+            " repeats={} latency_ms p50={} p95={} p99={} max={}",
+            self.repeats,
+            self.latency_p50_ms,
+            self.latency_p95_ms,
+            self.latency_p99_ms,
+            self.latency_max_ms
+        )
+    }
+}
+
+/// Tells the results reader when the last request was sent.
+#[derive(Debug, Default)]
+pub struct SendingDone {
+    at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl SendingDone {
+    pub fn now(&self) {
+        if let Ok(mut at) = self.at.lock() {
+            at.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Sending finished more than `ago` ago.
+    fn finished_before(&self, ago: Duration) -> bool {
+        self.at
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() > ago)
+    }
+}
+
+/// A consumer of the results topic, positioned at its end when created.
+pub struct ResultsReader {
+    consumer: BaseConsumer<StatisticsContext>,
+}
+
+impl ResultsReader {
+    /// Assigns every partition of `seckill.results_topic` at its current end (no group, no
+    /// commits), waiting up to 30 s for the topic to exist.
+    pub fn at_end(config: &Config) -> Result<Self, ResultsError> {
+        let topic = &config.seckill.results_topic;
+        let mut consumer_config = client_config(
+            &config.kafka,
+            ClientRole::Consumer {
+                group_id: "client_kafka-results",
+            },
+            "client_kafka-results",
+        )?;
+        consumer_config
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.queue.backoff.ms", "1")
+            .set("socket.nagle.disable", "true");
+        let consumer: BaseConsumer<StatisticsContext> =
+            consumer_config.create_with_context(StatisticsContext)?;
+        let waited = Instant::now();
+        let partitions = loop {
+            let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+            let partitions = metadata
+                .topics()
+                .first()
+                .map_or(0, |t| t.partitions().len()) as i32;
+            if partitions > 0 {
+                break partitions;
+            }
+            if waited.elapsed() > TOPIC_WAIT {
+                return Err(ResultsError::NoTopic {
+                    topic: topic.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+        }
+        consumer.assign(&assignment)?;
+        Ok(Self { consumer })
+    }
+
+    /// Reads results until every planned request has one, or `timeout` after `sent` says
+    /// the last request went out, or `stop` fires. Run it while the requests are sent (a
+    /// broker may not keep results for long) on a thread that may block.
+    pub fn collect(
+        &self,
+        planned: PlannedRequests,
+        sent: &SendingDone,
+        timeout: Duration,
+        stop: &Shutdown,
+    ) -> Result<ResultsReport, ResultsError> {
+        let count = planned.count();
+        let mut answered_bits = vec![0_u64; count.div_ceil(64) as usize];
+        let mut outcomes_of_user = vec![0_u8; planned.users as usize];
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).map_err(|_| {
+            ResultsError::Kafka(rdkafka::error::KafkaError::NoMessageReceived.into())
+        })?;
+        let mut answered = 0_u64;
+        let mut repeats = 0_u64;
+        while answered < count && !sent.finished_before(timeout) && !stop.is_triggered() {
+            let Some(received) = self.consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let message = received?;
+            let read_at = now_ms();
+            let Some(result) = message
+                .payload()
+                .and_then(|payload| SeckillResult::from_json(payload).ok())
+            else {
+                continue;
+            };
+            if result.activity_id != planned.activity_id {
+                continue;
+            }
+            let Some((index, user)) = planned.index_of(&result.request_id) else {
+                continue;
+            };
+            let (word, bit) = ((index / 64) as usize, 1_u64 << (index % 64));
+            if answered_bits[word] & bit != 0 {
+                continue; // a result published again: the first one counts
+            }
+            answered_bits[word] |= bit;
+            answered += 1;
+            repeats += u64::from(result.repeat);
+            outcomes_of_user[user as usize] |= 1 << (result.outcome as u8);
+            latency.saturating_record(
+                u64::try_from(read_at.saturating_sub(result.request_initiation_time)).unwrap_or(0),
+            );
+        }
+        let mut users_by_outcome = [0_u64; SeckillOutcome::ALL.len()];
+        for outcomes in outcomes_of_user {
+            for outcome in SeckillOutcome::ALL {
+                if outcomes & (1 << outcome as u8) != 0 {
+                    users_by_outcome[outcome as usize] += 1;
+                }
+            }
+        }
+        Ok(ResultsReport {
+            planned: count,
+            answered,
+            users_by_outcome,
+            repeats,
+            latency_p50_ms: latency.value_at_quantile(0.50),
+            latency_p95_ms: latency.value_at_quantile(0.95),
+            latency_p99_ms: latency.value_at_quantile(0.99),
+            latency_max_ms: latency.max(),
+            timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_the_runs_request_ids() {
+        let planned = PlannedRequests {
+            activity_id: 1,
+            seed: 0xab,
+            users: 10,
+            requests_per_user: 3,
+        };
+        assert_eq!(planned.count(), 30);
+        assert_eq!(planned.index_of("ab-1-0"), Some((0, 0)));
+        assert_eq!(planned.index_of("ab-10-2"), Some((29, 9)));
+        for other in [
+            "ac-1-0", "ab-0-0", "ab-11-0", "ab-1-3", "ab-1", "x", "ab-1-0-1",
+        ] {
+            assert_eq!(planned.index_of(other), None, "{other}");
+        }
+    }
+}
