@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint fmt demo bench bench-server run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
+.PHONY: help build test test-kafka lint fmt demo bench bench-server run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -20,9 +20,24 @@ test: ## Start the dev stack (installing what is missing), check the schemas, ru
 	  echo; echo "make test: FAILED. Service logs: .dev/redis.log, .dev/pg-sock/postgres.log, .dev/dev_broker.log;"; \
 	  echo "the stack is still up for a rerun (cargo test <name>); stop it with 'make stack-down'."; exit 1; }
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+# Tests that need Apache Kafka (#[ignore] elsewhere) run too; IGNORED= leaves them out, e.g.
+# to check the suite against a dev broker started on its own.
+IGNORED ?= --include-ignored
+
+test-kafka: ## The suite against the broker named by KAFKA_BROKERS (topics created via Admin API), with the real-broker tests
+	@[ -n "$${KAFKA_BROKERS:-}" ] || { echo "make test-kafka: set KAFKA_BROKERS=host:port of the broker to test against"; exit 2; }
+	@$(STACK) up
+	@$(MAKE) --no-print-directory -C schemas validate sync
+	cargo run --quiet --bin dev_broker -- --create-topics-on "$$KAFKA_BROKERS"
+	@$(STACK_ENV) && cargo test --all-targets --no-fail-fast -- $(IGNORED)
+
+lint: ## cargo fmt --check, clippy with warnings as errors, actionlint, docker compose config
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	@tools=$$(scripts/lint-tools.sh) \
+	  && $$tools/actionlint .github/workflows/ci.yml \
+	  && $$tools/docker-compose -f docker-compose.yml config --quiet \
+	  && echo "actionlint and docker compose config: ok"
 
 fmt: ## Format the code
 	cargo fmt --all

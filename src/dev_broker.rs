@@ -4,6 +4,8 @@
 //! It speaks the real Kafka protocol, so every client of the suite talks to it as to Apache
 //! Kafka, but it is a test tool: no persistence, no SASL, no CreateTopics API, and each
 //! partition keeps only roughly its last 5 MB or 100,000 message sets.
+//!
+//! [`create_suite_topics`] creates the same topics on a real broker (Apache Kafka in CI).
 
 use crate::shutdown::Shutdown;
 use rdkafka::mocking::MockCluster;
@@ -44,6 +46,16 @@ pub enum DevBrokerError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Creates the suite's topics (as the dev broker has them) on a real broker through the
+/// Admin API; those that exist are left alone. Returns the names created.
+pub async fn create_suite_topics(brokers: &str) -> Result<Vec<String>, crate::kafka::KafkaError> {
+    let kafka = crate::config::KafkaConfig {
+        brokers: brokers.to_string(),
+        ..crate::config::KafkaConfig::default()
+    };
+    crate::kafka::admin::ensure_topics(&kafka, "dev_broker-admin", SUITE_TOPICS).await
 }
 
 /// Runs the mock cluster until `shutdown` fires, then removes the bootstrap file.

@@ -377,8 +377,17 @@ async fn a_take_whose_reply_is_lost_strands_nothing() {
 async fn several_log_workers_share_the_queue_and_take_over_a_dead_ones_records() {
     let pipeline = Pipeline::new("workers");
     let server = pipeline.spawn("server_kafka", &["--initial-stock", "3000"]);
+    // Each worker holds at most BATCH x LOOPS records at a time.
+    const BATCH: u64 = 20;
+    const LOOPS: u64 = 4;
+    let worker_flags = [
+        "--batch-size",
+        &BATCH.to_string(),
+        "--concurrency",
+        &LOOPS.to_string(),
+    ];
     let workers: Vec<Program> = (0..3)
-        .map(|_| pipeline.spawn("log_worker", &["--batch-size", "20"]))
+        .map(|_| pipeline.spawn("log_worker", &worker_flags))
         .collect();
     let client = pipeline.spawn(
         "client_kafka",
@@ -408,9 +417,9 @@ async fn several_log_workers_share_the_queue_and_take_over_a_dead_ones_records()
     let rows = pipeline.rows().await;
     assert_eq!(rows, 3_000, "rows = success");
     // What the killed worker stored before dying, plus what the others inserted, is every
-    // row; a replay happens only for the batch the killed worker had in hand.
+    // row; a replay happens only for the batches the killed worker had in hand.
     assert!(
-        inserted <= 3_000 && replayed <= 20,
+        inserted <= 3_000 && replayed <= BATCH * LOOPS,
         "inserted {inserted}, replayed {replayed}"
     );
     drain_and_verify(&pipeline, 6_000);

@@ -3,7 +3,7 @@
 use clap::Parser;
 use seckill_kafka::cli::exit_with_error;
 use seckill_kafka::config::LogFormat;
-use seckill_kafka::dev_broker::{run, DevBrokerOptions};
+use seckill_kafka::dev_broker::{create_suite_topics, run, DevBrokerOptions};
 use seckill_kafka::shutdown::Shutdown;
 use std::path::PathBuf;
 
@@ -20,6 +20,11 @@ struct Args {
     /// Log format
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Instead of hosting a mock cluster: create the suite's topics (with their partition
+    /// counts) on this broker through the Admin API, and exit. For Apache Kafka in CI and
+    /// `make test-kafka`
+    #[arg(long, value_name = "HOST:PORT,...")]
+    create_topics_on: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -31,6 +36,14 @@ async fn main() {
         bootstrap_file: args.bootstrap_file,
     };
     let result = async {
+        if let Some(brokers) = args.create_topics_on {
+            let created = create_suite_topics(&brokers).await?;
+            println!(
+                "dev_broker: suite topics on {brokers}: {} created, the others existed",
+                created.len()
+            );
+            return anyhow::Ok(());
+        }
         let shutdown = Shutdown::on_signals()?;
         run(options, shutdown).await?;
         anyhow::Ok(())

@@ -22,10 +22,7 @@ use crate::kafka::sink::{
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::report::Report;
 use crate::shutdown::Shutdown;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -333,54 +330,11 @@ async fn detect_broker(config: &Config) -> crate::kafka::broker::BrokerKind {
 }
 
 pub(crate) async fn ensure_topics(config: &Config, topics: &[&str]) -> Result<(), StreamSumError> {
-    let mut missing = Vec::new();
-    for topic in topics {
-        match partition_count(config, topic) {
-            Ok(_) => {}
-            Err(StreamSumError::NoSuchTopic(_)) => missing.push(*topic),
-            Err(error) => return Err(error),
-        }
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(&config.kafka, ClientRole::Admin, "stream_sum-admin")?.create()?;
-    let new_topics: Vec<NewTopic<'_>> = missing
+    let specs: Vec<(&str, i32)> = topics
         .iter()
-        .map(|topic| {
-            NewTopic::new(
-                topic,
-                CREATED_TOPIC_PARTITIONS,
-                // -1: the broker's default replication factor.
-                TopicReplication::Fixed(-1),
-            )
-        })
+        .map(|topic| (*topic, CREATED_TOPIC_PARTITIONS))
         .collect();
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        // A broker without CreateTopics never answers: do not wait a minute for it.
-        .request_timeout(Some(Duration::from_secs(5)));
-    match admin.create_topics(&new_topics, &options).await {
-        Ok(results) => {
-            for result in results {
-                match result {
-                    Ok(topic) => tracing::info!(
-                        topic,
-                        partitions = CREATED_TOPIC_PARTITIONS,
-                        "topic created"
-                    ),
-                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((topic, code)) => {
-                        tracing::warn!(topic, error = %code, "cannot create topic; relying on auto-creation")
-                    }
-                }
-            }
-        }
-        Err(error) => {
-            tracing::warn!(error = %Report(&error), "cannot create topics; relying on auto-creation")
-        }
-    }
+    crate::kafka::admin::ensure_topics(&config.kafka, "stream_sum-admin", &specs).await?;
     Ok(())
 }
 

@@ -275,6 +275,7 @@ impl Pipeline {
              kafka:\n  properties:\n    auto.commit.interval.ms: '500'\n"
         );
         std::fs::write(&config_path, yaml).unwrap();
+        create_topics(&brokers, &[(&topic, 4), (&results_topic, 4)]);
         Self {
             activity_id,
             topic,
@@ -416,6 +417,29 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// Creates topics through the Admin API (any broker; on the dev broker, which cannot, they are
+/// created when first used), from sync or async tests alike.
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let kafka = KafkaConfig {
+        brokers: brokers.to_string(),
+        ..KafkaConfig::default()
+    };
+    let topics: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let specs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+        runtime
+            .block_on(seckill_kafka::kafka::admin::ensure_topics(
+                &kafka,
+                "test-admin",
+                &specs,
+            ))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
 }
 
 /// Produces `(key, payload)` messages (payload `None` = no payload) and waits for every

@@ -1,0 +1,104 @@
+//! Creating the topics a program or a test needs through the Admin API, with the partition
+//! counts it needs, on any broker: topics that exist are left alone, and a broker that
+//! cannot create topics (the dev broker has no CreateTopics) is left to create them when
+//! they are first used, with a warning.
+
+use crate::config::KafkaConfig;
+use crate::kafka::broker::BrokerKind;
+use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::report::Report;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The partition count of `topic`, `None` when it does not exist.
+pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka, ClientRole::Admin, "metadata")?.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len()))
+}
+
+/// Creates those of `topics` (name, partitions) that do not exist yet, with the broker's
+/// default replication factor. Returns the names it created.
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    program: &str,
+    topics: &[(&str, i32)],
+) -> Result<Vec<String>, KafkaError> {
+    let missing: Vec<(&str, i32)> = {
+        let kafka = kafka.clone();
+        let owned: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+        let found = tokio::task::spawn_blocking(move || {
+            owned
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    partition_count(&kafka, &topic).map(|count| (topic, partitions, count))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|_| KafkaError::from(rdkafka::error::KafkaError::Canceled))??;
+        topics
+            .iter()
+            .zip(found)
+            .filter(|(_, (_, _, count))| count.is_none())
+            .map(|(spec, _)| *spec)
+            .collect()
+    };
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let admin_config = client_config(kafka, ClientRole::Admin, program)?;
+    let probe = admin_config.clone();
+    let broker = tokio::task::spawn_blocking(move || BrokerKind::detect(&probe, METADATA_TIMEOUT))
+        .await
+        .unwrap_or(BrokerKind::Kafka);
+    if broker.is_mock() {
+        // It has no CreateTopics (a request would wait for its timeout); it creates a topic
+        // with its default partition count when a producer first writes to it.
+        tracing::debug!(
+            topics = missing.len(),
+            "the dev broker creates topics on first use"
+        );
+        return Ok(Vec::new());
+    }
+    let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
+    let new_topics: Vec<NewTopic<'_>> = missing
+        .iter()
+        // -1: the broker's default replication factor.
+        .map(|(topic, partitions)| NewTopic::new(topic, *partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        // A broker without CreateTopics never answers: do not wait a minute for it.
+        .request_timeout(Some(Duration::from_secs(5)));
+    let mut created = Vec::new();
+    match admin.create_topics(&new_topics, &options).await {
+        Ok(results) => {
+            for result in results {
+                match result {
+                    Ok(topic) => {
+                        tracing::info!(%topic, "topic created");
+                        created.push(topic);
+                    }
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        tracing::warn!(%topic, error = %code, "cannot create topic; relying on auto-creation")
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %Report(&error), "cannot create topics (a broker without CreateTopics, such as the dev broker?); relying on auto-creation")
+        }
+    }
+    Ok(created)
+}
