@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The flash-sale demo on the local stack:
-#   1. start the dev stack (Redis, PostgreSQL, dev broker) and build the programs (release)
+#   1. start the dev stack (Redis, PostgreSQL, dev broker) and build the programs (the dev
+#      profile the tests use too: dependencies optimized, see Cargo.toml)
 #   2. run server_kafka and log_worker in the background
 #   3. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests against
 #      DEMO_STOCK items (several requests per user, so repeat buyers happen), and waits for
@@ -24,10 +25,10 @@ say "starting the local stack"
 scripts/dev-stack.sh up
 eval "$(scripts/dev-stack.sh env)"
 
-say "building the programs (release)"
-cargo build --release --quiet --bin client_kafka --bin server_kafka --bin log_worker
+say "building the programs"
+cargo build --quiet --bins
 BIN=$(cargo metadata --format-version 1 --no-deps \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
 
 RUN=$(date +%s)
 export SECKILL_SECKILL_ACTIVITY_ID=$RUN
