@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The flash-sale demo on the local stack:
-#   1. start the dev stack (Redis, PostgreSQL, dev broker) and build the programs (the dev
-#      profile the tests use too: dependencies optimized, see Cargo.toml)
+#   1. build the programs (the dev profile the tests use too, see Cargo.toml) while the dev
+#      stack (Redis, PostgreSQL, dev broker) starts
 #   2. run server_kafka and log_worker in the background
 #   3. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests against
 #      DEMO_STOCK items (several requests per user, so repeat buyers happen), and waits for
@@ -21,12 +21,16 @@ TOTAL=$((USERS * PER_USER))
 
 say() { printf '\n== %s\n' "$*"; }
 
-say "starting the local stack"
+say "building the programs while the local stack starts"
+# In the background: on a fresh machine the stack's installs (apt) and the first build
+# (librdkafka, OpenSSL) then overlap. dev-stack.sh's own build of dev_broker waits for
+# this one (cargo's lock) and finds it done.
+mkdir -p .dev
+cargo build --quiet --bins > .dev/build.log 2>&1 &
+BUILD_PID=$!
 scripts/dev-stack.sh up
 eval "$(scripts/dev-stack.sh env)"
-
-say "building the programs"
-cargo build --quiet --bins
+wait "$BUILD_PID" || { cat .dev/build.log >&2; echo "demo: cargo build failed" >&2; exit 1; }
 BIN=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
 
