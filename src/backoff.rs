@@ -4,9 +4,9 @@
 //! half ("equal jitter"), so many clients that failed together do not retry together.
 
 use crate::report::Report;
-use crate::shutdown::Shutdown;
 use std::future::Future;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Why [`retry`] returned without a value.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub enum RetryError<E> {
 /// logged at the 1st, 2nd, 4th, 8th... attempt, so an outage does not flood the log.
 pub async fn retry<T, E, F, Fut>(
     service: &'static str,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     mut operation: F,
     is_transient: impl Fn(&E) -> bool,
 ) -> Result<T, RetryError<E>>
@@ -32,7 +32,7 @@ where
     E: std::error::Error + 'static,
 {
     let mut backoff = Backoff::default();
-    let mut stop = shutdown.clone();
+    let stop = shutdown.clone();
     loop {
         match operation().await {
             Ok(value) => return Ok(value),
@@ -50,7 +50,7 @@ where
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait() => return Err(RetryError::Stopped(error)),
+                    _ = stop.cancelled() => return Err(RetryError::Stopped(error)),
                 }
             }
             Err(error) => return Err(RetryError::Failed(error)),
@@ -115,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn retry_retries_transient_errors_only() {
-        let (trigger, shutdown) = Shutdown::new();
+        let shutdown = CancellationToken::new();
         let mut calls = 0;
         let result: Result<u32, _> = retry(
             "test",
@@ -143,7 +143,7 @@ mod tests {
         .await;
         assert!(matches!(result, Err(RetryError::Failed(Failure("fatal")))));
 
-        trigger.trigger();
+        shutdown.cancel();
         let result: Result<(), _> = retry(
             "test",
             &shutdown,

@@ -7,9 +7,9 @@
 //!
 //! [`create_suite_topics`] creates the same topics on a real broker (Apache Kafka in CI).
 
-use crate::shutdown::Shutdown;
 use rdkafka::mocking::MockCluster;
 use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 /// The suite's topics and their partition counts.
 pub const SUITE_TOPICS: &[(&str, i32)] = &[
@@ -59,7 +59,10 @@ pub async fn create_suite_topics(brokers: &str) -> Result<Vec<String>, crate::ka
 }
 
 /// Runs the mock cluster until `shutdown` fires, then removes the bootstrap file.
-pub async fn run(options: DevBrokerOptions, mut shutdown: Shutdown) -> Result<(), DevBrokerError> {
+pub async fn run(
+    options: DevBrokerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DevBrokerError> {
     let cluster = MockCluster::new(options.brokers).map_err(DevBrokerError::Start)?;
     let replication = options.brokers.min(3);
     for (topic, partitions) in SUITE_TOPICS {
@@ -86,7 +89,7 @@ pub async fn run(options: DevBrokerOptions, mut shutdown: Shutdown) -> Result<()
         file = %options.bootstrap_file.display(),
         "dev broker up"
     );
-    shutdown.wait().await;
+    shutdown.cancelled().await;
     let _ = std::fs::remove_file(&options.bootstrap_file);
     tracing::info!("dev broker stopped");
     drop(cluster);

@@ -1,7 +1,7 @@
 //! Logging and metrics shared by the programs: `tracing` to stderr as text or JSON, filtered
 //! by `RUST_LOG` (default `info`, with sqlx's per-statement notices at `warn`); Prometheus
 //! metrics on `--metrics-addr` ([`serve_metrics`]), including librdkafka's statistics
-//! ([`publish_kafka_statistics`]), with `GET /health` (the process serves) and `GET /ready`
+//! (published by [`crate::kafka::statistics`] through the same `metrics` facade), with `GET /health` (the process serves) and `GET /ready`
 //! (it does its work: [`set_ready`]) beside `GET /metrics`.
 
 use crate::config::LogFormat;
@@ -139,50 +139,3 @@ async fn answer(
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
-
-/// Publishes one librdkafka statistics report as gauges: `kafka_client_queue_messages`
-/// (messages waiting in the client's queues), `kafka_broker_rtt_seconds` (average request
-/// round trip per broker) and `kafka_consumer_lag` (per partition, consumers only). No-ops
-/// until a recorder is installed.
-pub fn publish_kafka_statistics(statistics: &rdkafka::Statistics) {
-    let client = statistics.client_id.clone();
-    metrics::gauge!("kafka_client_queue_messages", "client" => client.clone())
-        .set(statistics.msg_cnt as f64);
-    for (name, broker) in &statistics.brokers {
-        if let Some(rtt) = broker.rtt.as_ref().filter(|rtt| rtt.cnt > 0) {
-            metrics::gauge!(
-                "kafka_broker_rtt_seconds",
-                "client" => client.clone(),
-                "broker" => name.clone()
-            )
-            .set(rtt.avg as f64 / 1e6);
-        }
-    }
-    for (topic_name, topic) in &statistics.topics {
-        for (partition, stats) in &topic.partitions {
-            // -1 is librdkafka's internal UA partition; lag -1 means unknown.
-            if *partition >= 0 && stats.consumer_lag >= 0 {
-                metrics::gauge!(
-                    "kafka_consumer_lag",
-                    "client" => client.clone(),
-                    "topic" => topic_name.clone(),
-                    "partition" => partition.to_string()
-                )
-                .set(stats.consumer_lag as f64);
-            }
-        }
-    }
-}
-
-/// A client context that only publishes librdkafka's statistics as metrics (instead of
-/// rdkafka's default, which logs each report).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StatisticsContext;
-
-impl rdkafka::ClientContext for StatisticsContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        publish_kafka_statistics(&statistics);
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for StatisticsContext {}

@@ -1,10 +1,9 @@
 //! client_kafka: generates flash-sale requests and produces them to Kafka.
 
 use clap::Parser;
-use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
-use seckill_kafka::config::FlagOverrides;
+use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
 use seckill_kafka::seckill::client::run_client;
-use seckill_kafka::shutdown::Shutdown;
+use std::process::ExitCode;
 
 /// Flash-sale load generator: N users' requests, shuffled, JSON keyed by user id.
 #[derive(Debug, Parser)]
@@ -12,9 +11,8 @@ use seckill_kafka::shutdown::Shutdown;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Activity (sale) id (seckill.activity_id)
-    #[arg(long)]
-    activity_id: Option<u64>,
+    #[command(flatten)]
+    sale: SaleArgs,
     /// Requests topic (seckill.requests_topic)
     #[arg(long)]
     topic: Option<String>,
@@ -44,11 +42,10 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut flags = FlagOverrides::new();
+    let mut flags = args.sale.overrides();
     flags
-        .set("seckill.activity_id", "activity-id", args.activity_id)
         .set("seckill.requests_topic", "topic", args.topic)
         .set("client_kafka.users", "users", args.users)
         .set(
@@ -69,26 +66,25 @@ async fn main() {
             "results-timeout-ms",
             args.results_timeout_ms,
         );
-    let Some(config) = start("client_kafka", &args.common, flags) else {
-        return;
-    };
-    let result = async {
-        let summary = run_client(&config, Shutdown::on_signals()?).await?;
-        println!("{summary}");
-        // Exit non-zero when a request did not reach the broker, or got no answer.
-        anyhow::ensure!(summary.failed == 0, "{} requests failed", summary.failed);
-        if let Some(results) = &summary.results {
-            anyhow::ensure!(
-                results.unanswered() == 0,
-                "{} requests got no result within {:.0} s",
-                results.unanswered(),
-                results.timeout.as_secs_f64()
-            );
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = result {
-        exit_with_error("client_kafka", &error);
-    }
+    cli::run(
+        "client_kafka",
+        &args.common,
+        flags,
+        |config, shutdown| async move {
+            let summary = run_client(&config, shutdown).await?;
+            println!("{summary}");
+            // Exit non-zero when a request did not reach the broker, or got no answer.
+            anyhow::ensure!(summary.failed == 0, "{} requests failed", summary.failed);
+            if let Some(results) = &summary.results {
+                anyhow::ensure!(
+                    results.unanswered() == 0,
+                    "{} requests got no result within {:.0} s",
+                    results.unanswered(),
+                    results.timeout.as_secs_f64()
+                );
+            }
+            anyhow::Ok(())
+        },
+    )
+    .await
 }

@@ -1,11 +1,11 @@
 //! dev_broker: hosts librdkafka's mock Kafka cluster on loopback for local runs and tests.
 
 use clap::Parser;
-use seckill_kafka::cli::exit_with_error;
+use seckill_kafka::cli;
 use seckill_kafka::config::LogFormat;
 use seckill_kafka::dev_broker::{create_suite_topics, run, DevBrokerOptions};
-use seckill_kafka::shutdown::Shutdown;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Local Kafka test broker (librdkafka mock cluster) with the suite's topics.
 #[derive(Debug, Parser)]
@@ -28,7 +28,7 @@ struct Args {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Args::parse();
     seckill_kafka::telemetry::init(args.log_format);
     let options = DevBrokerOptions {
@@ -44,12 +44,9 @@ async fn main() {
             );
             return anyhow::Ok(());
         }
-        let shutdown = Shutdown::on_signals()?;
-        run(options, shutdown).await?;
+        run(options, cli::shutdown_on_signals()?).await?;
         anyhow::Ok(())
     }
     .await;
-    if let Err(error) = result {
-        exit_with_error("dev_broker", &error);
-    }
+    cli::finish("dev_broker", result)
 }

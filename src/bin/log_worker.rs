@@ -1,12 +1,11 @@
 //! log_worker: moves purchase records from the Redis log list into PostgreSQL.
 
 use clap::Parser;
-use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
-use seckill_kafka::config::FlagOverrides;
+use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
 use seckill_kafka::seckill::log_worker::run_log_worker;
 use seckill_kafka::seckill::verify::{user_report, verify};
 use seckill_kafka::secret::SecretUrl;
-use seckill_kafka::shutdown::Shutdown;
+use std::process::ExitCode;
 
 /// Reliable Redis -> PostgreSQL mover for purchase records.
 #[derive(Debug, Parser)]
@@ -14,9 +13,8 @@ use seckill_kafka::shutdown::Shutdown;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Activity (sale) id (seckill.activity_id)
-    #[arg(long)]
-    activity_id: Option<u64>,
+    #[command(flatten)]
+    sale: SaleArgs,
     /// Records per INSERT (log_worker.batch_size)
     #[arg(long)]
     batch_size: Option<usize>,
@@ -54,11 +52,10 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut flags = FlagOverrides::new();
+    let mut flags = args.sale.overrides();
     flags
-        .set("seckill.activity_id", "activity-id", args.activity_id)
         .set("log_worker.batch_size", "batch-size", args.batch_size)
         .set(
             "log_worker.flush_interval_ms",
@@ -69,28 +66,27 @@ async fn main() {
         .switch("log_worker.drain", "drain", args.drain)
         .set("redis.url", "redis-url", args.redis_url)
         .set("postgres.url", "database-url", args.database_url);
-    let Some(config) = start("log_worker", &args.common, flags) else {
-        return;
-    };
-    let result = async {
-        if let (true, Some(user)) = (args.verify, args.user) {
-            println!("{}", user_report(&config, user).await?);
-        } else if args.verify {
-            let report = verify(&config, args.expect_buyers).await?;
-            println!("{report}");
-            anyhow::ensure!(
-                report.holds(),
-                "invariants violated for activity {}",
-                report.activity_id
-            );
-        } else {
-            let summary = run_log_worker(&config, Shutdown::on_signals()?).await?;
-            println!("{summary}");
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = result {
-        exit_with_error("log_worker", &error);
-    }
+    cli::run(
+        "log_worker",
+        &args.common,
+        flags,
+        |config, shutdown| async move {
+            if let (true, Some(user)) = (args.verify, args.user) {
+                println!("{}", user_report(&config, user).await?);
+            } else if args.verify {
+                let report = verify(&config, args.expect_buyers).await?;
+                println!("{report}");
+                anyhow::ensure!(
+                    report.holds(),
+                    "invariants violated for activity {}",
+                    report.activity_id
+                );
+            } else {
+                let summary = run_log_worker(&config, shutdown).await?;
+                println!("{summary}");
+            }
+            anyhow::Ok(())
+        },
+    )
+    .await
 }

@@ -3,9 +3,10 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use seckill_kafka::cli::exit_with_error;
+use seckill_kafka::cli;
 use seckill_kafka::schemas::{configmap, validate};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 /// Schema folder tool: validate every .proto and .avsc, write or check the ConfigMap.
 #[derive(Debug, Parser)]
@@ -37,7 +38,7 @@ enum Command {
     },
 }
 
-fn main() {
+fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Validate { dir } => validate(&dir).map_err(anyhow::Error::from).map(|files| {
@@ -52,9 +53,7 @@ fn main() {
             check,
         } => sync(&dir, &output, &name, check),
     };
-    if let Err(error) = result {
-        exit_with_error("schema_tool", &error);
-    }
+    cli::finish("schema_tool", result)
 }
 
 fn sync(dir: &Path, output: &Path, name: &str, check: bool) -> anyhow::Result<()> {

@@ -2,11 +2,11 @@
 //! batch per script call.
 
 use clap::Parser;
-use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
-use seckill_kafka::config::{FlagOverrides, OffsetReset};
+use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
+use seckill_kafka::config::OffsetReset;
 use seckill_kafka::seckill::server::run_server;
 use seckill_kafka::secret::SecretUrl;
-use seckill_kafka::shutdown::Shutdown;
+use std::process::ExitCode;
 
 /// Flash-sale request processor: Kafka consumer group -> one Lua call per batch of requests
 /// in Redis.
@@ -15,9 +15,8 @@ use seckill_kafka::shutdown::Shutdown;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Activity (sale) id (seckill.activity_id)
-    #[arg(long)]
-    activity_id: Option<u64>,
+    #[command(flatten)]
+    sale: SaleArgs,
     /// Requests topic (seckill.requests_topic)
     #[arg(long)]
     topic: Option<String>,
@@ -67,11 +66,10 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut flags = FlagOverrides::new();
+    let mut flags = args.sale.overrides();
     flags
-        .set("seckill.activity_id", "activity-id", args.activity_id)
         .set("seckill.requests_topic", "topic", args.topic)
         .set("server_kafka.group_id", "group-id", args.group_id)
         .set(
@@ -107,16 +105,15 @@ async fn main() {
             "no-results",
             args.no_results.then_some(false),
         );
-    let Some(config) = start("server_kafka", &args.common, flags) else {
-        return;
-    };
-    let result = async {
-        let summary = run_server(&config, Shutdown::on_signals()?).await?;
-        println!("{summary}");
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = result {
-        exit_with_error("server_kafka", &error);
-    }
+    cli::run(
+        "server_kafka",
+        &args.common,
+        flags,
+        |config, shutdown| async move {
+            let summary = run_server(&config, shutdown).await?;
+            println!("{summary}");
+            anyhow::Ok(())
+        },
+    )
+    .await
 }

@@ -1,13 +1,13 @@
 //! stream_sum: the streaming-sum benchmark processor (Avro integer lists -> sums).
 
 use clap::{Parser, Subcommand};
-use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
+use seckill_kafka::cli::{self, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
-use seckill_kafka::shutdown::Shutdown;
 use seckill_kafka::stream_sum::bench::{
     run_bench, BenchOptions, BENCH_INPUT_TOPIC, BENCH_OUTPUT_TOPIC,
 };
 use seckill_kafka::stream_sum::run_stream_sum;
+use std::process::ExitCode;
 
 /// Streaming sum: binary-Avro IntegerList in, SumResult out.
 #[derive(Debug, Parser)]
@@ -55,11 +55,15 @@ enum Command {
         input_topic: String,
         #[arg(long, default_value = BENCH_OUTPUT_TOPIC)]
         output_topic: String,
+        /// Skip the baseline (the same work as a minimal loop on librdkafka's batch API,
+        /// into <output-topic>.baseline)
+        #[arg(long)]
+        no_baseline: bool,
     },
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Args::parse();
     let command = args.command.unwrap_or(Command::Run {
         input_topic: None,
@@ -88,34 +92,34 @@ async fn main() {
             .set("stream_sum.workers", "workers", *workers)
             .switch("stream_sum.exactly_once", "exactly-once", *exactly_once);
     }
-    let Some(config) = start("stream_sum", &args.common, flags) else {
-        return;
-    };
-    let result = async {
-        let shutdown = Shutdown::on_signals()?;
-        match command {
-            Command::Run { .. } => println!("{}", run_stream_sum(&config, shutdown).await?),
-            Command::Bench {
-                records,
-                skip_load,
-                workers,
-                input_topic,
-                output_topic,
-            } => {
-                let options = BenchOptions {
+    cli::run(
+        "stream_sum",
+        &args.common,
+        flags,
+        |config, shutdown| async move {
+            match command {
+                Command::Run { .. } => println!("{}", run_stream_sum(&config, shutdown).await?),
+                Command::Bench {
                     records,
                     skip_load,
+                    workers,
                     input_topic,
                     output_topic,
-                    workers: workers.unwrap_or(config.stream_sum.workers),
-                };
-                println!("{}", run_bench(&config, options, shutdown).await?);
+                    no_baseline,
+                } => {
+                    let options = BenchOptions {
+                        records,
+                        skip_load,
+                        input_topic,
+                        output_topic,
+                        baseline: !no_baseline,
+                        workers: workers.unwrap_or(config.stream_sum.workers),
+                    };
+                    println!("{}", run_bench(&config, options, shutdown).await?);
+                }
             }
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = result {
-        exit_with_error("stream_sum", &error);
-    }
+            anyhow::Ok(())
+        },
+    )
+    .await
 }

@@ -1,10 +1,10 @@
 //! zstd_producer: produces protobuf UserEvents with zstd compression, or reads them back.
 
 use clap::Parser;
-use seckill_kafka::cli::{exit_with_error, start, CommonArgs};
+use seckill_kafka::cli::{self, CommonArgs};
 use seckill_kafka::config::FlagOverrides;
-use seckill_kafka::shutdown::Shutdown;
 use seckill_kafka::zstd_producer::{run_zstd_producer, verify_topic, ExpectedEvents};
+use std::process::ExitCode;
 
 /// UserEvent (protobuf) producer with zstd batches. The broker comes from --brokers, else
 /// KAFKA_BROKERS or KAFKA_BROKER, else localhost:9092.
@@ -36,7 +36,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let args = Args::parse();
     let mut flags = FlagOverrides::new();
     flags
@@ -45,12 +45,9 @@ async fn main() {
         .set("zstd_producer.rate", "rate", args.rate)
         .set("zstd_producer.users", "users", args.users)
         .set("zstd_producer.seed", "seed", args.seed);
-    let Some(config) = start("zstd_producer", &args.common, flags) else {
-        return;
-    };
     // --verify with the producing run's flags compares with that run's events.
     let compare = args.verify && (args.events.is_some() || args.seed.is_some());
-    let result = async {
+    cli::run("zstd_producer", &args.common, flags, |config, shutdown| async move {
         if args.verify {
             let expected = if compare {
                 anyhow::ensure!(
@@ -85,14 +82,11 @@ async fn main() {
                 );
             }
         } else {
-            let report = run_zstd_producer(&config, Shutdown::on_signals()?).await?;
+            let report = run_zstd_producer(&config, shutdown).await?;
             println!("{report}");
             anyhow::ensure!(report.failed == 0, "{} events not delivered", report.failed);
         }
         anyhow::Ok(())
-    }
-    .await;
-    if let Err(error) = result {
-        exit_with_error("zstd_producer", &error);
-    }
+    })
+    .await
 }

@@ -3,8 +3,8 @@
 //! cannot create topics (the dev broker has no CreateTopics) is left to create them when
 //! they are first used, with a warning.
 
-use crate::config::KafkaConfig;
 use crate::kafka::broker::BrokerKind;
+use crate::kafka::config::KafkaConfig;
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::report::Report;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

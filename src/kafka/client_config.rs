@@ -5,7 +5,7 @@
 //! anything else, and setting a managed property there is an error rather than a silent
 //! override, so there is exactly one place for each setting.
 
-use crate::config::KafkaConfig;
+use crate::kafka::config::KafkaConfig;
 use crate::kafka::KafkaError;
 use rdkafka::ClientConfig;
 
@@ -141,7 +141,7 @@ pub fn set_default(config: &mut ClientConfig, property: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{KafkaProperties, SecurityProtocol};
+    use crate::kafka::config::{KafkaProperties, SecurityProtocol};
     use crate::secret::Secret;
 
     fn kafka_with(properties: &[(&str, &str)]) -> KafkaConfig {

@@ -9,9 +9,9 @@
 use crate::common::{now_ms, SeckillRequest};
 use crate::config::Config;
 use crate::kafka::sink::{Compression, KafkaMessage, KafkaSink, SinkConfig, SinkError};
+use crate::pace::Pacer;
 use crate::report::Report;
 use crate::seckill::results::{PlannedRequests, ResultsReader, ResultsReport, SendingDone};
-use crate::shutdown::Shutdown;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How long the final flush waits for outstanding deliveries.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,7 +118,10 @@ fn request_sink(config: &Config) -> Result<RequestSink, SinkError> {
 }
 
 /// Runs client_kafka: sends the planned requests, waits for every delivery report.
-pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSummary, ClientError> {
+pub async fn run_client(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<ClientSummary, ClientError> {
     let settings = &config.client_kafka;
     let seed = settings.seed.unwrap_or_else(|| now_ms() as u64);
     let plan = plan_requests(settings.users, settings.requests_per_user, seed);
@@ -136,10 +140,10 @@ pub async fn run_client(config: &Config, shutdown: Shutdown) -> Result<ClientSum
     // every message back) is not part of it.
     sink.connect(Duration::from_secs(30)).await?;
     if settings.delay_ms > 0 {
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(settings.delay_ms)) => {}
-            _ = shutdown.wait() => {}
+            _ = shutdown.cancelled() => {}
         }
     }
 
@@ -212,9 +216,9 @@ fn send_all(
     plan: &[(u64, u32)],
     rate: u64,
     seed: u64,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
 ) -> u64 {
-    let started = Instant::now();
+    let pacer = Pacer::new(rate);
     let mut message = KafkaMessage::new(SeckillRequest {
         request_id: String::with_capacity(48),
         user_id: 0,
@@ -223,18 +227,10 @@ fn send_all(
     });
     let mut key = String::with_capacity(24);
     for (index, &(user, attempt)) in plan.iter().enumerate() {
-        if shutdown.is_triggered() {
+        if shutdown.is_cancelled() {
             return index as u64;
         }
-        if rate > 0 {
-            // Pace against the start time, so short stalls are caught up.
-            let due = Duration::from_secs_f64(index as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                if wait > Duration::from_millis(1) {
-                    std::thread::sleep(wait);
-                }
-            }
-        }
+        pacer.wait_for(index as u64, Duration::from_millis(1));
         let request = &mut message.value;
         request.request_id.clear();
         let _ = write!(request.request_id, "{seed:x}-{user}-{attempt}");

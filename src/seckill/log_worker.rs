@@ -19,13 +19,13 @@ use crate::config::Config;
 use crate::postgres::{self, PostgresError};
 use crate::redis_state::{LogQueue, RedisState, RedisStateError};
 use crate::report::Report;
-use crate::shutdown::Shutdown;
 use sqlx::PgPool;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -116,7 +116,7 @@ const INSERT_RECORDS: &str = "
 /// the queue is empty.
 pub async fn run_log_worker(
     config: &Config,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<LogWorkerSummary, LogWorkerError> {
     let started = Instant::now();
     let activity_id = config.seckill.activity_id;
@@ -176,7 +176,7 @@ async fn run_loop(
     queue: LogQueue,
     pool: &PgPool,
     config: &Config,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
 ) -> Result<LogWorkerSummary, LogWorkerError> {
     let settings = &config.log_worker;
     let lease = Duration::from_millis(settings.lease_ms);
@@ -263,7 +263,7 @@ struct Worker<'a> {
     pool: &'a PgPool,
     queue: &'a LogQueue,
     lost: &'a AtomicBool,
-    shutdown: &'a Shutdown,
+    shutdown: &'a CancellationToken,
     batch_size: usize,
     activity_id: u64,
 }
@@ -280,8 +280,8 @@ impl Worker<'_> {
         let claim_every = lease / 2;
         let mut next_claim = Instant::now() + claim_every;
         let flush_interval = Duration::from_millis(settings.flush_interval_ms);
-        let mut stop = self.shutdown.clone();
-        while !self.shutdown.is_triggered() {
+        let stop = self.shutdown.clone();
+        while !self.shutdown.is_cancelled() {
             if self.lost.load(Ordering::SeqCst) {
                 self.retry_redis(|| self.queue.register(lease)).await?;
                 self.lost.store(false, Ordering::SeqCst);
@@ -295,7 +295,7 @@ impl Worker<'_> {
             }
             let batch = tokio::select! {
                 batch = self.take_batch(flush_interval, summary) => batch?,
-                _ = stop.wait() => break,
+                _ = stop.cancelled() => break,
             };
             if batch.is_empty() {
                 if settings.drain {
@@ -510,7 +510,7 @@ impl Columns {
 /// [`backoff::retry`] with the error mapped into this module's error.
 async fn retry<T, E, F, Fut>(
     service: &'static str,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     operation: F,
     is_transient: fn(&E) -> bool,
 ) -> Result<T, LogWorkerError>

@@ -9,15 +9,15 @@
 
 use crate::common::{now_ms, SeckillOutcome, SeckillResult};
 use crate::config::Config;
+use crate::kafka::statistics::StatisticsContext;
 use crate::kafka::{client_config, ClientRole, KafkaError};
-use crate::shutdown::Shutdown;
-use crate::telemetry::StatisticsContext;
 use hdrhistogram::Histogram;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::fmt;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the reader waits for the results topic to exist (server_kafka creates it when
@@ -201,7 +201,7 @@ impl ResultsReader {
         planned: PlannedRequests,
         sent: &SendingDone,
         timeout: Duration,
-        stop: &Shutdown,
+        stop: &CancellationToken,
     ) -> Result<ResultsReport, ResultsError> {
         let count = planned.count();
         let mut answered_bits = vec![0_u64; count.div_ceil(64) as usize];
@@ -211,7 +211,7 @@ impl ResultsReader {
         })?;
         let mut answered = 0_u64;
         let mut repeats = 0_u64;
-        while answered < count && !sent.finished_before(timeout) && !stop.is_triggered() {
+        while answered < count && !sent.finished_before(timeout) && !stop.is_cancelled() {
             let Some(received) = self.consumer.poll(Duration::from_millis(100)) else {
                 continue;
             };

@@ -24,9 +24,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Time between two flush-and-commit checkpoints, at most.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
@@ -171,7 +172,7 @@ const REVOKE_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ClientContext for HandoffContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        crate::telemetry::publish_kafka_statistics(&statistics);
+        crate::kafka::statistics::publish(&statistics);
     }
 }
 
@@ -209,7 +210,7 @@ impl ConsumerContext for HandoffContext {
     }
 }
 
-/// Runs one worker until `stop` is raised or, for [`Source::Ranges`], its ranges are read.
+/// Runs one worker until `stop` is cancelled or, for [`Source::Ranges`], its ranges are read.
 /// Drains, flushes and commits before returning.
 pub fn run_worker(
     index: usize,
@@ -217,7 +218,7 @@ pub fn run_worker(
     group_id: &str,
     source: Source,
     counters: &Counters,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<(), StreamSumError> {
     let settings = &config.stream_sum;
     let capacity = settings.channel_capacity.div_ceil(BATCH_LEN).max(1);
@@ -301,7 +302,7 @@ struct Consuming<'a> {
     counters: &'a Counters,
     consumer: &'a BaseConsumer<HandoffContext>,
     handoff: &'a Handoff,
-    stop: &'a AtomicBool,
+    stop: &'a CancellationToken,
     input_topic: &'a str,
     reading_ranges: bool,
     /// For [`Source::Ranges`]: the end offset of each partition still being read.
@@ -317,9 +318,9 @@ impl Consuming<'_> {
     fn run(mut self) -> Result<(), StreamSumError> {
         let batch_len = self.handoff.queue.batch_len();
         let mut staged_records = 0;
+        let mut first_seen = false;
         loop {
-            if self.stop.load(Ordering::Acquire) || (self.reading_ranges && self.ranges.is_empty())
-            {
+            if self.stop.is_cancelled() || (self.reading_ranges && self.ranges.is_empty()) {
                 break;
             }
             // Nothing staged: wait a while for data. Otherwise wait at most a millisecond
@@ -335,6 +336,10 @@ impl Consuming<'_> {
                 Some(Ok(message)) => {
                     if self.reading_ranges {
                         self.track_range(message.partition(), message.offset());
+                        if !first_seen {
+                            self.counters.first_consumed.get_or_init(Instant::now);
+                            first_seen = true;
+                        }
                     }
                     let mut staged = self.handoff.staged();
                     staged.current.push(item(&message));

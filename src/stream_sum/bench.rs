@@ -7,15 +7,15 @@
 //! read back: it must hold N records whose sums add up to the sum of every input number.
 
 use super::at_least_once::{self, Source};
+use super::baseline::{run_baseline, BaselineRun};
 use super::StreamSumError;
-use super::{partition_count, run_on_threads, stop_flag, worker_consumer, Counters};
+use super::{partition_count, run_on_threads, worker_consumer, BenchError, Counters};
 use crate::avro::{decode_sum_result, encode_integer_list, for_each_number};
 use crate::config::Config;
 use crate::kafka::sink::{
     Compression, KafkaMessage, KafkaSink, MessageSerializer, SerializeError, SinkConfig,
 };
 use crate::kafka::topic_reader::{ranges_between, read_ranges, retained_ranges, PartitionRange};
-use crate::shutdown::Shutdown;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
 use rdkafka::consumer::BaseConsumer;
@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// The spec's benchmark topics.
 pub const BENCH_INPUT_TOPIC: &str = "integer-list-input-benchmark";
@@ -44,6 +45,9 @@ pub struct BenchOptions {
     pub output_topic: String,
     /// 0: one per input partition.
     pub workers: usize,
+    /// Also run the baseline ([`super::baseline`]) on the same backlog, into
+    /// `<output_topic>.baseline`, and compare.
+    pub baseline: bool,
 }
 
 /// The outcome of a verified run.
@@ -51,10 +55,15 @@ pub struct BenchOptions {
 pub struct BenchReport {
     pub records: u64,
     pub workers: usize,
+    /// First consumed record to the last result acknowledged.
     pub seconds: f64,
+    /// The workers' start (clients, assignment) up to their first consumed record.
+    pub startup_seconds: f64,
     pub input_sum: i64,
     pub output_sum: i64,
     pub output_records: u64,
+    /// The baseline on the same backlog, its output verified the same way.
+    pub baseline: Option<BaselineRun>,
 }
 
 impl BenchReport {
@@ -64,15 +73,28 @@ impl BenchReport {
 }
 
 impl fmt::Display for BenchReport {
-    /// The spec's result line.
+    /// The spec's result line, then start-up and the baseline.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} seconds={:.3} msg_per_sec={:.0}",
+            "records={} seconds={:.3} msg_per_sec={:.0}\n  stream_sum  workers={} startup_seconds={:.3}",
             self.records,
             self.seconds,
-            self.msg_per_sec()
-        )
+            self.msg_per_sec(),
+            self.workers,
+            self.startup_seconds
+        )?;
+        if let Some(baseline) = &self.baseline {
+            write!(
+                f,
+                "\n  baseline    (librdkafka batch consume loop, 1 thread) seconds={:.3} msg_per_sec={:.0} startup_seconds={:.3}\n  ratio       stream_sum / baseline = {:.2}",
+                baseline.elapsed.as_secs_f64(),
+                baseline.msg_per_sec(),
+                baseline.startup.as_secs_f64(),
+                self.msg_per_sec() / baseline.msg_per_sec().max(f64::MIN_POSITIVE)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -94,7 +116,7 @@ impl MessageSerializer<Vec<i32>> for IntegerListSerializer {
 pub async fn run_bench(
     config: &Config,
     options: BenchOptions,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<BenchReport, StreamSumError> {
     let mut config = config.clone();
     config.stream_sum.input_topic = options.input_topic.clone();
@@ -118,19 +140,21 @@ pub async fn run_bench(
         let records = options.records;
         let sum = tokio::task::spawn_blocking(move || load(&loader_config, records, partitions))
             .await
-            .map_err(|e| StreamSumError::Bench(format!("loader: {e}")))??;
+            .map_err(|e| BenchError::Thread("backlog loader", e))??;
         let after = retained(&config, &options.input_topic)?;
         let backlog = ranges_between(&before, &after);
         let loaded: i64 = backlog.iter().map(|r| r.end - r.start).sum();
         if loaded as u64 != records {
-            return Err(StreamSumError::Bench(format!(
-                "loaded {records} records but the input topic grew by {loaded}: another writer?"
-            )));
+            return Err(BenchError::ForeignWrites {
+                loaded: records,
+                grown: loaded,
+            }
+            .into());
         }
         (backlog, records, sum)
     };
     if expected_records == 0 {
-        return Err(StreamSumError::Bench("the backlog is empty".into()));
+        return Err(BenchError::EmptyBacklog.into());
     }
 
     let workers = match options.workers {
@@ -144,7 +168,7 @@ pub async fn run_bench(
         "phase 2: processing the backlog"
     );
     let counters = Arc::new(Counters::default());
-    let stop = stop_flag(shutdown);
+    let stop = shutdown.clone();
     let group = format!("stream-sum-bench-{}", std::process::id());
     let started = Instant::now();
     {
@@ -168,7 +192,10 @@ pub async fn run_bench(
         })
         .await?;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let finished = Instant::now();
+    let first_consumed = counters.first_consumed.get().copied().unwrap_or(finished);
+    let seconds = (finished - first_consumed).as_secs_f64();
+    let startup_seconds = (first_consumed - started).as_secs_f64();
     let processed = counters.processed.load(Ordering::Relaxed);
     let dead = counters.dead_lettered.load(Ordering::Relaxed);
 
@@ -177,31 +204,75 @@ pub async fn run_bench(
     let (output_records, output_sum) = scan(&config, &options.output_topic, &output, |payload| {
         decode_sum_result(payload).ok()
     })?;
-    let report = BenchReport {
+    let mut report = BenchReport {
         records: expected_records,
         workers,
         seconds,
+        startup_seconds,
         input_sum: expected_sum,
         output_sum,
         output_records,
+        baseline: None,
     };
     if output_records != expected_records || output_sum != expected_sum || dead > 0 {
-        return Err(StreamSumError::Bench(format!(
-            "output does not match: {output_records} results (expected {expected_records}), \
-             sum {output_sum} (expected {expected_sum}), processed {processed}, \
-             dead-lettered {dead}"
-        )));
+        return Err(BenchError::Mismatch {
+            records: output_records,
+            expected_records,
+            sum: output_sum,
+            expected_sum,
+            processed,
+            dead,
+        }
+        .into());
+    }
+    if options.baseline && !shutdown.is_cancelled() {
+        report.baseline =
+            Some(run_baseline_checked(&config, &backlog, &options, expected_sum).await?);
     }
     Ok(report)
+}
+
+/// Runs the baseline on `backlog` into `<output_topic>.baseline` and checks its output like
+/// stream_sum's: one result per record, the sums adding up.
+async fn run_baseline_checked(
+    config: &Config,
+    backlog: &[PartitionRange],
+    options: &BenchOptions,
+    expected_sum: i64,
+) -> Result<BaselineRun, StreamSumError> {
+    let topic = format!("{}.baseline", options.output_topic);
+    super::ensure_topics(config, &[&topic]).await?;
+    let before = retained(config, &topic)?;
+    tracing::info!(%topic, "baseline: the same backlog through a minimal librdkafka loop");
+    let run = {
+        let (config, backlog, topic) = (config.clone(), backlog.to_vec(), topic.clone());
+        tokio::task::spawn_blocking(move || run_baseline(&config, &backlog, &topic))
+            .await
+            .map_err(|e| BenchError::Thread("baseline", e))??
+    };
+    let after = retained(config, &topic)?;
+    let output = ranges_between(&before, &after);
+    let (records, sum) = scan(config, &topic, &output, |payload| {
+        decode_sum_result(payload).ok()
+    })?;
+    if records != run.records || sum != expected_sum {
+        return Err(BenchError::Mismatch {
+            records,
+            expected_records: run.records,
+            sum,
+            expected_sum,
+            processed: run.records,
+            dead: 0,
+        }
+        .into());
+    }
+    Ok(run)
 }
 
 /// The partition count of a topic the bench needs, or an error that says what to do.
 fn existing_partitions(config: &Config, topic: &str) -> Result<usize, StreamSumError> {
     partition_count(config, topic).map_err(|error| match error {
-        StreamSumError::NoSuchTopic(topic) => StreamSumError::Bench(format!(
-            "topic {topic} does not exist and the broker did not create it (the dev broker \
-             has no CreateTopics API): create it first, or use the benchmark topics"
-        )),
+        StreamSumError::NoSuchTopic(topic) => BenchError::MissingTopic(topic).into(),
         other => other,
     })
 }
@@ -244,10 +315,11 @@ fn load(config: &Config, records: u64, partitions: usize) -> Result<i64, StreamS
     bar.finish_and_clear();
     let metrics = sink.metrics();
     if undelivered > 0 || metrics.messages_failed > 0 {
-        return Err(StreamSumError::Bench(format!(
-            "loading failed: {undelivered} undelivered, {} failed",
-            metrics.messages_failed
-        )));
+        return Err(BenchError::LoadFailed {
+            undelivered,
+            failed: metrics.messages_failed,
+        }
+        .into());
     }
     tracing::info!(records, "phase 1: backlog loaded");
     Ok(total)
@@ -281,7 +353,7 @@ fn scan(
     let consumer = worker_consumer(
         config,
         "stream-sum-bench-scan",
-        crate::telemetry::StatisticsContext,
+        crate::kafka::statistics::StatisticsContext,
         |consumer| {
             consumer.set("auto.offset.reset", "error");
         },
@@ -303,9 +375,12 @@ fn scan(
         },
     )?;
     if let Some((partition, offset)) = invalid {
-        return Err(StreamSumError::Bench(format!(
-            "{topic} partition {partition} offset {offset}: not a valid record"
-        )));
+        return Err(BenchError::InvalidOutput {
+            topic: topic.to_string(),
+            partition,
+            offset,
+        }
+        .into());
     }
     Ok((records, sum))
 }

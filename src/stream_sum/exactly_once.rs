@@ -22,9 +22,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
 
 /// A transaction is committed after this long even when it holds few records.
 pub const TRANSACTION_MAX_DURATION: Duration = Duration::from_millis(100);
@@ -37,14 +36,13 @@ pub fn transactional_id(group_id: &str, index: usize) -> String {
     format!("{group_id}-stream-sum-{index}")
 }
 
-/// Runs worker `index` until `stop` is raised; commits its open transaction before returning.
+/// Runs worker `index` until `stop` is cancelled; commits its open transaction before returning.
 pub fn run_worker(
     index: usize,
     config: &Config,
     broker: BrokerKind,
     counters: &Counters,
-    stop: &AtomicBool,
-    runtime: &Handle,
+    stop: &CancellationToken,
 ) -> Result<(), StreamSumError> {
     let settings = &config.stream_sum;
     let consumer = worker_consumer(
@@ -66,7 +64,6 @@ pub fn run_worker(
         index,
         consumer: &consumer,
         sink: &sink,
-        runtime,
         input_topic: &settings.input_topic,
         dlq_topic: format!("{}.dlq", settings.input_topic),
         max_records: settings.transaction_records,
@@ -79,7 +76,7 @@ pub fn run_worker(
         dead: 0,
     };
     let outcome = worker.run(counters, stop);
-    let closed = runtime.block_on(sink.close(CLOSE_TIMEOUT));
+    let closed = sink.close_blocking(CLOSE_TIMEOUT);
     outcome?;
     closed?;
     Ok(())
@@ -92,7 +89,6 @@ struct TransactionalWorker<'a> {
     plain_commit: bool,
     consumer: &'a BaseConsumer<StreamContext>,
     sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
-    runtime: &'a Handle,
     input_topic: &'a str,
     dlq_topic: String,
     max_records: usize,
@@ -106,9 +102,9 @@ struct TransactionalWorker<'a> {
 }
 
 impl TransactionalWorker<'_> {
-    fn run(&mut self, counters: &Counters, stop: &AtomicBool) -> Result<(), StreamSumError> {
+    fn run(&mut self, counters: &Counters, stop: &CancellationToken) -> Result<(), StreamSumError> {
         loop {
-            let stopping = stop.load(Ordering::Acquire);
+            let stopping = stop.is_cancelled();
             if let Some(since) = self.open_since {
                 let records = self.sums + self.dead;
                 if stopping
@@ -147,7 +143,7 @@ impl TransactionalWorker<'_> {
                 }
                 Some(Ok(record)) => {
                     if self.open_since.is_none() {
-                        self.runtime.block_on(self.sink.begin_transaction())?;
+                        self.sink.begin_transaction_blocking()?;
                         self.open_since = Some(Instant::now());
                     }
                     self.transform(&record)?;
@@ -207,13 +203,9 @@ impl TransactionalWorker<'_> {
             .group_metadata()
             .ok_or(StreamSumError::NoGroupMetadata);
         let committed = group.and_then(|group| {
-            self.runtime
-                .block_on(async {
-                    self.sink
-                        .send_offsets_to_transaction(offsets.clone(), group)
-                        .await?;
-                    self.sink.commit_transaction().await
-                })
+            self.sink
+                .send_offsets_to_transaction_blocking(offsets.clone(), group)
+                .and_then(|()| self.sink.commit_transaction_blocking())
                 .map_err(StreamSumError::from)
         });
         match committed {
@@ -246,7 +238,7 @@ impl TransactionalWorker<'_> {
     }
 
     fn abort_and_rewind(&mut self) -> Result<(), StreamSumError> {
-        match self.runtime.block_on(self.sink.abort_transaction()) {
+        match self.sink.abort_transaction_blocking() {
             // A failed commit may already have aborted it.
             Ok(()) | Err(SinkError::TransactionState(_)) => {}
             Err(error) => return Err(error.into()),

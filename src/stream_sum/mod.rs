@@ -10,6 +10,7 @@
 //! - [`bench`]: load N lists, process the backlog, report msg/s, verify the output.
 
 pub mod at_least_once;
+pub mod baseline;
 pub mod batch_queue;
 pub mod bench;
 pub mod exactly_once;
@@ -21,13 +22,13 @@ use crate::kafka::sink::{
 };
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::report::Report;
-use crate::shutdown::Shutdown;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// How often the throughput line is logged (the spec: every 5 seconds).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -56,9 +57,48 @@ pub enum StreamSumError {
     #[error("the consumer has no group metadata to send to the transaction")]
     NoGroupMetadata,
     #[error("bench: {0}")]
-    Bench(String),
+    Bench(#[from] BenchError),
     #[error(transparent)]
     Read(#[from] crate::kafka::topic_reader::ReadRangesError),
+    #[error("the bench's baseline")]
+    Baseline(#[from] baseline::BaselineError),
+}
+
+/// Why `stream_sum bench` could not measure, or measured a wrong result.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    #[error("the {0} thread failed")]
+    Thread(&'static str, #[source] tokio::task::JoinError),
+    #[error("loaded {loaded} records but the input topic grew by {grown}: another writer?")]
+    ForeignWrites { loaded: u64, grown: i64 },
+    #[error("the backlog is empty")]
+    EmptyBacklog,
+    #[error("loading failed: {undelivered} undelivered, {failed} failed")]
+    LoadFailed { undelivered: u64, failed: u64 },
+    #[error(
+        "topic {0} does not exist and the broker did not create it (the dev broker has no \
+         CreateTopics API): create it first, or use the benchmark topics"
+    )]
+    MissingTopic(String),
+    #[error("{topic} partition {partition} offset {offset}: not a valid record")]
+    InvalidOutput {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    #[error(
+        "output does not match: {records} results (expected {expected_records}), sum {sum} \
+         (expected {expected_sum}), processed {processed}, dead-lettered {dead}"
+    )]
+    Mismatch {
+        records: u64,
+        expected_records: u64,
+        sum: i64,
+        expected_sum: i64,
+        processed: u64,
+        dead: u64,
+    },
 }
 
 impl From<rdkafka::error::KafkaError> for StreamSumError {
@@ -129,6 +169,16 @@ pub(crate) fn output_sink(
     client_id: String,
     transactional_id: Option<String>,
 ) -> Result<KafkaSink<StreamOutput, StreamOutputSerializer>, StreamSumError> {
+    let sink = output_sink_config(config, client_id, transactional_id);
+    Ok(KafkaSink::with_serializer(sink, StreamOutputSerializer)?)
+}
+
+/// The settings of [`output_sink`] (the bench's baseline producer uses them too).
+pub(crate) fn output_sink_config(
+    config: &Config,
+    client_id: String,
+    transactional_id: Option<String>,
+) -> SinkConfig {
     let mut sink = SinkConfig::new(config.kafka.clone(), config.stream_sum.output_topic.clone());
     sink.client_id = client_id;
     sink.linger = Duration::from_millis(20);
@@ -150,7 +200,7 @@ pub(crate) fn output_sink(
         .entry("socket.nagle.disable".into())
         .or_insert_with(|| "true".into());
     sink.kafka = kafka;
-    Ok(KafkaSink::with_serializer(sink, StreamOutputSerializer)?)
+    sink
 }
 
 /// Counters shared by every worker, updated once per batch.
@@ -160,6 +210,8 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Times a worker paused its partitions because its output was behind.
     pub pauses: AtomicU64,
+    /// When the first worker consumed its first record (the bench times from there).
+    pub first_consumed: std::sync::OnceLock<Instant>,
 }
 
 impl Counters {
@@ -241,7 +293,7 @@ impl StreamContext {
 
 impl ClientContext for StreamContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        crate::telemetry::publish_kafka_statistics(&statistics);
+        crate::kafka::statistics::publish(&statistics);
     }
 }
 
@@ -300,25 +352,14 @@ pub(crate) fn worker_consumer<C: ConsumerContext>(
 
 /// The partition count of `topic`, or an error when it does not exist.
 pub(crate) fn partition_count(config: &Config, topic: &str) -> Result<usize, StreamSumError> {
-    let consumer: BaseConsumer =
-        client_config(&config.kafka, ClientRole::Admin, "stream_sum-metadata")?.create()?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    crate::kafka::admin::partition_count(&config.kafka, topic)
         .map_err(|source| StreamSumError::Metadata {
             topic: topic.to_string(),
-            source: source.into(),
-        })?;
-    match metadata.topics().first() {
-        Some(found) if found.error().is_none() && !found.partitions().is_empty() => {
-            Ok(found.partitions().len())
-        }
-        _ => Err(StreamSumError::NoSuchTopic(topic.to_string())),
-    }
+            source,
+        })?
+        .ok_or_else(|| StreamSumError::NoSuchTopic(topic.to_string()))
 }
 
-/// Creates the topics that do not exist yet with [`CREATED_TOPIC_PARTITIONS`] partitions. A
-/// broker without the CreateTopics API (the dev broker) is logged and left to auto-create.
-/// Whether the cluster is the dev broker (a short-lived client, once at start).
 async fn detect_broker(config: &Config) -> crate::kafka::broker::BrokerKind {
     use crate::kafka::broker::BrokerKind;
     let Ok(client) = client_config(&config.kafka, ClientRole::Admin, "stream_sum-probe") else {
@@ -339,12 +380,12 @@ pub(crate) async fn ensure_topics(config: &Config, topics: &[&str]) -> Result<()
 }
 
 /// Logs `(current - previous) / 5` messages per second every 5 s, as the spec asks.
-async fn report_throughput(counters: Arc<Counters>, mut shutdown: Shutdown) {
+async fn report_throughput(counters: Arc<Counters>, shutdown: CancellationToken) {
     let mut previous = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REPORT_INTERVAL) => {}
-            _ = shutdown.wait() => return,
+            _ = shutdown.cancelled() => return,
         }
         let current = counters.processed.load(Ordering::Relaxed);
         let rate = (current - previous) / REPORT_INTERVAL.as_secs();
@@ -352,17 +393,6 @@ async fn report_throughput(counters: Arc<Counters>, mut shutdown: Shutdown) {
         tracing::info!(messages_per_sec = rate, total = current, "throughput");
         previous = current;
     }
-}
-
-/// A flag for worker threads, raised when `shutdown` fires.
-pub(crate) fn stop_flag(mut shutdown: Shutdown) -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(shutdown.is_triggered()));
-    let raised = flag.clone();
-    tokio::spawn(async move {
-        shutdown.wait().await;
-        raised.store(true, Ordering::Release);
-    });
-    flag
 }
 
 /// Runs `work(index)` on `workers` named threads and waits for all; the first error wins.
@@ -418,7 +448,7 @@ where
 /// Runs the continuous processor until `shutdown`; then drains, flushes and commits.
 pub async fn run_stream_sum(
     config: &Config,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<StreamSumSummary, StreamSumError> {
     let started = Instant::now();
     let settings = &config.stream_sum;
@@ -443,8 +473,7 @@ pub async fn run_stream_sum(
         "stream_sum started"
     );
     let reporter = tokio::spawn(report_throughput(counters.clone(), shutdown.clone()));
-    let stop = stop_flag(shutdown);
-    let runtime = tokio::runtime::Handle::current();
+    let stop = shutdown.clone();
     let outcome = {
         let config = config.clone();
         let counters = counters.clone();
@@ -454,7 +483,7 @@ pub async fn run_stream_sum(
                 tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
             }
             run_on_threads("stream-sum-txn", workers, move |index| {
-                exactly_once::run_worker(index, &config, broker, &counters, &stop, &runtime)
+                exactly_once::run_worker(index, &config, broker, &counters, &stop)
             })
             .await
         } else {

@@ -9,18 +9,19 @@ use crate::config::Config;
 use crate::kafka::sink::{
     Compression, KafkaMessage, KafkaSink, ProtobufSerializer, SinkConfig, SinkError, SinkStatistics,
 };
+use crate::kafka::statistics::StatisticsContext;
 use crate::kafka::{client_config, ClientRole, KafkaError};
+use crate::pace::Pacer;
 use crate::proto::{EventType, UserEvent};
 use crate::report::Report;
-use crate::shutdown::Shutdown;
-use crate::telemetry::StatisticsContext;
 use events::EventGenerator;
 use prost::Message as _;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,11 +103,10 @@ fn event_sink(
 /// `zstd_producer.rate` per second, keyed by user id; logs progress every 5 s.
 pub async fn run_zstd_producer(
     config: &Config,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<ProducerReport, ZstdProducerError> {
     let settings = config.zstd_producer.clone();
     let sink = Arc::new(event_sink(config)?);
-    let stop = Arc::new(AtomicBool::new(false));
     tracing::info!(
         topic = %settings.topic,
         events = settings.events,
@@ -116,7 +116,7 @@ pub async fn run_zstd_producer(
     );
     let started = Instant::now();
     let mut producing = {
-        let (sink, stop) = (sink.clone(), stop.clone());
+        let (sink, stop) = (sink.clone(), shutdown.clone());
         tokio::task::spawn_blocking(move || produce(&sink, &settings, &stop))
     };
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
@@ -124,9 +124,6 @@ pub async fn run_zstd_producer(
     let sent = loop {
         tokio::select! {
             done = &mut producing => break done??,
-            _ = shutdown.wait(), if !stop.load(Ordering::Relaxed) => {
-                stop.store(true, Ordering::Relaxed);
-            }
             _ = progress.tick() => {
                 let metrics = sink.metrics();
                 tracing::info!(
@@ -162,25 +159,20 @@ pub async fn run_zstd_producer(
 fn produce(
     sink: &KafkaSink<UserEvent, ProtobufSerializer<UserEvent>>,
     settings: &crate::config::ZstdProducerConfig,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
 ) -> Result<u64, ZstdProducerError> {
     let mut generator = EventGenerator::new(settings.seed, settings.users);
     let mut message = KafkaMessage::new(EventGenerator::empty_event());
     message.key = Some(Vec::with_capacity(16));
-    let started = Instant::now();
+    let pacer = Pacer::new(settings.rate);
     let mut sent = 0_u64;
     while settings.events == 0 || sent < settings.events {
         // Checked every 1,024 events: an atomic load per event is not free either.
         if sent % 1_024 == 0 {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_cancelled() {
                 break;
             }
-            if settings.rate > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / settings.rate as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(ahead);
-                }
-            }
+            pacer.wait_for(sent, Duration::ZERO);
         }
         generator.fill(&mut message.value);
         if let Some(key) = message.key.as_mut() {
@@ -190,11 +182,8 @@ fn produce(
         sink.enqueue(&message)?;
         sent += 1;
         // Below 1,024 events per second the batch check above paces too coarsely.
-        if settings.rate > 0 && settings.rate < 1_024 {
-            let due = Duration::from_secs_f64(sent as f64 / settings.rate as f64);
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(ahead);
-            }
+        if settings.rate < 1_024 {
+            pacer.wait_for(sent, Duration::ZERO);
         }
     }
     Ok(sent)

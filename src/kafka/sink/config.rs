@@ -3,8 +3,8 @@
 //! construction.
 
 use super::partition::PartitionStrategy;
-use crate::config::KafkaConfig;
 use crate::kafka::client_config::{check_properties, set_default};
+use crate::kafka::config::KafkaConfig;
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use rdkafka::ClientConfig;
 use std::time::Duration;

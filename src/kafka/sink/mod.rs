@@ -8,22 +8,27 @@
 //! | `partition.rs`      | `PartitionStrategy`, Java-compatible murmur2                         |
 //! | `circuit_breaker.rs`| Closed / Open / HalfOpen breaker                                     |
 //! | `metrics.rs`        | counters, latency histogram, `metrics` facade                        |
-//! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, delivery     |
-//! |                     | groups, transactions, flush and close                                |
+//! | `context.rs`        | `SinkContext`: delivery reports, statistics, the partitioner; the   |
+//! |                     | state it shares with the sink; delivery groups                      |
+//! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, flush, close   |
+//! | `transaction.rs`    | the transaction state machine, async and blocking entry points      |
 //!
 //! Retries reuse [`crate::backoff`]; errors are classified by [`crate::kafka::error`].
 
 pub mod circuit_breaker;
 pub mod config;
+pub mod context;
 pub mod message;
 pub mod metrics;
 pub mod partition;
 pub mod serializer;
 #[allow(clippy::module_inception)] // the sink itself, beside its parts
 pub mod sink;
+mod transaction;
 
 pub use circuit_breaker::{BreakerState, CircuitBreaker};
 pub use config::{Acks, Compression, DeliveryGuarantee, InvalidSinkConfig, SinkConfig};
+pub use context::{DeliveryGroup, DeliveryReport, GroupDelivery, SinkStatistics};
 pub use message::KafkaMessage;
 pub use metrics::{LastError, MetricsSnapshot};
 pub use partition::{java_partition, murmur2, PartitionStrategy};
@@ -31,6 +36,4 @@ pub use serializer::{
     AvroSerializer, BincodeSerializer, BytesSerializer, JsonSerializer, MessageSerializer,
     ProtobufSerializer, SerializeError, CONTENT_TYPE_HEADER,
 };
-pub use sink::{
-    CloseReport, DeliveryGroup, DeliveryReport, GroupDelivery, KafkaSink, SinkError, SinkStatistics,
-};
+pub use sink::{CloseReport, KafkaSink, SinkError};

@@ -15,20 +15,24 @@
 
 use super::circuit_breaker::{BreakerState, CircuitBreaker};
 use super::config::{DeliveryGuarantee, InvalidSinkConfig, SinkConfig};
+use super::context::{
+    DeliveryGroup, DeliveryReport, GroupDelivery, GroupState, Shared, SinkContext, SinkStatistics,
+    StatisticsTotals, GROUP_TAG,
+};
 use super::message::KafkaMessage;
 use super::metrics::{MetricsSnapshot, SinkMetrics};
 use super::partition::{PartitionStrategy, StrategyPartitioner};
 use super::serializer::{JsonSerializer, MessageSerializer, SerializeError, CONTENT_TYPE_HEADER};
+use super::transaction::TransactionState;
 use crate::backoff::Backoff;
-use crate::kafka::{ErrorClass, KafkaError};
+use crate::kafka::KafkaError;
 use crate::report::Report;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::{ClientContext, Statistics};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,13 +86,6 @@ impl From<RdKafkaError> for SinkError {
     }
 }
 
-/// Where an acknowledged message landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeliveryReport {
-    pub partition: i32,
-    pub offset: i64,
-}
-
 /// What `close` found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CloseReport {
@@ -99,258 +96,6 @@ pub struct CloseReport {
     pub metrics: MetricsSnapshot,
 }
 
-type Waiter = oneshot::Sender<Result<DeliveryReport, RdKafkaError>>;
-
-/// The opaque bit that marks a message of a [`DeliveryGroup`].
-const GROUP_TAG: usize = 0b10;
-
-/// Messages handed to librdkafka on the fast path whose delivery is awaited together, once,
-/// with [`KafkaSink::wait_group`] (the results of one batch, say): one registration per
-/// group, nothing per message.
-pub struct DeliveryGroup {
-    id: u64,
-    state: Arc<GroupState>,
-}
-
-#[derive(Default)]
-struct GroupState {
-    pending: AtomicU64,
-    failed: AtomicU64,
-    last_error: Mutex<Option<RdKafkaError>>,
-    done: tokio::sync::Notify,
-}
-
-/// How a [`DeliveryGroup`] ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupDelivery {
-    /// Messages whose delivery failed for good (librdkafka's retries exhausted).
-    pub failed: u64,
-    pub last_error: Option<RdKafkaError>,
-}
-
-/// State shared between the sink and librdkafka's delivery-report thread.
-struct Shared {
-    metrics: SinkMetrics,
-    breaker: CircuitBreaker,
-    waiters: Mutex<HashMap<u64, Waiter>>,
-    next_waiter: AtomicU64,
-    groups: Mutex<HashMap<u64, Arc<GroupState>>>,
-    next_group: AtomicU64,
-    epoch: Instant,
-    /// Messages handed to librdkafka whose delivery report has not arrived. (librdkafka's
-    /// own queue length also counts protocol requests, so it cannot say this.)
-    outstanding: AtomicU64,
-    statistics: StatisticsTotals,
-}
-
-/// One fast-path message in this many carries its enqueue time, for the latency metrics:
-/// reading the clock for every message (and again in its delivery report) cost more than
-/// a tenth of stream_sum's CPU time (perf, see docs/BENCHMARKS.md).
-const LATENCY_SAMPLE_EVERY: u32 = 64;
-
-thread_local! {
-    /// Fast-path messages this thread enqueued, for latency sampling.
-    static ENQUEUED: Cell<u32> = const { Cell::new(0) };
-}
-
-impl Shared {
-    /// The opaque of a fast-path message: the low bit set, and above it the enqueue time in
-    /// microseconds (at least 1) for a sampled message, 0 for the others.
-    fn fast_opaque(&self) -> usize {
-        let sampled = ENQUEUED.with(|count| {
-            let n = count.get();
-            count.set(n.wrapping_add(1));
-            n % LATENCY_SAMPLE_EVERY == 0
-        });
-        if sampled {
-            let micros = (self.epoch.elapsed().as_micros() as usize).max(1);
-            (micros << 1) | 1
-        } else {
-            1
-        }
-    }
-}
-
-/// The producer context: delivery reports and the partition strategy (none for KeyHash:
-/// librdkafka's murmur2 does it).
-pub struct SinkContext {
-    shared: Arc<Shared>,
-    partitioner: Option<StrategyPartitioner>,
-}
-
-impl ClientContext for SinkContext {
-    fn stats(&self, statistics: Statistics) {
-        let shared = &self.shared;
-        // Window statistics cover one interval: add them up. The others are running totals.
-        let (batch_bytes, batch_messages) = statistics
-            .topics
-            .values()
-            .fold((0, 0), |(bytes, messages), topic| {
-                (bytes + topic.batchsize.sum, messages + topic.batchcnt.sum)
-            });
-        shared
-            .statistics
-            .batch_bytes
-            .fetch_add(batch_bytes.max(0) as u64, Ordering::Relaxed);
-        shared
-            .statistics
-            .batch_messages
-            .fetch_add(batch_messages.max(0) as u64, Ordering::Relaxed);
-        shared
-            .statistics
-            .message_bytes
-            .store(statistics.txmsg_bytes.max(0) as u64, Ordering::Relaxed);
-        shared
-            .statistics
-            .queued_messages
-            .store(statistics.msg_cnt, Ordering::Relaxed);
-        if let Some(eos) = &statistics.eos {
-            shared
-                .statistics
-                .producer_id_assigned
-                .store(eos.idemp_state == "Assigned", Ordering::Release);
-        }
-        shared.statistics.reports.fetch_add(1, Ordering::Release);
-        crate::telemetry::publish_kafka_statistics(&statistics);
-        metrics::gauge!("kafka_sink_breaker_state", "sink" => statistics.client_id.clone()).set(
-            match shared.breaker.state() {
-                BreakerState::Closed => 0.0,
-                BreakerState::Open => 1.0,
-                BreakerState::HalfOpen => 2.0,
-            },
-        );
-    }
-}
-
-/// What librdkafka's statistics said so far (see [`SinkConfig::statistics_interval`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SinkStatistics {
-    /// Statistics reports received.
-    pub reports: u64,
-    /// Key and value bytes of the messages put into produce batches (`txmsg_bytes`):
-    /// before compression.
-    pub message_bytes: u64,
-    /// Bytes of those batches as sent (the topics' `batchsize` windows added up): after
-    /// compression, with the batch framing.
-    pub batch_bytes: u64,
-    /// Messages in those batches.
-    pub batch_messages: u64,
-    /// Messages waiting in the producer queue at the last report (`msg_cnt`).
-    pub queued_messages: u64,
-}
-
-impl SinkStatistics {
-    /// Uncompressed over compressed bytes; `None` before a batch was reported.
-    pub fn compression_ratio(&self) -> Option<f64> {
-        (self.batch_bytes > 0).then(|| self.message_bytes as f64 / self.batch_bytes as f64)
-    }
-}
-
-#[derive(Default)]
-struct StatisticsTotals {
-    reports: AtomicU64,
-    message_bytes: AtomicU64,
-    batch_bytes: AtomicU64,
-    batch_messages: AtomicU64,
-    queued_messages: AtomicU64,
-    /// The idempotent producer has its producer id (`eos.idemp_state` is `Assigned`).
-    producer_id_assigned: AtomicBool,
-}
-
-impl ProducerContext<StrategyPartitioner> for SinkContext {
-    type DeliveryOpaque = usize;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let shared = &self.shared;
-        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-        if opaque & 1 == 1 {
-            // Fast path: account here; nobody awaits this message.
-            let enqueued = opaque >> 1;
-            match result {
-                Ok(message) => {
-                    let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    let latency = (enqueued > 0).then(|| {
-                        let enqueued = Duration::from_micros(enqueued as u64);
-                        shared.epoch.elapsed().saturating_sub(enqueued)
-                    });
-                    shared.metrics.delivered(bytes, latency);
-                    shared.breaker.record_success();
-                }
-                Err((error, _)) => {
-                    shared.metrics.failed(error);
-                    if shared.breaker.record_failure() {
-                        shared.metrics.breaker_trip();
-                    }
-                }
-            }
-            return;
-        }
-        if opaque & GROUP_TAG == GROUP_TAG {
-            let group = shared
-                .groups
-                .lock()
-                .ok()
-                .and_then(|groups| groups.get(&((opaque >> 2) as u64)).cloned());
-            match result {
-                Ok(message) => {
-                    let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    shared.metrics.delivered(bytes, None);
-                    shared.breaker.record_success();
-                }
-                Err((error, _)) => {
-                    shared.metrics.failed(error);
-                    if shared.breaker.record_failure() {
-                        shared.metrics.breaker_trip();
-                    }
-                    if let Some(group) = &group {
-                        group.failed.fetch_add(1, Ordering::AcqRel);
-                        if let Ok(mut last) = group.last_error.lock() {
-                            *last = Some(error.clone());
-                        }
-                    }
-                }
-            }
-            if let Some(group) = group {
-                if group.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    group.done.notify_one();
-                }
-            }
-            return;
-        }
-        let waiter = shared
-            .waiters
-            .lock()
-            .ok()
-            .and_then(|mut waiters| waiters.remove(&((opaque >> 2) as u64)));
-        let outcome = match result {
-            Ok(message) => {
-                let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                shared.metrics.delivered(bytes, None);
-                Ok(DeliveryReport {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                })
-            }
-            Err((error, _)) => Err(error.clone()),
-        };
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(outcome);
-        }
-    }
-
-    fn get_custom_partitioner(&self) -> Option<&StrategyPartitioner> {
-        self.partitioner.as_ref()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TransactionState {
-    /// `init_transactions` not called yet.
-    Uninitialised,
-    Idle,
-    Open,
-}
-
 thread_local! {
     /// The serialization buffer of the calling thread, reused for every message
     /// (librdkafka copies the payload when enqueueing).
@@ -359,12 +104,12 @@ thread_local! {
 
 /// A generic Kafka producer for values of type `T`, serialized by `S`.
 pub struct KafkaSink<T, S = JsonSerializer> {
-    producer: Arc<ThreadedProducer<SinkContext, StrategyPartitioner>>,
+    pub(super) producer: Arc<ThreadedProducer<SinkContext, StrategyPartitioner>>,
     serializer: S,
-    config: SinkConfig,
+    pub(super) config: SinkConfig,
     shared: Arc<Shared>,
     closed: AtomicBool,
-    transaction: tokio::sync::Mutex<TransactionState>,
+    pub(super) transaction: Arc<tokio::sync::Mutex<TransactionState>>,
     _values: PhantomData<fn(&T)>,
 }
 
@@ -408,7 +153,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             config,
             shared,
             closed: AtomicBool::new(false),
-            transaction: tokio::sync::Mutex::new(transaction),
+            transaction: Arc::new(tokio::sync::Mutex::new(transaction)),
             _values: PhantomData,
         })
     }
@@ -473,7 +218,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         self.shared.outstanding.load(Ordering::Acquire)
     }
 
-    fn check_open(&self) -> Result<(), SinkError> {
+    pub(super) fn check_open(&self) -> Result<(), SinkError> {
         if self.closed.load(Ordering::Acquire) {
             Err(SinkError::Closed)
         } else {
@@ -731,118 +476,32 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         }
     }
 
-    /// Adds a consumer's offsets to the open transaction, so they commit or abort with the
-    /// messages produced in it (consume-transform-produce). `offsets` are the next offsets to
-    /// read, as committed offsets are; `group` fences a member a rebalance has replaced.
-    pub async fn send_offsets_to_transaction(
-        &self,
-        offsets: rdkafka::TopicPartitionList,
-        group: rdkafka::consumer::ConsumerGroupMetadata,
-    ) -> Result<(), SinkError> {
-        // Held across the round trip so the transaction cannot end meanwhile.
-        let state = self.transaction.lock().await;
-        if *state != TransactionState::Open {
-            return Err(SinkError::TransactionState("no transaction is open"));
-        }
-        let producer = self.producer.clone();
-        let timeout = self.config.message_timeout;
-        tokio::task::spawn_blocking(move || {
-            producer.send_offsets_to_transaction(&offsets, &group, Timeout::After(timeout))
-        })
-        .await??;
-        Ok(())
-    }
-
-    /// Starts a transaction (exactly-once sinks only; registers the transactional id with
-    /// the broker on first use). Nested transactions are rejected.
-    pub async fn begin_transaction(&self) -> Result<(), SinkError> {
-        self.check_open()?;
-        let mut state = self.transaction.lock().await;
-        match *state {
-            _ if self.config.guarantee != DeliveryGuarantee::ExactlyOnce => {
-                return Err(SinkError::TransactionState(
-                    "transactions need DeliveryGuarantee::ExactlyOnce",
-                ));
-            }
-            TransactionState::Open => {
-                return Err(SinkError::TransactionState("a transaction is already open"))
-            }
-            TransactionState::Uninitialised => {
-                let producer = self.producer.clone();
-                let timeout = self.config.message_timeout;
-                tokio::task::spawn_blocking(move || {
-                    producer.init_transactions(Timeout::After(timeout))
-                })
-                .await??;
-            }
-            TransactionState::Idle => {}
-        }
-        self.producer.begin_transaction()?;
-        *state = TransactionState::Open;
-        Ok(())
-    }
-
-    /// Commits the open transaction (flushing its messages first). On failure the
-    /// transaction is aborted when the error requires it.
-    pub async fn commit_transaction(&self) -> Result<(), SinkError> {
-        let mut state = self.transaction.lock().await;
-        if *state != TransactionState::Open {
-            return Err(SinkError::TransactionState("no transaction is open"));
-        }
-        let producer = self.producer.clone();
-        let timeout = self.config.message_timeout;
-        let committed = tokio::task::spawn_blocking(move || {
-            producer.commit_transaction(Timeout::After(timeout))
-        })
-        .await?;
-        match committed {
-            Ok(()) => {
-                *state = TransactionState::Idle;
-                Ok(())
-            }
-            Err(error) => {
-                let error = KafkaError::from(error);
-                if error.class() == ErrorClass::AbortTransaction {
-                    let producer = self.producer.clone();
-                    tokio::task::spawn_blocking(move || {
-                        producer.abort_transaction(Timeout::After(timeout))
-                    })
-                    .await??;
-                    *state = TransactionState::Idle;
-                }
-                Err(error.into())
-            }
-        }
-    }
-
-    /// Aborts the open transaction: its messages are never seen by `read_committed` readers.
-    pub async fn abort_transaction(&self) -> Result<(), SinkError> {
-        let mut state = self.transaction.lock().await;
-        if *state != TransactionState::Open {
-            return Err(SinkError::TransactionState("no transaction is open"));
-        }
-        let producer = self.producer.clone();
-        let timeout = self.config.message_timeout;
-        tokio::task::spawn_blocking(move || producer.abort_transaction(Timeout::After(timeout)))
-            .await??;
-        *state = TransactionState::Idle;
-        Ok(())
-    }
-
     /// Closes the sink: new sends fail with [`SinkError::Closed`], an open transaction is
     /// aborted, queued messages are flushed for up to `timeout`, and whatever is still
     /// undelivered is reported (never dropped silently). Logs the final metrics.
     pub async fn close(&self, timeout: Duration) -> Result<CloseReport, SinkError> {
         self.closed.store(true, Ordering::Release);
-        let mut aborted_transaction = false;
-        {
-            let state = *self.transaction.lock().await;
-            if state == TransactionState::Open {
-                self.abort_transaction().await?;
-                aborted_transaction = true;
-            }
+        let aborted_transaction = self.transaction_open().await;
+        if aborted_transaction {
+            self.abort_transaction().await?;
         }
         let undelivered = self.flush(timeout).await?;
+        Ok(self.closed_report(undelivered, aborted_transaction))
+    }
+
+    /// [`close`](Self::close) for a plain thread (not a tokio worker).
+    pub fn close_blocking(&self, timeout: Duration) -> Result<CloseReport, SinkError> {
+        self.closed.store(true, Ordering::Release);
+        let aborted_transaction = self.transaction_open_blocking();
+        if aborted_transaction {
+            self.abort_transaction_blocking()?;
+        }
+        let undelivered = self.flush_blocking(timeout)?;
+        Ok(self.closed_report(undelivered, aborted_transaction))
+    }
+
+    /// Logs the final metrics of a closed sink.
+    fn closed_report(&self, undelivered: u64, aborted_transaction: bool) -> CloseReport {
         let metrics = self.metrics();
         let sink = self.config.client_id.as_str();
         if undelivered > 0 {
@@ -858,11 +517,11 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             latency_p99_ms = metrics.latency_p99.as_secs_f64() * 1e3,
             "sink closed"
         );
-        Ok(CloseReport {
+        CloseReport {
             undelivered,
             aborted_transaction,
             metrics,
-        })
+        }
     }
 }
 

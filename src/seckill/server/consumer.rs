@@ -22,7 +22,6 @@ use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::redis_state::{PurchaseBatch, RedisStateError};
 use crate::report::Report;
 use crate::seckill::offsets::BatchOffsets;
-use crate::shutdown::Shutdown;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use hdrhistogram::Histogram;
@@ -37,6 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Whether the cluster is the dev broker, asked once at start (a short-lived client).
 pub(super) async fn detect_broker(config: &Config) -> BrokerKind {
@@ -61,7 +61,7 @@ pub(super) struct RebalanceContext {
 
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        crate::telemetry::publish_kafka_statistics(&statistics);
+        crate::kafka::statistics::publish(&statistics);
     }
 }
 
@@ -416,7 +416,7 @@ type Finished = (Batch, Result<BatchEnd, ServerError>);
 
 /// Dead-letters the batch's malformed messages, runs its purchase script call, and publishes
 /// every answer to the results topic (when on), waiting for the broker to have them.
-async fn run_batch(shared: Arc<Shared>, mut batch: Batch, stop: Shutdown) -> Finished {
+async fn run_batch(shared: Arc<Shared>, mut batch: Batch, stop: CancellationToken) -> Finished {
     for dead_letter in &batch.dead_letters {
         match send_dead_letter(&shared, dead_letter, &stop).await {
             Ok(()) => {}
@@ -467,13 +467,13 @@ async fn publish_results(
     results: &ResultSink,
     batch: &mut Batch,
     activity_id: u64,
-    stop: &Shutdown,
+    stop: &CancellationToken,
 ) -> Result<(), RetryError<SinkError>> {
     if batch.pending.is_empty() {
         return Ok(());
     }
     let mut backoff = Backoff::default();
-    let mut stop = stop.clone();
+    let stop = stop.clone();
     loop {
         let group = results.delivery_group();
         let mut failure = None;
@@ -539,7 +539,7 @@ async fn publish_results(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = stop.wait() => return Err(RetryError::Stopped(SinkError::Closed)),
+            _ = stop.cancelled() => return Err(RetryError::Stopped(SinkError::Closed)),
         }
     }
 }
@@ -547,7 +547,7 @@ async fn publish_results(
 async fn send_dead_letter(
     shared: &Shared,
     dead_letter: &DeadLetter,
-    stop: &Shutdown,
+    stop: &CancellationToken,
 ) -> Result<(), RetryError<SinkError>> {
     tracing::warn!(event = "dlq", reason = %dead_letter.reason, source = %dead_letter.source, dlq = %shared.dlq.config().topic, "malformed request sent to the dead-letter topic");
     let mut message = KafkaMessage::new(dead_letter.payload.clone())
@@ -726,7 +726,7 @@ pub(super) async fn consume(
     index: usize,
     shared: Arc<Shared>,
     broker: BrokerKind,
-    mut stop: Shutdown,
+    stop: CancellationToken,
 ) -> Result<Histogram<u64>, ServerError> {
     let config = &shared.config;
     let settings = &config.server_kafka;
@@ -761,7 +761,7 @@ pub(super) async fn consume(
     let mut in_flight = FuturesUnordered::new();
     let mut fatal: Option<ServerError> = None;
 
-    'consume: while !stop.is_triggered() {
+    'consume: while !stop.is_cancelled() {
         // What is waiting already, without waiting.
         while !filling.is_full(settings.batch_size) {
             let Some(received) = stream.next().now_or_never() else {
@@ -796,7 +796,7 @@ pub(super) async fn consume(
         };
         tokio::select! {
             biased;
-            _ = stop.wait() => break,
+            _ = stop.cancelled() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(error) = state.complete(done, &shared, &consumer, topic) {
                     fatal = Some(error);

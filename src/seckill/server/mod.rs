@@ -23,12 +23,12 @@ use crate::kafka::sink::{
 use crate::kafka::KafkaError;
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
 use crate::report::Report;
-use crate::shutdown::{Shutdown, ShutdownTrigger};
 use hdrhistogram::Histogram;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 /// Header of a dead-letter message that says why it was rejected.
 pub const DLQ_ERROR_HEADER: &str = "seckill.error";
@@ -263,7 +263,10 @@ impl Shared {
 }
 
 /// Runs server_kafka until `shutdown` fires (then drains and commits) or a fatal error.
-pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSummary, ServerError> {
+pub async fn run_server(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<ServerSummary, ServerError> {
     let started = Instant::now();
     crate::telemetry::set_ready(false);
     let activity_id = config.seckill.activity_id;
@@ -305,10 +308,8 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     });
     let broker = consumer::detect_broker(config).await;
 
-    // One internal trigger: a signal or the first failing consumer stops every task.
-    let (trigger, stop) = Shutdown::new();
-    let trigger = Arc::new(trigger);
-    tokio::spawn(forward_shutdown(shutdown, trigger.clone()));
+    // A signal or the first failing consumer stops every task.
+    let stop = shutdown.child_token();
 
     tracing::info!(
         activity_id,
@@ -326,11 +327,10 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
     for index in 0..config.server_kafka.consumers {
         let shared = shared.clone();
         let stop = stop.clone();
-        let trigger = trigger.clone();
         tasks.push(tokio::spawn(async move {
-            let result = consumer::consume(index, shared, broker, stop).await;
+            let result = consumer::consume(index, shared, broker, stop.clone()).await;
             if result.is_err() {
-                trigger.trigger();
+                stop.cancel();
             }
             result
         }));
@@ -354,7 +354,7 @@ pub async fn run_server(config: &Config, shutdown: Shutdown) -> Result<ServerSum
         }
     }
     crate::telemetry::set_ready(false);
-    trigger.trigger();
+    stop.cancel();
     let _ = status.await;
     // Dead-letter messages were awaited one by one; nothing should be left, and close()
     // itself logs anything that is.
@@ -423,16 +423,11 @@ fn results_sink(config: &Config) -> Result<ResultSink, SinkError> {
     KafkaSink::with_serializer(sink, ResultJson)
 }
 
-async fn forward_shutdown(mut external: Shutdown, trigger: Arc<ShutdownTrigger>) {
-    external.wait().await;
-    trigger.trigger();
-}
-
 /// Sets the initial stock (or checks the kept state), retrying while Redis is unreachable.
 async fn prepare_state(
     redis: &RedisState,
     config: &Config,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let activity_id = config.seckill.activity_id;
     let stock = config.server_kafka.initial_stock;
@@ -470,7 +465,7 @@ async fn prepare_state(
     }
 }
 
-async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) {
+async fn status_loop(shared: Arc<Shared>, stop: CancellationToken, started: Instant) {
     let interval = Duration::from_secs(shared.config.server_kafka.status_interval_secs);
     let activity_id = shared.config.seckill.activity_id;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -478,7 +473,7 @@ async fn status_loop(shared: Arc<Shared>, mut stop: Shutdown, started: Instant) 
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.wait() => return,
+            _ = stop.cancelled() => return,
         }
         let counts = shared.counters.snapshot();
         let rate = (counts.total() - previous_total) as f64 / interval.as_secs_f64();

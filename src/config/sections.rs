@@ -1,0 +1,288 @@
+//! The configuration sections other than `kafka` (which lives in [`crate::kafka::config`]):
+//! Redis, PostgreSQL, telemetry, the sale itself and each program's own section, with
+//! their built-in defaults.
+
+use crate::secret::SecretUrl;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
+    pub url: SecretUrl,
+    /// Connections in the pool; bounds the Lua calls in flight per process.
+    pub pool_size: usize,
+    /// How long to wait for a pooled connection (create or recycle) before failing.
+    pub connect_timeout_ms: u64,
+    /// How long to wait for a command's reply; blocking pops wait a little less.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("redis://127.0.0.1:6379/0"),
+            pool_size: 32,
+            connect_timeout_ms: 5_000,
+            response_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/db?sslmode=...`
+    pub url: SecretUrl,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretUrl::new("postgres://seckill@127.0.0.1:5432/seckill"),
+            max_connections: 8,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `host:port` to serve Prometheus metrics on (`GET /metrics`); empty = off.
+    pub metrics_addr: String,
+}
+
+impl TelemetryConfig {
+    /// The metrics address, when metrics are on (validated at load).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr.trim().parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings the flash-sale programs must agree on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeckillConfig {
+    /// The sale; Redis keys and PostgreSQL rows are scoped by it.
+    pub activity_id: u64,
+    /// Topic client_kafka writes requests to and server_kafka reads them from.
+    pub requests_topic: String,
+    /// Topic server_kafka answers every request on (keyed by user id), and
+    /// `client_kafka --await-results` reads.
+    pub results_topic: String,
+}
+
+impl Default for SeckillConfig {
+    fn default() -> Self {
+        Self {
+            activity_id: 1,
+            requests_topic: "seckill-requests".into(),
+            results_topic: "seckill-results".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientKafkaConfig {
+    /// Distinct users that send requests.
+    pub users: u64,
+    pub requests_per_user: u32,
+    /// Requests per second; 0 sends as fast as the producer accepts.
+    pub rate: u64,
+    pub delay_ms: u64,
+    /// Seed for the shuffle; unset takes one from the clock.
+    pub seed: Option<u64>,
+    /// After sending, read `seckill.results_topic` until every request sent has its result
+    /// (or `results_timeout_ms` passes), and report outcomes and latency.
+    pub await_results: bool,
+    /// How long to wait for the results after the last request was sent.
+    pub results_timeout_ms: u64,
+}
+
+impl Default for ClientKafkaConfig {
+    fn default() -> Self {
+        Self {
+            users: 10_000,
+            requests_per_user: 1,
+            rate: 0,
+            delay_ms: 0,
+            seed: None,
+            await_results: false,
+            results_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerKafkaConfig {
+    pub group_id: String,
+    /// Stock set in Redis at start (unless `keep_state`).
+    pub initial_stock: u64,
+    /// Consumer tasks in the group.
+    pub consumers: usize,
+    /// Purchase script calls each consumer has in flight at once (each carries up to
+    /// `batch_size` requests).
+    pub concurrency: usize,
+    /// Requests per purchase script call at most.
+    pub batch_size: usize,
+    /// Longest wait, after a batch's first request, for more requests to fill it; 0 sends
+    /// what there is as soon as no more requests are waiting.
+    pub batch_wait_ms: u64,
+    /// Static group membership: consumer `n` joins as `group.instance.id`
+    /// `<instance_id>-<n>`, so a restarted server takes its partitions back without a
+    /// rebalance (Apache Kafka). Unique per server process (e.g. the pod name); unset = off.
+    pub instance_id: Option<String>,
+    /// A request older than this when processed is answered TIMEOUT without touching stock;
+    /// 0 disables the check.
+    pub timeout_ms: u64,
+    pub offset_reset: OffsetReset,
+    /// Keep the stock and counters already in Redis instead of resetting them at start.
+    pub keep_state: bool,
+    pub status_interval_secs: u64,
+    /// Dead-letter topic for malformed requests; unset means `<requests_topic>.dlq`.
+    pub dlq_topic: Option<String>,
+    /// Publish every request's outcome to `seckill.results_topic` (offsets are stored only
+    /// once a request's result is acknowledged); off for pure load tests.
+    pub publish_results: bool,
+}
+
+impl Default for ServerKafkaConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "seckill-server".into(),
+            initial_stock: 1_000,
+            consumers: 2,
+            concurrency: 16,
+            batch_size: 256,
+            batch_wait_ms: 0,
+            instance_id: None,
+            timeout_ms: 60_000,
+            offset_reset: OffsetReset::Earliest,
+            keep_state: false,
+            status_interval_secs: 5,
+            dlq_topic: None,
+            publish_results: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    /// The value librdkafka expects for `auto.offset.reset`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Earliest => "earliest",
+            Self::Latest => "latest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogWorkerConfig {
+    /// Records per INSERT.
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill before writing what there is.
+    pub flush_interval_ms: u64,
+    /// Exit once the queue is empty instead of waiting for more records.
+    pub drain: bool,
+    /// How long a worker's claim on the records it took outlives its last renewal (renewed
+    /// every third of it). Another worker takes over a dead worker's records after this.
+    pub lease_ms: u64,
+    /// Insert loops in the process, each a worker with its own processing list, so that
+    /// PostgreSQL inserts overlap.
+    pub concurrency: usize,
+}
+
+impl Default for LogWorkerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1_000,
+            flush_interval_ms: 200,
+            drain: false,
+            lease_ms: 10_000,
+            concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSumConfig {
+    pub input_topic: String,
+    pub output_topic: String,
+    pub group_id: String,
+    /// Worker tasks; 0 means one per input partition.
+    pub workers: usize,
+    /// Records each worker may hold between its consuming and producing threads (the
+    /// bounded channel); a full channel pauses consumption.
+    pub channel_capacity: usize,
+    pub exactly_once: bool,
+    /// Records per transaction at most, with `exactly_once` (a transaction also ends after
+    /// 100 ms).
+    pub transaction_records: usize,
+    /// Results each worker's producer may queue before it waits for acknowledgements (with
+    /// `channel_capacity`, what bounds a worker's memory).
+    pub producer_queue_messages: usize,
+}
+
+impl Default for StreamSumConfig {
+    fn default() -> Self {
+        Self {
+            input_topic: "integer-list-input-avro".into(),
+            output_topic: "integer-sum-output-avro".into(),
+            group_id: "stream-sum".into(),
+            workers: 0,
+            channel_capacity: 16_384,
+            exactly_once: false,
+            transaction_records: 10_000,
+            producer_queue_messages: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZstdProducerConfig {
+    pub topic: String,
+    /// Events to send; 0 runs until SIGTERM.
+    pub events: u64,
+    /// Events per second; 0 is unlimited.
+    pub rate: u64,
+    /// Distinct users the events are spread over.
+    pub users: u64,
+    /// Seed of the event generator, for a reproducible sequence; 0 picks one at random.
+    pub seed: u64,
+}
+
+impl Default for ZstdProducerConfig {
+    fn default() -> Self {
+        Self {
+            topic: "user-events".into(),
+            events: 100_000,
+            rate: 0,
+            users: 1_000,
+            seed: 0,
+        }
+    }
+}

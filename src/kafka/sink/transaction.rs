@@ -1,0 +1,175 @@
+//! The sink's transactions (exactly-once sinks only): one state machine, [`transition`],
+//! reached from async code (`begin_transaction`, ...: the blocking librdkafka call runs on
+//! tokio's blocking pool) and from a plain thread (`begin_transaction_blocking`, ...: called
+//! in place, as the exactly-once stream_sum worker does), with the same checks either way.
+
+use super::config::DeliveryGuarantee;
+use super::context::SinkContext;
+use super::partition::StrategyPartitioner;
+use super::serializer::MessageSerializer;
+use super::sink::{KafkaSink, SinkError};
+use crate::kafka::{ErrorClass, KafkaError};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+use rdkafka::TopicPartitionList;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TransactionState {
+    /// `init_transactions` not called yet.
+    Uninitialised,
+    Idle,
+    Open,
+}
+
+/// What to do with the transaction.
+pub(super) enum TransactionStep {
+    Begin,
+    /// Add a consumer's offsets to the open transaction.
+    SendOffsets(TopicPartitionList, ConsumerGroupMetadata),
+    Commit,
+    Abort,
+}
+
+/// Runs one step against `state`, blocking on librdkafka. A commit that fails with an
+/// error that requires it aborts the transaction.
+pub(super) fn transition(
+    state: &mut TransactionState,
+    producer: &ThreadedProducer<SinkContext, StrategyPartitioner>,
+    guarantee: DeliveryGuarantee,
+    timeout: Duration,
+    step: TransactionStep,
+) -> Result<(), SinkError> {
+    let timeout = Timeout::After(timeout);
+    match step {
+        TransactionStep::Begin => {
+            if guarantee != DeliveryGuarantee::ExactlyOnce {
+                return Err(SinkError::TransactionState(
+                    "transactions need DeliveryGuarantee::ExactlyOnce",
+                ));
+            }
+            match *state {
+                TransactionState::Open => {
+                    return Err(SinkError::TransactionState("a transaction is already open"))
+                }
+                TransactionState::Uninitialised => producer.init_transactions(timeout)?,
+                TransactionState::Idle => {}
+            }
+            producer.begin_transaction()?;
+            *state = TransactionState::Open;
+            Ok(())
+        }
+        _ if *state != TransactionState::Open => {
+            Err(SinkError::TransactionState("no transaction is open"))
+        }
+        TransactionStep::SendOffsets(offsets, group) => {
+            Ok(producer.send_offsets_to_transaction(&offsets, &group, timeout)?)
+        }
+        TransactionStep::Commit => match producer.commit_transaction(timeout) {
+            Ok(()) => {
+                *state = TransactionState::Idle;
+                Ok(())
+            }
+            Err(error) => {
+                let error = KafkaError::from(error);
+                if error.class() == ErrorClass::AbortTransaction {
+                    producer.abort_transaction(timeout)?;
+                    *state = TransactionState::Idle;
+                }
+                Err(error.into())
+            }
+        },
+        TransactionStep::Abort => {
+            producer.abort_transaction(timeout)?;
+            *state = TransactionState::Idle;
+            Ok(())
+        }
+    }
+}
+
+impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
+    /// Runs `step` on tokio's blocking pool, holding the state across the round trip so no
+    /// other step interleaves.
+    async fn transaction_step(&self, step: TransactionStep) -> Result<(), SinkError> {
+        let mut state = self.transaction.clone().lock_owned().await;
+        let producer = self.producer.clone();
+        let (guarantee, timeout) = (self.config.guarantee, self.config.message_timeout);
+        tokio::task::spawn_blocking(move || {
+            transition(&mut state, &producer, guarantee, timeout, step)
+        })
+        .await?
+    }
+
+    /// Runs `step` on the calling thread, which must not be a tokio worker.
+    fn transaction_step_blocking(&self, step: TransactionStep) -> Result<(), SinkError> {
+        let mut state = self.transaction.blocking_lock();
+        let (guarantee, timeout) = (self.config.guarantee, self.config.message_timeout);
+        transition(&mut state, &self.producer, guarantee, timeout, step)
+    }
+
+    /// Starts a transaction (exactly-once sinks only; registers the transactional id with
+    /// the broker on first use). Nested transactions are rejected.
+    pub async fn begin_transaction(&self) -> Result<(), SinkError> {
+        self.check_open()?;
+        self.transaction_step(TransactionStep::Begin).await
+    }
+
+    /// Adds a consumer's offsets to the open transaction, so they commit or abort with the
+    /// messages produced in it (consume-transform-produce). `offsets` are the next offsets to
+    /// read, as committed offsets are; `group` fences a member a rebalance has replaced.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<(), SinkError> {
+        self.transaction_step(TransactionStep::SendOffsets(offsets, group))
+            .await
+    }
+
+    /// Commits the open transaction (flushing its messages first). On failure the
+    /// transaction is aborted when the error requires it.
+    pub async fn commit_transaction(&self) -> Result<(), SinkError> {
+        self.transaction_step(TransactionStep::Commit).await
+    }
+
+    /// Aborts the open transaction: its messages are never seen by `read_committed` readers.
+    pub async fn abort_transaction(&self) -> Result<(), SinkError> {
+        self.transaction_step(TransactionStep::Abort).await
+    }
+
+    /// [`begin_transaction`](Self::begin_transaction) for a plain thread.
+    pub fn begin_transaction_blocking(&self) -> Result<(), SinkError> {
+        self.check_open()?;
+        self.transaction_step_blocking(TransactionStep::Begin)
+    }
+
+    /// [`send_offsets_to_transaction`](Self::send_offsets_to_transaction) for a plain thread.
+    pub fn send_offsets_to_transaction_blocking(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+    ) -> Result<(), SinkError> {
+        self.transaction_step_blocking(TransactionStep::SendOffsets(offsets, group))
+    }
+
+    /// [`commit_transaction`](Self::commit_transaction) for a plain thread.
+    pub fn commit_transaction_blocking(&self) -> Result<(), SinkError> {
+        self.transaction_step_blocking(TransactionStep::Commit)
+    }
+
+    /// [`abort_transaction`](Self::abort_transaction) for a plain thread.
+    pub fn abort_transaction_blocking(&self) -> Result<(), SinkError> {
+        self.transaction_step_blocking(TransactionStep::Abort)
+    }
+
+    /// Whether a transaction is open (then `close` aborts it).
+    pub(super) async fn transaction_open(&self) -> bool {
+        *self.transaction.lock().await == TransactionState::Open
+    }
+
+    /// [`transaction_open`](Self::transaction_open) for a plain thread.
+    pub(super) fn transaction_open_blocking(&self) -> bool {
+        *self.transaction.blocking_lock() == TransactionState::Open
+    }
+}
