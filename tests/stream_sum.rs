@@ -491,7 +491,8 @@ async fn exactly_once_survives_sigkill() {
     }
 }
 
-/// `stream_sum bench` loads, processes and verifies a small backlog on its own.
+/// `stream_sum bench` loads, processes and verifies a small backlog on its own, then runs
+/// the baseline on it and verifies that too.
 #[test]
 fn small_bench_run_verifies_its_output() {
     let brokers = support::stack_var("KAFKA_BROKERS");
@@ -506,4 +507,16 @@ fn small_bench_run_verifies_its_output() {
     assert_eq!(finished.figure("records"), 200_000);
     assert!(finished.stdout.contains("seconds="));
     assert!(finished.figure("msg_per_sec") > 0);
+    // The baseline ran on the same backlog and its output verified (else exit 1).
+    let baseline = finished
+        .stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("baseline"))
+        .expect("a baseline line");
+    assert!(baseline.contains("msg_per_sec="), "{baseline}");
+    assert!(
+        finished.stdout.contains("stream_sum / baseline = "),
+        "{}",
+        finished.stdout
+    );
 }
