@@ -62,6 +62,25 @@ impl SaleArgs {
     }
 }
 
+/// The flags of the programs on the requests topic (client_kafka, server_kafka).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RequestsArgs {
+    #[command(flatten)]
+    pub sale: SaleArgs,
+    /// Requests topic (seckill.requests_topic)
+    #[arg(long)]
+    pub topic: Option<String>,
+}
+
+impl RequestsArgs {
+    /// The program's flag overrides, starting with these.
+    pub fn overrides(&self) -> FlagOverrides {
+        let mut flags = self.sale.overrides();
+        flags.set("seckill.requests_topic", "topic", self.topic.clone());
+        flags
+    }
+}
+
 /// Runs a program: loads its configuration (one line and exit status 1 on a bad one), sets
 /// up logging and metrics, handles `--print-config`, then runs `body` with a token that
 /// SIGINT or SIGTERM cancels (tasks then finish their in-flight work). A second signal

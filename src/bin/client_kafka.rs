@@ -1,7 +1,7 @@
 //! client_kafka: generates flash-sale requests and produces them to Kafka.
 
 use clap::Parser;
-use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
+use seckill_kafka::cli::{self, CommonArgs, RequestsArgs};
 use seckill_kafka::seckill::client::run_client;
 use std::process::ExitCode;
 
@@ -12,10 +12,7 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    sale: SaleArgs,
-    /// Requests topic (seckill.requests_topic)
-    #[arg(long)]
-    topic: Option<String>,
+    requests: RequestsArgs,
     /// Distinct users (client_kafka.users)
     #[arg(long)]
     users: Option<u64>,
@@ -44,9 +41,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut flags = args.sale.overrides();
+    let mut flags = args.requests.overrides();
     flags
-        .set("seckill.requests_topic", "topic", args.topic)
         .set("client_kafka.users", "users", args.users)
         .set(
             "client_kafka.requests_per_user",

@@ -2,7 +2,7 @@
 //! batch per script call.
 
 use clap::Parser;
-use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
+use seckill_kafka::cli::{self, CommonArgs, RequestsArgs};
 use seckill_kafka::config::OffsetReset;
 use seckill_kafka::seckill::server::run_server;
 use seckill_kafka::secret::SecretUrl;
@@ -16,10 +16,7 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
     #[command(flatten)]
-    sale: SaleArgs,
-    /// Requests topic (seckill.requests_topic)
-    #[arg(long)]
-    topic: Option<String>,
+    requests: RequestsArgs,
     /// Consumer group id (server_kafka.group_id)
     #[arg(long)]
     group_id: Option<String>,
@@ -68,9 +65,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut flags = args.sale.overrides();
+    let mut flags = args.requests.overrides();
     flags
-        .set("seckill.requests_topic", "topic", args.topic)
         .set("server_kafka.group_id", "group-id", args.group_id)
         .set(
             "server_kafka.initial_stock",
