@@ -17,13 +17,41 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The partition count of `topic`, `None` when it does not exist.
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
-    let consumer: BaseConsumer = client_config(kafka, ClientRole::Admin, "metadata")?.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    count_partitions(&metadata_client(kafka)?, topic)
+}
+
+fn metadata_client(kafka: &KafkaConfig) -> Result<BaseConsumer, KafkaError> {
+    Ok(client_config(kafka, ClientRole::Admin, "metadata")?.create()?)
+}
+
+fn count_partitions(client: &BaseConsumer, topic: &str) -> Result<Option<usize>, KafkaError> {
+    let metadata = client.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     Ok(metadata
         .topics()
         .first()
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len()))
+}
+
+/// Which of `topics` are missing, and what kind of broker it is (asked only when some are),
+/// through one metadata client.
+fn find_missing(
+    kafka: &KafkaConfig,
+    topics: &[String],
+) -> Result<(Vec<usize>, BrokerKind), KafkaError> {
+    let client = metadata_client(kafka)?;
+    let mut missing = Vec::new();
+    for (index, topic) in topics.iter().enumerate() {
+        if count_partitions(&client, topic)?.is_none() {
+            missing.push(index);
+        }
+    }
+    let broker = if missing.is_empty() {
+        BrokerKind::Kafka
+    } else {
+        BrokerKind::of_client(client.client(), METADATA_TIMEOUT)
+    };
+    Ok((missing, broker))
 }
 
 /// Creates those of `topics` (name, partitions) that do not exist yet, with the broker's
@@ -33,34 +61,17 @@ pub async fn ensure_topics(
     program: &str,
     topics: &[(&str, i32)],
 ) -> Result<Vec<String>, KafkaError> {
-    let missing: Vec<(&str, i32)> = {
+    let (missing, broker) = {
         let kafka = kafka.clone();
-        let owned: Vec<(String, i32)> = topics.iter().map(|(t, p)| (t.to_string(), *p)).collect();
-        let found = tokio::task::spawn_blocking(move || {
-            owned
-                .into_iter()
-                .map(|(topic, partitions)| {
-                    partition_count(&kafka, &topic).map(|count| (topic, partitions, count))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|_| KafkaError::from(rdkafka::error::KafkaError::Canceled))??;
-        topics
-            .iter()
-            .zip(found)
-            .filter(|(_, (_, _, count))| count.is_none())
-            .map(|(spec, _)| *spec)
-            .collect()
+        let names: Vec<String> = topics.iter().map(|(topic, _)| topic.to_string()).collect();
+        tokio::task::spawn_blocking(move || find_missing(&kafka, &names))
+            .await
+            .map_err(|_| KafkaError::from(rdkafka::error::KafkaError::Canceled))??
     };
+    let missing: Vec<(&str, i32)> = missing.into_iter().map(|index| topics[index]).collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let admin_config = client_config(kafka, ClientRole::Admin, program)?;
-    let probe = admin_config.clone();
-    let broker = tokio::task::spawn_blocking(move || BrokerKind::detect(&probe, METADATA_TIMEOUT))
-        .await
-        .unwrap_or(BrokerKind::Kafka);
     if broker.is_mock() {
         // It has no CreateTopics (a request would wait for its timeout); it creates a topic
         // with its default partition count when a producer first writes to it.
@@ -70,7 +81,8 @@ pub async fn ensure_topics(
         );
         return Ok(Vec::new());
     }
-    let admin: AdminClient<DefaultClientContext> = admin_config.create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(kafka, ClientRole::Admin, program)?.create()?;
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         // -1: the broker's default replication factor.

@@ -6,9 +6,15 @@
 //! for it are applied only when [`BrokerKind::detect`] finds it, by the cluster id the mock
 //! reports (`mockCluster...`), and each one says so in the log.
 
+use crate::kafka::config::KafkaConfig;
+use crate::kafka::{client_config, ClientRole};
+use rdkafka::client::{Client, ClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use std::time::Duration;
+
+/// How long a program's start waits for the cluster id.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Prefix of the cluster id librdkafka's mock cluster reports (rdkafka_mock.c).
 const MOCK_CLUSTER_ID_PREFIX: &str = "mockCluster";
@@ -26,10 +32,26 @@ impl BrokerKind {
     /// caller's connection settings). Unreachable within `timeout`: [`BrokerKind::Kafka`].
     pub fn detect(config: &ClientConfig, timeout: Duration) -> Self {
         let client: Result<BaseConsumer, _> = config.create();
-        let cluster_id = client
-            .ok()
-            .and_then(|client| client.client().fetch_cluster_id(timeout));
-        Self::of_cluster_id(cluster_id.as_deref())
+        client.map_or(Self::Kafka, |client| {
+            Self::of_client(client.client(), timeout)
+        })
+    }
+
+    /// Asks the cluster for its id through a client the caller already has.
+    pub fn of_client<C: ClientContext>(client: &Client<C>, timeout: Duration) -> Self {
+        Self::of_cluster_id(client.fetch_cluster_id(timeout).as_deref())
+    }
+
+    /// What a program's start asks once: [`detect`](Self::detect) with the program's
+    /// connection settings, off the async runtime.
+    pub async fn detect_for(kafka: &KafkaConfig, program: &str) -> Self {
+        let Ok(client) = client_config(kafka, ClientRole::Admin, &format!("{program}-probe"))
+        else {
+            return Self::Kafka;
+        };
+        tokio::task::spawn_blocking(move || Self::detect(&client, DETECT_TIMEOUT))
+            .await
+            .unwrap_or(Self::Kafka)
     }
 
     pub fn of_cluster_id(cluster_id: Option<&str>) -> Self {

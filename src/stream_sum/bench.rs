@@ -199,11 +199,7 @@ pub async fn run_bench(
     let processed = counters.processed.load(Ordering::Relaxed);
     let dead = counters.dead_lettered.load(Ordering::Relaxed);
 
-    let output_after = retained(&config, &options.output_topic)?;
-    let output = ranges_between(&output_before, &output_after);
-    let (output_records, output_sum) = scan(&config, &options.output_topic, &output, |payload| {
-        decode_sum_result(payload).ok()
-    })?;
+    let (output_records, output_sum) = new_sums(&config, &options.output_topic, &output_before)?;
     let mut report = BenchReport {
         records: expected_records,
         workers,
@@ -250,11 +246,7 @@ async fn run_baseline_checked(
             .await
             .map_err(|e| BenchError::Thread("baseline", e))??
     };
-    let after = retained(config, &topic)?;
-    let output = ranges_between(&before, &after);
-    let (records, sum) = scan(config, &topic, &output, |payload| {
-        decode_sum_result(payload).ok()
-    })?;
+    let (records, sum) = new_sums(config, &topic, &before)?;
     if records != run.records || sum != expected_sum {
         return Err(BenchError::Mismatch {
             records,
@@ -267,6 +259,19 @@ async fn run_baseline_checked(
         .into());
     }
     Ok(run)
+}
+
+/// The `SumResult`s written to `topic` since `before` (its retained ranges then): how many,
+/// and what they add up to.
+fn new_sums(
+    config: &Config,
+    topic: &str,
+    before: &[PartitionRange],
+) -> Result<(u64, i64), StreamSumError> {
+    let after = retained(config, topic)?;
+    scan(config, topic, &ranges_between(before, &after), |payload| {
+        decode_sum_result(payload).ok()
+    })
 }
 
 /// The partition count of a topic the bench needs, or an error that says what to do.

@@ -360,16 +360,6 @@ pub(crate) fn partition_count(config: &Config, topic: &str) -> Result<usize, Str
         .ok_or_else(|| StreamSumError::NoSuchTopic(topic.to_string()))
 }
 
-async fn detect_broker(config: &Config) -> crate::kafka::broker::BrokerKind {
-    use crate::kafka::broker::BrokerKind;
-    let Ok(client) = client_config(&config.kafka, ClientRole::Admin, "stream_sum-probe") else {
-        return BrokerKind::Kafka;
-    };
-    tokio::task::spawn_blocking(move || BrokerKind::detect(&client, Duration::from_secs(3)))
-        .await
-        .unwrap_or(BrokerKind::Kafka)
-}
-
 pub(crate) async fn ensure_topics(config: &Config, topics: &[&str]) -> Result<(), StreamSumError> {
     let specs: Vec<(&str, i32)> = topics
         .iter()
@@ -478,7 +468,8 @@ pub async fn run_stream_sum(
         let config = config.clone();
         let counters = counters.clone();
         if settings.exactly_once {
-            let broker = detect_broker(&config).await;
+            let broker =
+                crate::kafka::broker::BrokerKind::detect_for(&config.kafka, "stream_sum").await;
             if broker.is_mock() {
                 tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
             }

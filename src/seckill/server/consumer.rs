@@ -38,16 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Whether the cluster is the dev broker, asked once at start (a short-lived client).
-pub(super) async fn detect_broker(config: &Config) -> BrokerKind {
-    let Ok(client) = client_config(&config.kafka, ClientRole::Admin, "server_kafka-probe") else {
-        return BrokerKind::Kafka;
-    };
-    tokio::task::spawn_blocking(move || BrokerKind::detect(&client, Duration::from_secs(3)))
-        .await
-        .unwrap_or(BrokerKind::Kafka)
-}
-
 /// Records rebalances: which partitions to forget, and whether this consumer holds an
 /// assignment (for `/ready`).
 pub(super) struct RebalanceContext {

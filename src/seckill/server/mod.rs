@@ -17,6 +17,7 @@ mod consumer;
 use crate::backoff::{retry, RetryError};
 use crate::common::{SeckillOutcome, SeckillResult};
 use crate::config::Config;
+use crate::kafka::broker::BrokerKind;
 use crate::kafka::sink::{
     BytesSerializer, KafkaSink, MessageSerializer, SerializeError, SinkConfig, SinkError,
 };
@@ -306,7 +307,7 @@ pub async fn run_server(
         counters: counters.clone(),
         assigned: AtomicUsize::new(0),
     });
-    let broker = consumer::detect_broker(config).await;
+    let broker = BrokerKind::detect_for(&config.kafka, "server_kafka").await;
 
     // A signal or the first failing consumer stops every task.
     let stop = shutdown.child_token();
