@@ -28,6 +28,8 @@ say "building the programs while the local stack starts"
 mkdir -p .dev
 cargo build --quiet --bins > .dev/build.log 2>&1 &
 BUILD_PID=$!
+# A stack that fails to start ends the demo: the build must not run on behind it.
+trap 'kill "$BUILD_PID" 2>/dev/null || true' EXIT
 scripts/dev-stack.sh up
 eval "$(scripts/dev-stack.sh env)"
 wait "$BUILD_PID" || { cat .dev/build.log >&2; echo "demo: cargo build failed" >&2; exit 1; }
