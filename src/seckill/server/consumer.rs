@@ -1,6 +1,10 @@
 //! One group member of server_kafka: fills batches from its message stream, sends each
-//! batch's purchase in one script call with up to `concurrency` calls in flight, and stores
-//! offsets behind finished batches ([`BatchOffsets`]).
+//! batch's purchase in one script call with up to `concurrency` calls in flight, publishes
+//! the batch's answers, and stores offsets behind finished batches ([`BatchOffsets`]).
+//!
+//! A batch waiting for its answers to be acknowledged holds no script-call slot: with the
+//! slots held through the results' linger and acknowledgement, Redis sat idle a tenth of
+//! the time in the server benchmark (docs/BENCHMARKS.md).
 //!
 //! A batch is sent when it is full (`batch_size` requests), or when no more messages are
 //! waiting and either `batch_wait_ms` passed since its first message or that wait is 0. Under
@@ -404,9 +408,12 @@ enum BatchEnd {
 
 type Finished = (Batch, Result<BatchEnd, ServerError>);
 
-/// Dead-letters the batch's malformed messages, runs its purchase script call, and publishes
-/// every answer to the results topic (when on), waiting for the broker to have them.
-async fn run_batch(shared: Arc<Shared>, mut batch: Batch, stop: CancellationToken) -> Finished {
+/// Batches waiting for their answers' acknowledgements, per script-call slot: bounds what a
+/// slow results topic keeps in memory (each batch holds up to `batch_size` requests).
+const ANSWERING_PER_SLOT: usize = 4;
+
+/// Dead-letters the batch's malformed messages and runs its purchase script call.
+async fn decide_batch(shared: Arc<Shared>, mut batch: Batch, stop: CancellationToken) -> Finished {
     for dead_letter in &batch.dead_letters {
         match send_dead_letter(&shared, dead_letter, &stop).await {
             Ok(()) => {}
@@ -432,6 +439,12 @@ async fn run_batch(shared: Arc<Shared>, mut batch: Batch, stop: CancellationToke
             Err(RetryError::Failed(error)) => return (batch, Err(error.into())),
         }
     }
+    (batch, Ok(BatchEnd::Done))
+}
+
+/// Publishes every answer of a decided batch to the results topic (when on), waiting for the
+/// broker to have them.
+async fn answer_batch(shared: Arc<Shared>, mut batch: Batch, stop: CancellationToken) -> Finished {
     if let Some(results) = &shared.results {
         match publish_results(
             results,
@@ -710,8 +723,9 @@ impl ConsumerState {
     }
 }
 
-/// One group member: fills batches, sends up to `concurrency` at once, stores offsets behind
-/// finished batches, and on stop sends what it holds, drains and commits.
+/// One group member: fills batches, sends up to `concurrency` script calls at once, answers
+/// each decided batch, stores offsets behind answered batches, and on stop sends what it
+/// holds, drains and commits.
 pub(super) async fn consume(
     index: usize,
     shared: Arc<Shared>,
@@ -748,7 +762,9 @@ pub(super) async fn consume(
         consume_errors: 0,
     };
     let mut filling = state.next_batch(&shared);
-    let mut in_flight = FuturesUnordered::new();
+    let mut deciding = FuturesUnordered::new();
+    let mut answering = FuturesUnordered::new();
+    let answering_limit = settings.concurrency.saturating_mul(ANSWERING_PER_SLOT);
     let mut fatal: Option<ServerError> = None;
 
     'consume: while !stop.is_cancelled() {
@@ -763,7 +779,7 @@ pub(super) async fn consume(
                 break 'consume;
             }
         }
-        let free_slot = in_flight.len() < settings.concurrency;
+        let free_slot = deciding.len() < settings.concurrency && answering.len() < answering_limit;
         let waited_enough = batch_wait.is_zero()
             || filling
                 .first_at
@@ -777,7 +793,7 @@ pub(super) async fn consume(
                 shared.counters.received(shared.started, first);
             }
             batch.seal(settings.timeout_ms);
-            in_flight.push(run_batch(shared.clone(), batch, stop.clone()));
+            deciding.push(decide_batch(shared.clone(), batch, stop.clone()));
             continue;
         }
         let fill_deadline = match filling.first_at {
@@ -787,7 +803,20 @@ pub(super) async fn consume(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+            Some(decided) = deciding.next(), if !deciding.is_empty() => {
+                match decided {
+                    (batch, Ok(BatchEnd::Done)) => {
+                        answering.push(answer_batch(shared.clone(), batch, stop.clone()));
+                    }
+                    finished => {
+                        if let Err(error) = state.complete(finished, &shared, &consumer, topic) {
+                            fatal = Some(error);
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(done) = answering.next(), if !answering.is_empty() => {
                 if let Err(error) = state.complete(done, &shared, &consumer, topic) {
                     fatal = Some(error);
                     break;
@@ -810,9 +839,21 @@ pub(super) async fn consume(
             shared.counters.received(shared.started, first);
         }
         filling.seal(settings.timeout_ms);
-        in_flight.push(run_batch(shared.clone(), filling, stop.clone()));
+        deciding.push(decide_batch(shared.clone(), filling, stop.clone()));
     }
-    while let Some(done) = in_flight.next().await {
+    while let Some(decided) = deciding.next().await {
+        match decided {
+            (batch, Ok(BatchEnd::Done)) => {
+                answering.push(answer_batch(shared.clone(), batch, stop.clone()));
+            }
+            finished => {
+                if let Err(error) = state.complete(finished, &shared, &consumer, topic) {
+                    fatal.get_or_insert(error);
+                }
+            }
+        }
+    }
+    while let Some(done) = answering.next().await {
         if let Err(error) = state.complete(done, &shared, &consumer, topic) {
             fatal.get_or_insert(error);
         }
