@@ -10,6 +10,8 @@
 //! | `metrics.rs`        | counters, latency histogram, `metrics` facade                        |
 //! | `context.rs`        | `SinkContext`: delivery reports, statistics, the partitioner; the   |
 //! |                     | state it shares with the sink; delivery groups                      |
+//! | `polling.rs`        | `PolledProducer`: delivery reports served by the fast-path sender,   |
+//! |                     | or by a thread while no sender does                                  |
 //! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, flush, close   |
 //! | `transaction.rs`    | the transaction state machine, async and blocking entry points      |
 //!
@@ -21,6 +23,7 @@ pub mod context;
 pub mod message;
 pub mod metrics;
 pub mod partition;
+mod polling;
 pub mod serializer;
 #[allow(clippy::module_inception)] // the sink itself, beside its parts
 pub mod sink;

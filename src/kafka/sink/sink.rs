@@ -22,6 +22,7 @@ use super::context::{
 use super::message::KafkaMessage;
 use super::metrics::{MetricsSnapshot, SinkMetrics};
 use super::partition::{PartitionStrategy, StrategyPartitioner};
+use super::polling::PolledProducer;
 use super::serializer::{JsonSerializer, MessageSerializer, SerializeError, CONTENT_TYPE_HEADER};
 use super::transaction::TransactionState;
 use crate::backoff::Backoff;
@@ -29,7 +30,7 @@ use crate::kafka::KafkaError;
 use crate::report::Report;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use std::cell::RefCell;
@@ -66,6 +67,8 @@ pub enum SinkError {
     Histogram(#[from] hdrhistogram::CreationError),
     #[error("a blocking producer call failed")]
     Blocking(#[from] tokio::task::JoinError),
+    #[error("cannot start the delivery-report thread")]
+    PollThread(#[source] std::io::Error),
 }
 
 impl SinkError {
@@ -104,7 +107,7 @@ thread_local! {
 
 /// A generic Kafka producer for values of type `T`, serialized by `S`.
 pub struct KafkaSink<T, S = JsonSerializer> {
-    pub(super) producer: Arc<ThreadedProducer<SinkContext, StrategyPartitioner>>,
+    pub(super) producer: Arc<PolledProducer>,
     serializer: S,
     pub(super) config: SinkConfig,
     shared: Arc<Shared>,
@@ -141,7 +144,8 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
                 ref strategy => Some(StrategyPartitioner::new(strategy.clone())),
             },
         };
-        let producer = config.client_config()?.create_with_context(context)?;
+        let producer = PolledProducer::new(config.client_config()?.create_with_context(context)?)
+            .map_err(SinkError::PollThread)?;
         let transaction = if config.guarantee == DeliveryGuarantee::ExactlyOnce {
             TransactionState::Uninitialised
         } else {
@@ -294,13 +298,17 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         let mut deadline = None;
         loop {
             match self.try_produce(message, opaque) {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    self.producer.sender_sent();
+                    return Ok(());
+                }
                 Ok(false)
                     if Instant::now()
                         < *deadline
                             .get_or_insert_with(|| Instant::now() + self.config.send_timeout) =>
                 {
-                    std::thread::sleep(Duration::from_millis(1))
+                    // Room comes with delivery reports: serve them here meanwhile.
+                    self.producer.sender_poll(Duration::from_millis(1))
                 }
                 Ok(false) => {
                     return Err(self.fail(SinkError::QueueFullTimeout(self.config.send_timeout)))

@@ -10,7 +10,7 @@ use super::serializer::MessageSerializer;
 use super::sink::{KafkaSink, SinkError};
 use crate::kafka::{ErrorClass, KafkaError};
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::producer::{Producer, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub(super) enum TransactionStep {
 /// error that requires it aborts the transaction.
 pub(super) fn transition(
     state: &mut TransactionState,
-    producer: &ThreadedProducer<SinkContext, StrategyPartitioner>,
+    producer: &BaseProducer<SinkContext, StrategyPartitioner>,
     guarantee: DeliveryGuarantee,
     timeout: Duration,
     step: TransactionStep,

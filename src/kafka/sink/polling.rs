@@ -1,0 +1,116 @@
+//! [`PolledProducer`]: librdkafka's producer with a thread that serves its delivery reports,
+//! standing aside while a fast-path sender serves them itself.
+//!
+//! librdkafka frees each message (and its header list) on the thread that serves its
+//! delivery report. Served by a background thread, every message's allocations are freed
+//! across threads, which glibc's allocator pays for on the sending thread: with a
+//! `content-type` header (three more allocations per message) the fast path ran at 34-47% of
+//! a plain loop that polls inline (docs/BENCHMARKS.md). So [`KafkaSink::enqueue`] polls every
+//! [`SENDER_POLL_EVERY`] messages, and the thread polls only while no sender has for a
+//! millisecond: awaited sends, flushes and idle periods are still served at once.
+//!
+//! [`KafkaSink::enqueue`]: super::KafkaSink::enqueue
+
+use super::context::SinkContext;
+use super::partition::StrategyPartitioner;
+use rdkafka::producer::BaseProducer;
+use std::cell::Cell;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+type Inner = BaseProducer<SinkContext, StrategyPartitioner>;
+
+/// A fast-path sender serves delivery reports once per this many messages it enqueues.
+pub(super) const SENDER_POLL_EVERY: u32 = 64;
+/// How long the polling thread waits for events at a time.
+const THREAD_POLL: Duration = Duration::from_millis(10);
+/// How long the polling thread stands aside after seeing a sender poll.
+const STAND_ASIDE: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// Fast-path messages this thread enqueued since it last served delivery reports.
+    static SINCE_POLL: Cell<u32> = const { Cell::new(0) };
+}
+
+struct Polling {
+    stop: AtomicBool,
+    /// Bumped by each sender poll; the thread stands aside while it moves.
+    sender_polls: AtomicU64,
+}
+
+pub(crate) struct PolledProducer {
+    producer: Arc<Inner>,
+    polling: Arc<Polling>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PolledProducer {
+    pub(super) fn new(producer: Inner) -> std::io::Result<Self> {
+        let producer = Arc::new(producer);
+        let polling = Arc::new(Polling {
+            stop: AtomicBool::new(false),
+            sender_polls: AtomicU64::new(0),
+        });
+        let thread = {
+            let (producer, polling) = (producer.clone(), polling.clone());
+            std::thread::Builder::new()
+                .name("kafka-sink-poll".into())
+                .spawn(move || {
+                    let mut seen = polling.sender_polls.load(Ordering::Relaxed);
+                    while !polling.stop.load(Ordering::Relaxed) {
+                        let now = polling.sender_polls.load(Ordering::Relaxed);
+                        if now != seen {
+                            seen = now;
+                            std::thread::sleep(STAND_ASIDE);
+                        } else {
+                            producer.poll(THREAD_POLL);
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            producer,
+            polling,
+            thread: Some(thread),
+        })
+    }
+
+    /// Called by a fast-path sender after each message: serves the delivery reports that
+    /// are ready, once per [`SENDER_POLL_EVERY`] messages.
+    pub(super) fn sender_sent(&self) {
+        let due = SINCE_POLL.with(|count| {
+            let n = count.get() + 1;
+            count.set(if n >= SENDER_POLL_EVERY { 0 } else { n });
+            n >= SENDER_POLL_EVERY
+        });
+        if due {
+            self.sender_poll(Duration::ZERO);
+        }
+    }
+
+    /// Serves delivery reports from the sender's thread, waiting up to `timeout` for one.
+    pub(super) fn sender_poll(&self, timeout: Duration) {
+        self.polling.sender_polls.fetch_add(1, Ordering::Relaxed);
+        self.producer.poll(timeout);
+    }
+}
+
+impl Deref for PolledProducer {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.producer
+    }
+}
+
+impl Drop for PolledProducer {
+    fn drop(&mut self) {
+        self.polling.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
