@@ -59,6 +59,9 @@ enum Command {
         /// into <output-topic>.baseline)
         #[arg(long)]
         no_baseline: bool,
+        /// Process the backlog with the exactly-once workers (transactions) instead
+        #[arg(long)]
+        exactly_once: bool,
     },
 }
 
@@ -106,6 +109,7 @@ async fn main() -> ExitCode {
                     input_topic,
                     output_topic,
                     no_baseline,
+                    exactly_once,
                 } => {
                     let options = BenchOptions {
                         records,
@@ -113,6 +117,7 @@ async fn main() -> ExitCode {
                         input_topic,
                         output_topic,
                         baseline: !no_baseline,
+                        exactly_once,
                         workers: workers.unwrap_or(config.stream_sum.workers),
                     };
                     println!("{}", run_bench(&config, options, shutdown).await?);

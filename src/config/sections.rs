@@ -239,7 +239,8 @@ pub struct StreamSumConfig {
     pub channel_capacity: usize,
     pub exactly_once: bool,
     /// Records per transaction at most, with `exactly_once` (a transaction also ends after
-    /// 100 ms).
+    /// 100 ms, which at full speed comes first: each commit costs round trips, so 10,000
+    /// records per transaction measured 0.45 M records/s against 0.75 M).
     pub transaction_records: usize,
     /// Results each worker's producer may queue before it waits for acknowledgements (with
     /// `channel_capacity`, what bounds a worker's memory).
@@ -255,7 +256,7 @@ impl Default for StreamSumConfig {
             workers: 0,
             channel_capacity: 16_384,
             exactly_once: false,
-            transaction_records: 10_000,
+            transaction_records: 100_000,
             producer_queue_messages: 100_000,
         }
     }

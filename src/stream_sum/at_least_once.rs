@@ -14,6 +14,7 @@
 use super::batch_queue::{BatchQueue, Popped};
 use super::{dead_letter, sum_of, StreamOutputSerializer};
 use super::{output_sink, worker_consumer, Counters, StreamOutput, StreamSumError};
+use super::{RangeEnds, Source};
 use crate::config::Config;
 use crate::kafka::sink::{KafkaMessage, KafkaSink};
 use crate::kafka::KafkaError;
@@ -39,19 +40,6 @@ const BATCH_LEN: usize = 1_024;
 const STAGED_LINGER: Duration = Duration::from_millis(1);
 /// Longest wait for the final flush at shutdown.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Where a worker's records come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The partitions the consumer group assigns (the consumer is subscribed); offsets are
-    /// committed after each checkpoint.
-    Group,
-    /// Fixed offset ranges, no group and no commits: a benchmark's backlog. The worker
-    /// stops when every range is read.
-    Ranges(Vec<PartitionRange>),
-}
-
-pub use crate::kafka::topic_reader::PartitionRange;
 
 /// A record key, inline when short so ordinary keys cost no allocation.
 enum Key {
@@ -237,22 +225,7 @@ pub fn run_worker(
             consumer.set("auto.offset.reset", "error");
         }
     })?;
-    let mut ranges = HashMap::new();
-    match &source {
-        Source::Group => consumer.subscribe(&[&settings.input_topic])?,
-        Source::Ranges(list) => {
-            let mut assignment = TopicPartitionList::new();
-            for range in list.iter().filter(|range| range.start < range.end) {
-                assignment.add_partition_offset(
-                    &settings.input_topic,
-                    range.partition,
-                    rdkafka::Offset::Offset(range.start),
-                )?;
-                ranges.insert(range.partition, range.end);
-            }
-            consumer.assign(&assignment)?;
-        }
-    }
+    let ranges = RangeEnds::attach(&consumer, &settings.input_topic, &source)?;
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
     let dlq_topic = format!("{}.dlq", settings.input_topic);
     let queue = &handoff.queue;
@@ -306,7 +279,7 @@ struct Consuming<'a> {
     input_topic: &'a str,
     reading_ranges: bool,
     /// For [`Source::Ranges`]: the end offset of each partition still being read.
-    ranges: HashMap<i32, i64>,
+    ranges: RangeEnds,
     paused: bool,
     /// Every partition paused for back-pressure and not resumed since. librdkafka keeps a
     /// partition paused across a rebalance, so resuming only the current assignment would
@@ -335,7 +308,12 @@ impl Consuming<'_> {
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
                     if self.reading_ranges {
-                        self.track_range(message.partition(), message.offset());
+                        self.ranges.read(
+                            self.consumer,
+                            self.input_topic,
+                            message.partition(),
+                            message.offset(),
+                        );
                         if !first_seen {
                             self.counters.first_consumed.get_or_init(Instant::now);
                             first_seen = true;
@@ -369,18 +347,6 @@ impl Consuming<'_> {
             }
         }
         self.hand_over()
-    }
-
-    fn track_range(&mut self, partition: i32, offset: i64) {
-        if let Some(&end) = self.ranges.get(&partition) {
-            if offset + 1 >= end {
-                self.ranges.remove(&partition);
-                let mut done = TopicPartitionList::new();
-                done.add_partition(self.input_topic, partition);
-                // Read to its end: stop fetching past it.
-                let _ = self.consumer.pause(&done);
-            }
-        }
     }
 
     /// Queues the staged records. While the queue stays full, pauses the partitions and
@@ -433,7 +399,7 @@ impl Consuming<'_> {
             let mut resume = TopicPartitionList::new();
             for element in self.paused_partitions.elements() {
                 // Ranges already read stay paused.
-                if !self.reading_ranges || self.ranges.contains_key(&element.partition()) {
+                if !self.reading_ranges || self.ranges.contains(element.partition()) {
                     resume.add_partition(element.topic(), element.partition());
                 }
             }

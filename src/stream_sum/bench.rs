@@ -6,12 +6,14 @@
 //! topic, timed from the workers' start to the last result delivered. Then the new output is
 //! read back: it must hold N records whose sums add up to the sum of every input number.
 
-use super::at_least_once::{self, Source};
 use super::baseline::{run_baseline, BaselineRun};
+use super::Source;
 use super::StreamSumError;
+use super::{at_least_once, exactly_once};
 use super::{partition_count, run_on_threads, worker_consumer, BenchError, Counters};
 use crate::avro::{decode_sum_result, encode_integer_list, for_each_number};
 use crate::config::Config;
+use crate::kafka::broker::BrokerKind;
 use crate::kafka::sink::{
     Compression, KafkaMessage, KafkaSink, MessageSerializer, SerializeError, SinkConfig,
 };
@@ -19,7 +21,9 @@ use crate::kafka::topic_reader::{ranges_between, read_ranges, retained_ranges, P
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng;
 use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,6 +52,9 @@ pub struct BenchOptions {
     /// Also run the baseline ([`super::baseline`]) on the same backlog, into
     /// `<output_topic>.baseline`, and compare.
     pub baseline: bool,
+    /// Process the backlog with the exactly-once workers (one transaction per
+    /// `stream_sum.transaction_records` results or 100 ms) instead of the at-least-once ones.
+    pub exactly_once: bool,
 }
 
 /// The outcome of a verified run.
@@ -55,6 +62,7 @@ pub struct BenchOptions {
 pub struct BenchReport {
     pub records: u64,
     pub workers: usize,
+    pub exactly_once: bool,
     /// First consumed record to the last result acknowledged.
     pub seconds: f64,
     /// The workers' start (clients, assignment) up to their first consumed record.
@@ -77,11 +85,16 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} seconds={:.3} msg_per_sec={:.0}\n  stream_sum  workers={} startup_seconds={:.3}",
+            "records={} seconds={:.3} msg_per_sec={:.0}\n  stream_sum  workers={} {} startup_seconds={:.3}",
             self.records,
             self.seconds,
             self.msg_per_sec(),
             self.workers,
+            if self.exactly_once {
+                "exactly-once"
+            } else {
+                "at-least-once"
+            },
             self.startup_seconds
         )?;
         if let Some(baseline) = &self.baseline {
@@ -170,6 +183,13 @@ pub async fn run_bench(
     let counters = Arc::new(Counters::default());
     let stop = shutdown.clone();
     let group = format!("stream-sum-bench-{}", std::process::id());
+    let broker = if options.exactly_once {
+        // A failed transaction rewinds to the group's commits: they start at the backlog.
+        commit_starts(&config, &group, &backlog)?;
+        Some(BrokerKind::detect_for(&config.kafka, "stream_sum").await)
+    } else {
+        None
+    };
     let started = Instant::now();
     {
         let config = config.clone();
@@ -181,14 +201,25 @@ pub async fn run_bench(
                 .filter(|range| range.partition as usize % workers == index)
                 .copied()
                 .collect();
-            at_least_once::run_worker(
-                index,
-                &config,
-                &group,
-                Source::Ranges(mine),
-                &counters,
-                &stop,
-            )
+            match broker {
+                Some(broker) => exactly_once::run_worker(
+                    index,
+                    &config,
+                    &group,
+                    Source::Ranges(mine),
+                    broker,
+                    &counters,
+                    &stop,
+                ),
+                None => at_least_once::run_worker(
+                    index,
+                    &config,
+                    &group,
+                    Source::Ranges(mine),
+                    &counters,
+                    &stop,
+                ),
+            }
         })
         .await?;
     }
@@ -203,6 +234,7 @@ pub async fn run_bench(
     let mut report = BenchReport {
         records: expected_records,
         workers,
+        exactly_once: options.exactly_once,
         seconds,
         startup_seconds,
         input_sum: expected_sum,
@@ -272,6 +304,30 @@ fn new_sums(
     scan(config, topic, &ranges_between(before, &after), |payload| {
         decode_sum_result(payload).ok()
     })
+}
+
+/// Commits each range's start for `group`, where its workers begin.
+fn commit_starts(
+    config: &Config,
+    group: &str,
+    backlog: &[PartitionRange],
+) -> Result<(), StreamSumError> {
+    let consumer = worker_consumer(
+        config,
+        group,
+        crate::kafka::statistics::StatisticsContext,
+        |_| {},
+    )?;
+    let mut starts = TopicPartitionList::new();
+    for range in backlog {
+        starts.add_partition_offset(
+            &config.stream_sum.input_topic,
+            range.partition,
+            Offset::Offset(range.start),
+        )?;
+    }
+    consumer.commit(&starts, CommitMode::Sync)?;
+    Ok(())
 }
 
 /// The partition count of a topic the bench needs, or an error that says what to do.
@@ -360,7 +416,10 @@ fn scan(
         "stream-sum-bench-scan",
         crate::kafka::statistics::StatisticsContext,
         |consumer| {
-            consumer.set("auto.offset.reset", "error");
+            // What a transactional run committed (the exactly-once bench), nothing aborted.
+            consumer
+                .set("auto.offset.reset", "error")
+                .set("isolation.level", "read_committed");
         },
     )?;
     let (mut records, mut sum, mut invalid) = (0_u64, 0_i64, None);

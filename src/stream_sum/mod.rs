@@ -22,7 +22,7 @@ use crate::kafka::sink::{
 };
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use crate::report::Report;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -318,6 +318,81 @@ impl ConsumerContext for StreamContext {
     }
 }
 
+/// Where a worker's records come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The partitions the consumer group assigns (the consumer is subscribed).
+    Group,
+    /// Fixed offset ranges, assigned without a group protocol: a benchmark's backlog. The
+    /// worker stops when every range is read.
+    Ranges(Vec<PartitionRange>),
+}
+
+pub use crate::kafka::topic_reader::PartitionRange;
+
+/// The end offset of each range a worker still reads ([`Source::Ranges`]); empty for
+/// [`Source::Group`].
+#[derive(Debug, Default)]
+pub(crate) struct RangeEnds {
+    ends: std::collections::HashMap<i32, i64>,
+}
+
+impl RangeEnds {
+    /// Subscribes `consumer` to `topic` or assigns it the source's ranges.
+    pub(crate) fn attach<C: ConsumerContext>(
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        source: &Source,
+    ) -> Result<Self, StreamSumError> {
+        let mut ends = std::collections::HashMap::new();
+        match source {
+            Source::Group => consumer.subscribe(&[topic])?,
+            Source::Ranges(list) => {
+                let mut assignment = rdkafka::TopicPartitionList::new();
+                for range in list.iter().filter(|range| range.start < range.end) {
+                    assignment.add_partition_offset(
+                        topic,
+                        range.partition,
+                        rdkafka::Offset::Offset(range.start),
+                    )?;
+                    ends.insert(range.partition, range.end);
+                }
+                consumer.assign(&assignment)?;
+            }
+        }
+        Ok(Self { ends })
+    }
+
+    /// Notes a record read; a partition read to its end is paused (nothing past the range
+    /// is fetched) and forgotten.
+    pub(crate) fn read<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) {
+        if let Some(&end) = self.ends.get(&partition) {
+            if offset + 1 >= end {
+                self.ends.remove(&partition);
+                let mut done = rdkafka::TopicPartitionList::new();
+                done.add_partition(topic, partition);
+                let _ = consumer.pause(&done);
+            }
+        }
+    }
+
+    /// Every range is read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The partition is one of the ranges still being read.
+    pub(crate) fn contains(&self, partition: i32) -> bool {
+        self.ends.contains_key(&partition)
+    }
+}
+
 /// A consumer for one worker, tuned for throughput (short fetch error backoff, Nagle off,
 /// a deep prefetch queue); `tune` adjusts it further.
 pub(crate) fn worker_consumer<C: ConsumerContext>(
@@ -474,7 +549,15 @@ pub async fn run_stream_sum(
                 tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
             }
             run_on_threads("stream-sum-txn", workers, move |index| {
-                exactly_once::run_worker(index, &config, broker, &counters, &stop)
+                exactly_once::run_worker(
+                    index,
+                    &config,
+                    &config.stream_sum.group_id,
+                    Source::Group,
+                    broker,
+                    &counters,
+                    &stop,
+                )
             })
             .await
         } else {
@@ -483,7 +566,7 @@ pub async fn run_stream_sum(
                     index,
                     &config,
                     &config.stream_sum.group_id,
-                    at_least_once::Source::Group,
+                    Source::Group,
                     &counters,
                     &stop,
                 )
