@@ -2,8 +2,9 @@
 //! it is ([`broker`]), the connection settings ([`config`]), turning them into an rdkafka
 //! `ClientConfig` ([`client_config`]) and the error taxonomy that tells callers whether to
 //! retry, back off, abort a transaction or give up ([`error`]), and the generic producer
-//! `KafkaSink<T>` ([`sink`]), librdkafka's statistics as metrics ([`statistics`]), and
-//! reading fixed offset ranges back ([`topic_reader`]).
+//! `KafkaSink<T>` ([`sink`]), librdkafka's statistics as metrics ([`statistics`]), taking a
+//! consumer's records in batches ([`fetch_queue`]), and reading fixed offset ranges back
+//! ([`topic_reader`]).
 //!
 //! Nothing here depends on an application module (configuration loading, telemetry, the
 //! programs): only on the small utilities [`crate::backoff`], [`crate::report`] and
@@ -14,6 +15,7 @@ pub mod broker;
 pub mod client_config;
 pub mod config;
 pub mod error;
+pub mod fetch_queue;
 pub mod sink;
 pub mod statistics;
 pub mod topic_reader;

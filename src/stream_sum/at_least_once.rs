@@ -1,8 +1,9 @@
 //! One at-least-once worker: a consuming thread and a producing thread joined by a bounded
 //! [`BatchQueue`].
 //!
-//! The consuming thread polls its consumer, decodes each `IntegerList` straight into its
-//! sum (no allocation) and fills batches. When the queue stays full it pauses its partitions
+//! The consuming thread takes its records in batches ([`FetchQueue`]; partitions it did not
+//! know at start come one by one through the consumer's poll), decodes each `IntegerList`
+//! straight into its sum (no allocation) and fills batches. When the queue stays full it pauses its partitions
 //! and keeps polling, so rebalances are still served while the producer catches up (a
 //! consumer that stops polling stalls its whole group until the session times out).
 //!
@@ -16,6 +17,7 @@ use super::{dead_letter, sum_of, StreamOutputSerializer};
 use super::{output_sink, worker_consumer, Counters, StreamOutput, StreamSumError};
 use super::{RangeEnds, Source};
 use crate::config::Config;
+use crate::kafka::fetch_queue::FetchQueue;
 use crate::kafka::sink::{KafkaMessage, KafkaSink};
 use crate::kafka::KafkaError;
 use crate::report::Report;
@@ -25,7 +27,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,8 @@ const FULL_QUEUE_PATIENCE: Duration = Duration::from_millis(100);
 const BATCH_LEN: usize = 1_024;
 /// How long a partly filled batch waits for more records before it is handed over.
 const STAGED_LINGER: Duration = Duration::from_millis(1);
+/// How often the fetch queue's partitions are routed again (see [`FetchQueue`]).
+const REROUTE_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest wait for the final flush at shutdown.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -88,16 +92,23 @@ enum Outcome {
 }
 
 fn item(message: &BorrowedMessage<'_>) -> Item {
-    let outcome = match sum_of(message.payload()) {
+    item_of(
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.payload(),
+    )
+}
+
+fn item_of(partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) -> Item {
+    let outcome = match sum_of(payload) {
         Ok(sum) => Outcome::Sum(sum),
-        Err(reason) => {
-            Outcome::Undecodable(Box::new((message.payload().map(<[u8]>::to_vec), reason)))
-        }
+        Err(reason) => Outcome::Undecodable(Box::new((payload.map(<[u8]>::to_vec), reason))),
     };
     Item {
-        partition: message.partition(),
-        offset: message.offset(),
-        key: Key::from(message.key()),
+        partition,
+        offset,
+        key: Key::from(key),
         outcome,
     }
 }
@@ -115,6 +126,8 @@ pub struct Handoff {
     /// Kept here, not on the consuming thread's stack, so a revocation (a callback inside
     /// `poll`) can hand it over first. Only the consuming thread locks it: never contended.
     staged: Mutex<Staged>,
+    /// Set by an assignment: the fetch queue's partitions must be routed again.
+    assigned: AtomicBool,
 }
 
 impl Handoff {
@@ -194,6 +207,9 @@ impl ConsumerContext for HandoffContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.handoff.assigned.store(true, Ordering::Release);
+        }
         super::log_rebalance(self.worker, rebalance);
     }
 }
@@ -213,6 +229,7 @@ pub fn run_worker(
     let handoff = Arc::new(Handoff {
         queue: BatchQueue::new(capacity, BATCH_LEN.min(settings.channel_capacity.max(1))),
         staged: Mutex::new(Staged::default()),
+        assigned: AtomicBool::new(false),
     });
     let context = HandoffContext {
         worker: index,
@@ -225,6 +242,13 @@ pub fn run_worker(
             consumer.set("auto.offset.reset", "error");
         }
     })?;
+    // Routed before the group or the ranges assign them: from their first fetch on, these
+    // partitions' records come in batches (see FetchQueue).
+    let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
+    match &source {
+        Source::Ranges(list) => fetch.route(list.iter().map(|range| range.partition)),
+        Source::Group => fetch.route(0..known_partitions(&consumer, &settings.input_topic)),
+    }
     let ranges = RangeEnds::attach(&consumer, &settings.input_topic, &source)?;
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
     let dlq_topic = format!("{}.dlq", settings.input_topic);
@@ -248,11 +272,11 @@ pub fn run_worker(
             .map_err(StreamSumError::Thread)?;
         let consumed = Consuming {
             index,
+            fetch,
             counters,
             consumer: &consumer,
             handoff: &handoff,
             stop,
-            input_topic: &settings.input_topic,
             reading_ranges,
             ranges,
             paused: false,
@@ -272,11 +296,11 @@ pub fn run_worker(
 
 struct Consuming<'a> {
     index: usize,
+    fetch: FetchQueue<'a, HandoffContext>,
     counters: &'a Counters,
     consumer: &'a BaseConsumer<HandoffContext>,
     handoff: &'a Handoff,
     stop: &'a CancellationToken,
-    input_topic: &'a str,
     reading_ranges: bool,
     /// For [`Source::Ranges`]: the end offset of each partition still being read.
     ranges: RangeEnds,
@@ -290,63 +314,109 @@ struct Consuming<'a> {
 impl Consuming<'_> {
     fn run(mut self) -> Result<(), StreamSumError> {
         let batch_len = self.handoff.queue.batch_len();
-        let mut staged_records = 0;
+        let mut routed_at = Instant::now();
         let mut first_seen = false;
         loop {
             if self.stop.is_cancelled() || (self.reading_ranges && self.ranges.is_empty()) {
                 break;
             }
+            // A partition whose fetching stopped (revoked, maybe assigned again) lost its
+            // route; the route may also be dropped by a stop that finishes after an
+            // assignment, hence the periodic pass.
+            if self.handoff.assigned.swap(false, Ordering::AcqRel)
+                || routed_at.elapsed() >= REROUTE_INTERVAL
+            {
+                self.fetch.reroute();
+                routed_at = Instant::now();
+            }
+            // Rebalances and errors, and the records of partitions not routed.
+            self.serve_consumer_queue()?;
+            let staged_records = self.handoff.staged().current.len();
+            if staged_records >= batch_len {
+                self.hand_over()?;
+                continue;
+            }
             // Nothing staged: wait a while for data. Otherwise wait at most a millisecond
             // before handing over what there is: handing over whenever the local queue runs
             // dry made batches of a few records, and their hand-over cost showed in the
-            // profile.
+            // profile. A batch never holds more than fits: nothing taken waits unstaged
+            // while the consumer is polled (a revocation hands over what is staged).
             let timeout = if staged_records == 0 {
                 Duration::from_millis(100)
             } else {
                 STAGED_LINGER
             };
-            match self.consumer.poll(timeout) {
-                Some(Ok(message)) => {
-                    if self.reading_ranges {
-                        self.ranges.read(
-                            self.consumer,
-                            self.input_topic,
-                            message.partition(),
-                            message.offset(),
-                        );
-                        if !first_seen {
-                            self.counters.first_consumed.get_or_init(Instant::now);
-                            first_seen = true;
+            let taken = self.fetch.take(timeout, batch_len - staged_records)?;
+            let took = taken.len();
+            if took > 0 && self.reading_ranges && !first_seen {
+                self.counters.first_consumed.get_or_init(Instant::now);
+                first_seen = true;
+            }
+            let handoff = self.handoff;
+            let mut staged = handoff.staged();
+            for record in taken.iter() {
+                match record.error() {
+                    None => {
+                        self.ranges
+                            .read(self.consumer, record.partition(), record.offset());
+                        staged.current.push(item_of(
+                            record.partition(),
+                            record.offset(),
+                            record.key(),
+                            record.payload(),
+                        ));
+                    }
+                    Some(RDKafkaErrorCode::PartitionEOF) => {}
+                    Some(code) => {
+                        let error =
+                            KafkaError::from(rdkafka::error::KafkaError::MessageConsumption(code));
+                        // A benchmark's range that is gone (retention) will never complete.
+                        if error.is_fatal() || self.reading_ranges {
+                            return Err(error.into());
                         }
+                        tracing::warn!(event = "retry", worker = self.index, partition = record.partition(), error = %Report(&error), "consume error (retrying)");
+                    }
+                }
+            }
+            let staged_records = staged.current.len();
+            drop(staged);
+            if staged_records >= batch_len || (took == 0 && staged_records > 0) {
+                self.hand_over()?;
+            }
+        }
+        self.hand_over()
+    }
+
+    /// Serves the consumer queue until it is empty: rebalance callbacks, errors, and the
+    /// records of partitions the fetch queue does not have (one per poll, in order).
+    fn serve_consumer_queue(&mut self) -> Result<(), StreamSumError> {
+        let batch_len = self.handoff.queue.batch_len();
+        loop {
+            match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(message)) => {
+                    self.ranges
+                        .read(self.consumer, message.partition(), message.offset());
+                    if self.reading_ranges {
+                        self.counters.first_consumed.get_or_init(Instant::now);
                     }
                     let mut staged = self.handoff.staged();
                     staged.current.push(item(&message));
-                    staged_records = staged.current.len();
+                    let full = staged.current.len() >= batch_len;
                     drop(staged);
-                    if staged_records >= batch_len {
+                    if full {
                         self.hand_over()?;
-                        staged_records = 0;
                     }
                 }
                 Some(Err(error)) => {
                     let error = KafkaError::from(error);
-                    // A benchmark's range that is gone (retention) will never complete.
                     if error.is_fatal() || self.reading_ranges {
                         return Err(error.into());
                     }
                     tracing::warn!(event = "retry", worker = self.index, error = %Report(&error), "consume error (retrying)");
                 }
-                None => {
-                    // A revocation inside `poll` may have handed the staged records over.
-                    staged_records = self.handoff.staged().current.len();
-                    if staged_records > 0 {
-                        self.hand_over()?;
-                        staged_records = 0;
-                    }
-                }
+                None => return Ok(()),
             }
         }
-        self.hand_over()
     }
 
     /// Queues the staged records. While the queue stays full, pauses the partitions and
@@ -607,5 +677,20 @@ impl Checkpoint<'_> {
         self.highest.clear();
         self.pending = false;
         Ok(true)
+    }
+}
+
+/// How many partitions `topic` has now, as far as `consumer` can tell (0 when it cannot: its
+/// partitions then come through the consumer's poll, one record at a time).
+fn known_partitions<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> i32 {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(metadata) => metadata
+            .topics()
+            .first()
+            .map_or(0, |topic| topic.partitions().len() as i32),
+        Err(error) => {
+            tracing::warn!(%topic, error = %Report(&error), "no partition count; records will be polled one by one");
+            0
+        }
     }
 }

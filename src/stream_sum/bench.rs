@@ -301,6 +301,21 @@ fn new_sums(
     before: &[PartitionRange],
 ) -> Result<(u64, i64), StreamSumError> {
     let after = retained(config, topic)?;
+    // `ranges_between` starts a range at what is still there: a start that moved past the
+    // earlier end means some of this run's records are gone, not that there were fewer.
+    for now in &after {
+        if let Some(earlier) = before.iter().find(|b| b.partition == now.partition) {
+            if now.start > earlier.end {
+                return Err(BenchError::Trimmed {
+                    topic: topic.to_string(),
+                    partition: now.partition,
+                    from: earlier.end,
+                    to: now.start,
+                }
+                .into());
+            }
+        }
+    }
     scan(config, topic, &ranges_between(before, &after), |payload| {
         decode_sum_result(payload).ok()
     })

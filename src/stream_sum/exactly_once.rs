@@ -162,14 +162,8 @@ impl TransactionalWorker<'_> {
                     self.transform(&record)?;
                     self.next_offsets
                         .insert(record.partition(), record.offset() + 1);
-                    if self.reading_ranges {
-                        self.ranges.read(
-                            self.consumer,
-                            self.input_topic,
-                            record.partition(),
-                            record.offset(),
-                        );
-                    }
+                    self.ranges
+                        .read(self.consumer, record.partition(), record.offset());
                 }
             }
         }

@@ -60,6 +60,8 @@ pub enum StreamSumError {
     Bench(#[from] BenchError),
     #[error(transparent)]
     Read(#[from] crate::kafka::topic_reader::ReadRangesError),
+    #[error(transparent)]
+    Fetch(#[from] crate::kafka::fetch_queue::FetchQueueError),
     #[error("the bench's baseline")]
     Baseline(#[from] baseline::BaselineError),
 }
@@ -74,6 +76,17 @@ pub enum BenchError {
     ForeignWrites { loaded: u64, grown: i64 },
     #[error("the backlog is empty")]
     EmptyBacklog,
+    #[error(
+        "{topic} partition {partition}: offsets {from}..{to} of this run were removed by \
+         retention before they could be checked (the dev broker keeps about 5 MB per \
+         partition): use fewer records"
+    )]
+    Trimmed {
+        topic: String,
+        partition: i32,
+        from: i64,
+        to: i64,
+    },
     #[error("loading failed: {undelivered} undelivered, {failed} failed")]
     LoadFailed { undelivered: u64, failed: u64 },
     #[error(
@@ -332,8 +345,9 @@ pub use crate::kafka::topic_reader::PartitionRange;
 
 /// The end offset of each range a worker still reads ([`Source::Ranges`]); empty for
 /// [`Source::Group`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RangeEnds {
+    topic: String,
     ends: std::collections::HashMap<i32, i64>,
 }
 
@@ -360,15 +374,17 @@ impl RangeEnds {
                 consumer.assign(&assignment)?;
             }
         }
-        Ok(Self { ends })
+        Ok(Self {
+            topic: topic.to_string(),
+            ends,
+        })
     }
 
     /// Notes a record read; a partition read to its end is paused (nothing past the range
-    /// is fetched) and forgotten.
+    /// is fetched) and forgotten. Nothing to do for [`Source::Group`].
     pub(crate) fn read<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
-        topic: &str,
         partition: i32,
         offset: i64,
     ) {
@@ -376,7 +392,7 @@ impl RangeEnds {
             if offset + 1 >= end {
                 self.ends.remove(&partition);
                 let mut done = rdkafka::TopicPartitionList::new();
-                done.add_partition(topic, partition);
+                done.add_partition(&self.topic, partition);
                 let _ = consumer.pause(&done);
             }
         }
