@@ -1,11 +1,13 @@
 //! [`KafkaSink`]: the generic producer.
 //!
-//! One librdkafka producer with a background polling thread serves two send paths:
+//! One librdkafka producer (`PolledProducer`, in `polling.rs`: delivery reports served by a
+//! thread, or by the fast-path sender while it sends) serves these send paths:
 //! - `send` / `send_batch` await each message's delivery report, retry retriable failures
 //!   with backoff, and feed the circuit breaker;
 //! - `enqueue` (the fast path) hands the message to librdkafka and returns; delivery reports
-//!   are counted in the metrics, and `flush` / `close` wait for them. It allocates nothing per
-//!   message beyond what librdkafka itself copies;
+//!   are counted in the metrics (served by the sending thread every 64 messages), and
+//!   `flush` / `close` wait for them. It allocates nothing per message beyond what
+//!   librdkafka itself copies;
 //! - `try_enqueue_in` is the fast path for a [`DeliveryGroup`]: messages whose delivery is
 //!   awaited together, once, with `wait_group` (the results of one batch).
 //!
