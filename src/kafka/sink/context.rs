@@ -68,30 +68,57 @@ pub(super) struct Shared {
     pub(super) statistics: StatisticsTotals,
 }
 
-/// One fast-path message in this many carries its enqueue time, for the latency metrics:
-/// reading the clock for every message (and again in its delivery report) cost more than
-/// a tenth of stream_sum's CPU time (perf, see docs/BENCHMARKS.md).
-pub(super) const LATENCY_SAMPLE_EVERY: u32 = 64;
+/// One fast-path message of a thread in this many is sampled: it carries its enqueue time,
+/// for the latency metrics (reading the clock for every message, and again in its delivery
+/// report, cost more than a tenth of stream_sum's CPU time: perf, see docs/BENCHMARKS.md),
+/// and once sent its thread serves the delivery reports that are ready (see `polling.rs`).
+pub(super) const SAMPLE_EVERY: u32 = 64;
 
 thread_local! {
-    /// Fast-path messages this thread enqueued, for latency sampling.
+    /// Fast-path messages this thread enqueued, for sampling.
     static ENQUEUED: Cell<u32> = const { Cell::new(0) };
 }
 
+/// How a fast-path message goes to librdkafka.
+pub(super) struct FastPathTicket {
+    /// The low bit set, and above it the enqueue time in microseconds (at least 1) for a
+    /// sampled message, 0 for the others.
+    pub(super) opaque: usize,
+    /// One in [`SAMPLE_EVERY`] of this thread's messages.
+    pub(super) sampled: bool,
+}
+
 impl Shared {
-    /// The opaque of a fast-path message: the low bit set, and above it the enqueue time in
-    /// microseconds (at least 1) for a sampled message, 0 for the others.
-    pub(super) fn fast_opaque(&self) -> usize {
+    pub(super) fn fast_path_ticket(&self) -> FastPathTicket {
         let sampled = ENQUEUED.with(|count| {
             let n = count.get();
             count.set(n.wrapping_add(1));
-            n % LATENCY_SAMPLE_EVERY == 0
+            n % SAMPLE_EVERY == 0
         });
-        if sampled {
+        let opaque = if sampled {
             let micros = (self.epoch.elapsed().as_micros() as usize).max(1);
             (micros << 1) | 1
         } else {
             1
+        };
+        FastPathTicket { opaque, sampled }
+    }
+
+    /// Accounts a fast-path or group message's delivery: the metrics and the breaker.
+    /// `latency` is asked only for a delivered message.
+    fn account(&self, result: &DeliveryResult<'_>, latency: impl FnOnce() -> Option<Duration>) {
+        match result {
+            Ok(message) => {
+                let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
+                self.metrics.delivered(bytes, latency());
+                self.breaker.record_success();
+            }
+            Err((error, _)) => {
+                self.metrics.failed(error);
+                if self.breaker.record_failure() {
+                    self.metrics.breaker_trip();
+                }
+            }
         }
     }
 }
@@ -191,23 +218,12 @@ impl ProducerContext<StrategyPartitioner> for SinkContext {
         if opaque & 1 == 1 {
             // Fast path: account here; nobody awaits this message.
             let enqueued = opaque >> 1;
-            match result {
-                Ok(message) => {
-                    let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    let latency = (enqueued > 0).then(|| {
-                        let enqueued = Duration::from_micros(enqueued as u64);
-                        shared.epoch.elapsed().saturating_sub(enqueued)
-                    });
-                    shared.metrics.delivered(bytes, latency);
-                    shared.breaker.record_success();
-                }
-                Err((error, _)) => {
-                    shared.metrics.failed(error);
-                    if shared.breaker.record_failure() {
-                        shared.metrics.breaker_trip();
-                    }
-                }
-            }
+            shared.account(result, || {
+                (enqueued > 0).then(|| {
+                    let enqueued = Duration::from_micros(enqueued as u64);
+                    shared.epoch.elapsed().saturating_sub(enqueued)
+                })
+            });
             return;
         }
         if opaque & GROUP_TAG == GROUP_TAG {
@@ -216,23 +232,11 @@ impl ProducerContext<StrategyPartitioner> for SinkContext {
                 .lock()
                 .ok()
                 .and_then(|groups| groups.get(&((opaque >> 2) as u64)).cloned());
-            match result {
-                Ok(message) => {
-                    let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                    shared.metrics.delivered(bytes, None);
-                    shared.breaker.record_success();
-                }
-                Err((error, _)) => {
-                    shared.metrics.failed(error);
-                    if shared.breaker.record_failure() {
-                        shared.metrics.breaker_trip();
-                    }
-                    if let Some(group) = &group {
-                        group.failed.fetch_add(1, Ordering::AcqRel);
-                        if let Ok(mut last) = group.last_error.lock() {
-                            *last = Some(error.clone());
-                        }
-                    }
+            shared.account(result, || None);
+            if let (Err((error, _)), Some(group)) = (result, &group) {
+                group.failed.fetch_add(1, Ordering::AcqRel);
+                if let Ok(mut last) = group.last_error.lock() {
+                    *last = Some(error.clone());
                 }
             }
             if let Some(group) = group {

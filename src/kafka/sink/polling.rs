@@ -5,16 +5,16 @@
 //! delivery report. Served by a background thread, every message's allocations are freed
 //! across threads, which glibc's allocator pays for on the sending thread: with a
 //! `content-type` header (three more allocations per message) the fast path ran at 34-47% of
-//! a plain loop that polls inline (docs/BENCHMARKS.md). So [`KafkaSink::enqueue`] polls every
-//! [`SENDER_POLL_EVERY`] messages, and the thread polls only while no sender has for a
-//! millisecond: awaited sends, flushes and idle periods are still served at once.
+//! a plain loop that polls inline (docs/BENCHMARKS.md). So [`KafkaSink::enqueue`] polls after
+//! each sampled message (one in `SAMPLE_EVERY` of a thread's, `context.rs`), and the thread
+//! polls only while no sender has for a millisecond: awaited sends, flushes and idle periods
+//! are still served at once.
 //!
 //! [`KafkaSink::enqueue`]: super::KafkaSink::enqueue
 
 use super::context::SinkContext;
 use super::partition::StrategyPartitioner;
 use rdkafka::producer::BaseProducer;
-use std::cell::Cell;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,17 +23,10 @@ use std::time::Duration;
 
 type Inner = BaseProducer<SinkContext, StrategyPartitioner>;
 
-/// A fast-path sender serves delivery reports once per this many messages it enqueues.
-pub(super) const SENDER_POLL_EVERY: u32 = 64;
 /// How long the polling thread waits for events at a time.
 const THREAD_POLL: Duration = Duration::from_millis(10);
 /// How long the polling thread stands aside after seeing a sender poll.
 const STAND_ASIDE: Duration = Duration::from_millis(1);
-
-thread_local! {
-    /// Fast-path messages this thread enqueued since it last served delivery reports.
-    static SINCE_POLL: Cell<u32> = const { Cell::new(0) };
-}
 
 struct Polling {
     stop: AtomicBool,
@@ -76,19 +69,6 @@ impl PolledProducer {
             polling,
             thread: Some(thread),
         })
-    }
-
-    /// Called by a fast-path sender after each message: serves the delivery reports that
-    /// are ready, once per [`SENDER_POLL_EVERY`] messages.
-    pub(super) fn sender_sent(&self) {
-        let due = SINCE_POLL.with(|count| {
-            let n = count.get() + 1;
-            count.set(if n >= SENDER_POLL_EVERY { 0 } else { n });
-            n >= SENDER_POLL_EVERY
-        });
-        if due {
-            self.sender_poll(Duration::ZERO);
-        }
     }
 
     /// Serves delivery reports from the sender's thread, waiting up to `timeout` for one.

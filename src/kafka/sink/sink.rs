@@ -5,7 +5,8 @@
 //! - `send` / `send_batch` await each message's delivery report, retry retriable failures
 //!   with backoff, and feed the circuit breaker;
 //! - `enqueue` (the fast path) hands the message to librdkafka and returns; delivery reports
-//!   are counted in the metrics (served by the sending thread every 64 messages), and
+//!   are counted in the metrics (served by the sending thread every `SAMPLE_EVERY`
+//!   messages), and
 //!   `flush` / `close` wait for them. It allocates nothing per message beyond what
 //!   librdkafka itself copies;
 //! - `try_enqueue_in` is the fast path for a [`DeliveryGroup`]: messages whose delivery is
@@ -295,13 +296,16 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         if !self.shared.breaker.allow() {
             return Err(self.refuse(SinkError::CircuitOpen));
         }
-        let opaque = self.shared.fast_opaque();
+        let ticket = self.shared.fast_path_ticket();
         // Set on the first full queue: the common case reads no clock here.
         let mut deadline = None;
         loop {
-            match self.try_produce(message, opaque) {
+            match self.try_produce(message, ticket.opaque) {
                 Ok(true) => {
-                    self.producer.sender_sent();
+                    if ticket.sampled {
+                        // This thread frees what it allocated (see `polling.rs`).
+                        self.producer.sender_poll(Duration::ZERO);
+                    }
                     return Ok(());
                 }
                 Ok(false)
