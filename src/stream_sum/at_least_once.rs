@@ -367,15 +367,12 @@ impl Consuming<'_> {
                         ));
                     }
                     Some(RDKafkaErrorCode::PartitionEOF) => {}
-                    Some(code) => {
-                        let error =
-                            KafkaError::from(rdkafka::error::KafkaError::MessageConsumption(code));
-                        // A benchmark's range that is gone (retention) will never complete.
-                        if error.is_fatal() || self.reading_ranges {
-                            return Err(error.into());
-                        }
-                        tracing::warn!(event = "retry", worker = self.index, partition = record.partition(), error = %Report(&error), "consume error (retrying)");
-                    }
+                    Some(code) => consume_error(
+                        self.index,
+                        self.reading_ranges,
+                        Some(record.partition()),
+                        rdkafka::error::KafkaError::MessageConsumption(code).into(),
+                    )?,
                 }
             }
             let staged_records = staged.current.len();
@@ -408,11 +405,7 @@ impl Consuming<'_> {
                     }
                 }
                 Some(Err(error)) => {
-                    let error = KafkaError::from(error);
-                    if error.is_fatal() || self.reading_ranges {
-                        return Err(error.into());
-                    }
-                    tracing::warn!(event = "retry", worker = self.index, error = %Report(&error), "consume error (retrying)");
+                    consume_error(self.index, self.reading_ranges, None, error.into())?
                 }
                 None => return Ok(()),
             }
@@ -693,4 +686,20 @@ fn known_partitions<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str)
             0
         }
     }
+}
+
+/// A consume error ends the worker when fatal, or when reading a benchmark's ranges (a range
+/// that is gone, removed by retention, will never complete); librdkafka recovers from the
+/// others by itself.
+fn consume_error(
+    worker: usize,
+    reading_ranges: bool,
+    partition: Option<i32>,
+    error: KafkaError,
+) -> Result<(), StreamSumError> {
+    if error.is_fatal() || reading_ranges {
+        return Err(error.into());
+    }
+    tracing::warn!(event = "retry", worker, partition, error = %Report(&error), "consume error (retrying)");
+    Ok(())
 }
