@@ -315,7 +315,6 @@ impl Consuming<'_> {
     fn run(mut self) -> Result<(), StreamSumError> {
         let batch_len = self.handoff.queue.batch_len();
         let mut routed_at = Instant::now();
-        let mut first_seen = false;
         loop {
             if self.stop.is_cancelled() || (self.reading_ranges && self.ranges.is_empty()) {
                 break;
@@ -348,9 +347,8 @@ impl Consuming<'_> {
             };
             let taken = self.fetch.take(timeout, batch_len - staged_records)?;
             let took = taken.len();
-            if took > 0 && self.reading_ranges && !first_seen {
+            if took > 0 && self.reading_ranges {
                 self.counters.first_consumed.get_or_init(Instant::now);
-                first_seen = true;
             }
             let handoff = self.handoff;
             let mut staged = handoff.staged();
