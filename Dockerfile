@@ -2,10 +2,12 @@
 # The five programs of seckill-kafka and config.yaml in a small image, run as a non-root
 # user. `make docker-build` builds it as seckill-kafka:latest.
 
-# ---- builder: the crate's build needs (librdkafka and OpenSSL are built from source) ----
+# ---- builder: the crate's build needs (librdkafka is built with CMake, against Debian's
+# OpenSSL, libcurl and zlib, as on the dev machines: scripts/dev-stack.sh deps) ----
 FROM rust:1.95-bookworm AS builder
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential cmake perl pkg-config python3 zlib1g-dev \
+    && apt-get install -y --no-install-recommends build-essential cmake pkg-config python3 \
+         libssl-dev libcurl4-openssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 
@@ -30,10 +32,11 @@ RUN touch src/lib.rs build.rs \
     && cargo build --release \
          --bin client_kafka --bin server_kafka --bin log_worker --bin stream_sum --bin zstd_producer
 
-# ---- runtime ----
+# ---- runtime: the shared libraries the programs link (tests/deploy.rs checks the list
+# against the built binaries) ----
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 zlib1g \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin seckill
 WORKDIR /app

@@ -13,23 +13,28 @@ help: ## List the targets
 build: ## Build every program (release)
 	cargo build --release --bins
 
+# The tests run under cargo-nextest when it is installed (several test processes at once, the
+# long ones first: .config/nextest.toml), else under cargo test, one binary after another.
+NEXTEST := $(shell command -v cargo-nextest)
+TEST_RUNNER = $(if $(NEXTEST),cargo nextest run,cargo test) --all-targets --no-fail-fast
+
 test: ## Start the dev stack (installing what is missing), check the schemas, run every test
 	@$(STACK) up
 	@$(MAKE) --no-print-directory -C schemas validate sync
-	@$(STACK_ENV) && cargo test --all-targets --no-fail-fast || { \
-	  echo; echo "make test: FAILED. Service logs: .dev/redis.log, .dev/pg-sock/postgres.log, .dev/dev_broker.log;"; \
+	@$(STACK_ENV) && $(TEST_RUNNER) || { \
+	  echo; echo "make test: FAILED. Where the services' logs are:"; $(STACK) status; \
 	  echo "the stack is still up for a rerun (cargo test <name>); stop it with 'make stack-down'."; exit 1; }
 
 # Tests that need Apache Kafka (#[ignore] elsewhere) run too; IGNORED= leaves them out, e.g.
 # to check the suite against a dev broker started on its own.
-IGNORED ?= --include-ignored
+IGNORED ?= 1
 
 test-kafka: ## The suite against the broker named by KAFKA_BROKERS (topics created via Admin API), with the real-broker tests
 	@[ -n "$${KAFKA_BROKERS:-}" ] || { echo "make test-kafka: set KAFKA_BROKERS=host:port of the broker to test against"; exit 2; }
 	@$(STACK) up
 	@$(MAKE) --no-print-directory -C schemas validate sync
 	cargo run --quiet --bin dev_broker -- --create-topics-on "$$KAFKA_BROKERS"
-	@$(STACK_ENV) && cargo test --all-targets --no-fail-fast -- $(IGNORED)
+	@$(STACK_ENV) && $(TEST_RUNNER) $(if $(IGNORED),$(if $(NEXTEST),--run-ignored all,-- --include-ignored))
 
 lint: ## cargo fmt --check, clippy with warnings as errors, actionlint, docker compose config
 	cargo fmt --all -- --check
@@ -108,16 +113,15 @@ compose-demo: compose-up ## The flash-sale demo in compose: client_kafka, then l
 compose-down: ## Stop the compose stack and remove its volumes
 	$(COMPOSE) --profile demo down -v
 
-stack-up: ## Start Redis, PostgreSQL and the dev broker on loopback (data in .dev/)
+stack-up: ## Start Redis, PostgreSQL and the dev broker on loopback (`make stack-status` says where their files are)
 	@$(STACK) up
 
 stack-down: ## Stop what stack-up started
 	@$(STACK) down
 
-stack-status: ## Show what of the dev stack runs
+stack-status: ## Show what of the dev stack runs, and where its files and logs are
 	@$(STACK) status
 
-clean: ## Stop the stack and remove build output and .dev/
-	-@$(STACK) down
+clean: ## Stop the stack and remove build output, .dev/ and PostgreSQL's files (wherever they live)
+	-@$(STACK) clean
 	cargo clean
-	rm -rf .dev

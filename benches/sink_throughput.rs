@@ -172,7 +172,8 @@ fn throughput(c: &mut Criterion) {
     group.finish();
     for (name, sink) in fast_sinks {
         let metrics = sink.metrics();
-        println!(
+        // stderr: stdout is the test list when a test runner asks for one (--list).
+        eprintln!(
             "{name}: sent={} failed={} delivery latency p50={:?} p99={:?}",
             metrics.messages_sent,
             metrics.messages_failed,

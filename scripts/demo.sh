@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The flash-sale demo on the local stack:
-#   1. build the programs (the dev profile the tests use too, see Cargo.toml) while the dev
-#      stack (Redis, PostgreSQL, dev broker) starts
+#   1. install what the machine lacks (scripts/dev-stack.sh deps), then build the programs
+#      (the dev profile the tests use too, see Cargo.toml) while the dev stack (Redis,
+#      PostgreSQL, dev broker) starts
 #   2. run server_kafka and log_worker in the background
 #   3. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests against
 #      DEMO_STOCK items (several requests per user, so repeat buyers happen), and waits for
@@ -21,11 +22,17 @@ TOTAL=$((USERS * PER_USER))
 
 say() { printf '\n== %s\n' "$*"; }
 
-say "building the programs while the local stack starts"
-# In the background: on a fresh machine the stack's installs (apt) and the first build
-# (librdkafka, OpenSSL) then overlap. dev-stack.sh's own build of dev_broker waits for
-# this one (cargo's lock) and finds it done.
+say "installing what is missing, then building the programs while the local stack starts"
 mkdir -p .dev
+# The crates download while apt-get installs the build's C side (cmake, OpenSSL and libcurl
+# headers) and the servers, in one apt-get call (scripts/dev-stack.sh deps).
+cargo fetch --quiet > .dev/fetch.log 2>&1 &
+FETCH_PID=$!
+trap 'kill "$FETCH_PID" 2>/dev/null || true' EXIT
+scripts/dev-stack.sh deps
+wait "$FETCH_PID" || { cat .dev/fetch.log >&2; echo "demo: cargo fetch failed" >&2; exit 1; }
+# In the background: the first build (librdkafka above all) overlaps the stack's start.
+# dev-stack.sh's own build of dev_broker waits for this one (cargo's lock) and finds it done.
 cargo build --quiet --bins > .dev/build.log 2>&1 &
 BUILD_PID=$!
 # A stack that fails to start ends the demo: the build must not run on behind it.

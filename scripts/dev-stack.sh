@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The local service stack on loopback, with its data under .dev/:
-#   Redis       Debian's redis-server (installed with apt-get when missing), free port
-#   PostgreSQL  the machine's PostgreSQL (installed with apt-get when missing), initdb into
-#               .dev/pg, run as the `postgres` user when we are root, free port
+# The local service stack on loopback, its files under .dev/ (PostgreSQL's in PG_HOME):
+#   Redis       Debian's redis-server, free port, files in .dev/redis
+#   PostgreSQL  the machine's PostgreSQL 15+, run as the `postgres` user when we are root,
+#               free port, files in PG_HOME = /var/tmp/seckill-kafka-<uid>/<hash of .dev>
+#               (the postgres user cannot enter a checkout under root's 0700 home)
 #   Kafka       dev_broker (librdkafka's mock cluster), unless KAFKA_BROKERS names a broker
 #
-# usage: scripts/dev-stack.sh up | down | status | env
-#   up      start what is not running (idempotent) and print what runs
-#   down    stop what `up` started (found by pid files); data stays in .dev/
-#   status  show what runs, exit 1 if something is down
+# usage: scripts/dev-stack.sh deps | up | down | status | env | clean
+#   deps    install with apt-get what the build and the stack need and the machine lacks
+#   up      deps, then start what is not running (idempotent) and print what runs
+#   down    stop what `up` started (found by pid files); data stays
+#   status  show what runs and where its files and logs are, exit 1 if something is down
 #   env     print `export` lines for KAFKA_BROKERS, REDIS_URL and DATABASE_URL
+#   clean   down, then remove .dev/ and PG_HOME
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEV=${SECKILL_DEV_DIR:-$ROOT/.dev}
+mkdir -p "$DEV"
 PG_USER=seckill
 PG_DB=seckill
 
@@ -59,14 +63,38 @@ apt_install() {
     [ "$status" = 0 ] || { tail -20 "$DEV/apt.log" >&2; die "apt-get install $* failed (log: $DEV/apt.log)"; }
 }
 
+# What the build and the stack need from Debian, installed in one apt-get call (one
+# `apt-get update`): the build's C side (librdkafka through CMake, linked against the
+# system's OpenSSL, libcurl and zlib), the servers, and openssl for the dev certificates.
+missing_packages() {
+    local missing=()
+    command -v cmake >/dev/null || missing+=(cmake)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    command -v pkg-config >/dev/null && pkg-config --exists openssl || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null && pkg-config --exists libcurl || missing+=(libcurl4-openssl-dev)
+    command -v pkg-config >/dev/null && pkg-config --exists zlib || missing+=(zlib1g-dev)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    pg_bin >/dev/null || missing+=(postgresql)
+    echo "${missing[@]}"
+}
+
+deps() {
+    local missing; missing=$(missing_packages)
+    [ -z "$missing" ] && return
+    # shellcheck disable=SC2086 # one word a package
+    apt_install $missing
+    missing=$(missing_packages)
+    [ -z "$missing" ] || die "still missing after apt-get: $missing"
+}
+
 # ---------------------------------------------------------------- Redis
 # A dev CA and a certificate for 127.0.0.1 signed by it, in $DEV/tls (made once): Redis
 # serves TLS on a second port and PostgreSQL accepts TLS with them, so rediss:// and
 # sslmode are tested for real. The CA is DEV_TLS_CA in the env lines.
 tls_cert() {
     local tls="$DEV/tls"
-    [ -s "$tls/ca.crt" ] && [ -s "$tls/server.crt" ] && [ -s "$tls/pg.key" ] && return
-    command -v openssl >/dev/null || apt_install openssl
+    [ -s "$tls/ca.crt" ] && [ -s "$tls/server.crt" ] && [ -s "$tls/server.key" ] && return
     rm -rf "$tls"
     mkdir -p "$tls"
     {
@@ -80,12 +108,8 @@ tls_cert() {
         && openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
             -CAcreateserial -days 3650 -extfile "$tls/server.ext" -out "$tls/server.crt"
     } >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl could not make the dev certificates"; }
-    # PostgreSQL wants its own copy of the key, owned by it and private.
-    cp "$tls/server.key" "$tls/pg.key"
-    chmod 600 "$tls/pg.key" "$tls/server.key" "$tls/ca.key"
-    chmod 755 "$tls"
+    chmod 600 "$tls/server.key" "$tls/ca.key"
     chmod 644 "$tls/server.crt" "$tls/ca.crt"
-    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$tls/pg.key" 2>/dev/null || true; fi
     log "made the dev TLS certificates in $tls"
 }
 
@@ -94,7 +118,6 @@ redis_up() {
         log "redis already running on port $(cat "$DEV/redis.port")"
         return
     fi
-    command -v redis-server >/dev/null || apt_install redis-server
     local port; port=$(free_port)
     local tls_port; tls_port=$(free_port)
     mkdir -p "$DEV/redis"
@@ -115,6 +138,18 @@ redis_down() {
 }
 
 # ---------------------------------------------------------------- PostgreSQL
+# PostgreSQL runs as the `postgres` user when we are root (initdb and postgres refuse root),
+# and that user cannot enter a checkout under root's 0700 home. So its files (data, socket,
+# TLS key copy, log) live in PG_HOME, outside the checkout, in a folder named by a hash of
+# this checkout's .dev/ (two checkouts keep two servers), short enough for a Unix socket
+# path (~107 bytes). .dev/pg.home records it, so status, down and clean find it.
+pg_home() {
+    if [ -s "$DEV/pg.home" ]; then cat "$DEV/pg.home"; return; fi
+    local hash; hash=$(printf '%s' "$(cd "$DEV" && pwd -P)" | sha256sum | cut -c1-12)
+    echo "/var/tmp/seckill-kafka-$(id -u)/$hash"
+}
+PG_HOME=$(pg_home)
+
 pg_bin() {
     local dir
     for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
@@ -123,47 +158,73 @@ pg_bin() {
     return 1
 }
 
-# Runs a PostgreSQL server binary as the `postgres` user when we are root (initdb and
-# postgres refuse to run as root).
+# Runs a PostgreSQL server binary as the `postgres` user when we are root.
 as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-pg_running() { [ -f "$DEV/pg/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$DEV/pg" status >/dev/null 2>&1; }
+pg_running() { [ -f "$PG_HOME/data/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; }
+
+# PG_HOME and its parent, made by us, refused if someone else made them first (/var/tmp is
+# shared by every user).
+pg_home_make() {
+    local parent; parent=$(dirname "$PG_HOME")
+    mkdir -p "$parent" "$PG_HOME"
+    chmod 755 "$parent"
+    [ -O "$parent" ] || die "$parent belongs to another user: remove it or set SECKILL_DEV_DIR"
+    printf '%s\n' "$(cd "$DEV" && pwd -P)" > "$PG_HOME/checkout"
+    echo "$PG_HOME" > "$DEV/pg.home"
+    mkdir -p "$PG_HOME/sock" "$PG_HOME/tls"
+    cp "$DEV/tls/server.crt" "$PG_HOME/tls/server.crt"
+    cp "$DEV/tls/server.key" "$PG_HOME/tls/server.key"
+    chmod 600 "$PG_HOME/tls/server.key"
+    if [ "$(id -u)" = 0 ]; then
+        id postgres >/dev/null 2>&1 || die "no 'postgres' user to run PostgreSQL as"
+        chown -R postgres:postgres "$PG_HOME"
+    fi
+}
+
+# Before PG_HOME, PostgreSQL's files were in .dev/pg: stop such a server, drop its files.
+legacy_postgres_down() {
+    [ -d "$DEV/pg" ] || return 0
+    if [ -f "$DEV/pg/postmaster.pid" ]; then
+        as_pg "$(pg_bin)/pg_ctl" -D "$DEV/pg" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$DEV/pg" "$DEV/pg-sock"
+    log "removed the old PostgreSQL files from $DEV/pg (they now live in $PG_HOME)"
+}
 
 postgres_up() {
     local bin
-    bin=$(pg_bin) || { apt_install postgresql; bin=$(pg_bin) || die "no PostgreSQL binaries after install"; }
+    bin=$(pg_bin) || die "no PostgreSQL server binaries (run: $0 deps)"
+    legacy_postgres_down
     if pg_running; then
         log "postgres already running on port $(cat "$DEV/pg.port")"
         return
     fi
-    if [ "$(id -u)" = 0 ]; then
-        id postgres >/dev/null 2>&1 || die "no 'postgres' user to run PostgreSQL as"
-        runuser -u postgres -- test -x "$DEV" \
-            || die "the postgres user cannot enter $DEV; put the checkout where other users can read it"
-    fi
-    mkdir -p "$DEV/pg-sock"
-    [ "$(id -u)" = 0 ] && chown postgres:postgres "$DEV/pg-sock"
-    if [ ! -f "$DEV/pg/PG_VERSION" ]; then
-        rm -rf "$DEV/pg"
-        mkdir -p "$DEV/pg"
-        [ "$(id -u)" = 0 ] && chown postgres:postgres "$DEV/pg"
-        python3 -c 'import secrets; print(secrets.token_hex(12))' > "$DEV/pg.password"
-        chmod 644 "$DEV/pg.password"
-        log "initdb into $DEV/pg"
-        as_pg "$bin/initdb" -D "$DEV/pg" -U "$PG_USER" --pwfile="$DEV/pg.password" \
-            --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 \
-            >"$DEV/pg-init.log" 2>&1 || { tail -20 "$DEV/pg-init.log" >&2; die "initdb failed"; }
+    pg_home_make
+    if [ ! -f "$PG_HOME/data/PG_VERSION" ]; then
+        rm -rf "$PG_HOME/data"
+        [ -s "$DEV/pg.password" ] || python3 -c 'import secrets; print(secrets.token_hex(12))' > "$DEV/pg.password"
         chmod 600 "$DEV/pg.password"
+        # initdb reads the password from a file the postgres user can read; it goes at once.
+        install -m 600 "$DEV/pg.password" "$PG_HOME/pwfile"
+        [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_HOME/pwfile"
+        log "initdb into $PG_HOME/data"
+        local status=0
+        as_pg "$bin/initdb" -D "$PG_HOME/data" -U "$PG_USER" --pwfile="$PG_HOME/pwfile" \
+            --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 \
+            >"$DEV/pg-init.log" 2>&1 || status=$?
+        rm -f "$PG_HOME/pwfile"
+        [ "$status" = 0 ] || { tail -20 "$DEV/pg-init.log" >&2; die "initdb failed"; }
     fi
     local port; port=$(free_port)
     echo "$port" > "$DEV/pg.port"
-    as_pg "$bin/pg_ctl" -D "$DEV/pg" -l "$DEV/pg-sock/postgres.log" -w -t 60 \
-        -o "-p $port -k $DEV/pg-sock -c listen_addresses=127.0.0.1 -c max_connections=200 -c ssl=on -c ssl_cert_file=$DEV/tls/server.crt -c ssl_key_file=$DEV/tls/pg.key" \
-        start >/dev/null || { tail -20 "$DEV/pg-sock/postgres.log" >&2; die "postgres did not start"; }
+    as_pg "$bin/pg_ctl" -D "$PG_HOME/data" -l "$PG_HOME/postgres.log" -w -t 60 \
+        -o "-p $port -k $PG_HOME/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c ssl=on -c ssl_cert_file=$PG_HOME/tls/server.crt -c ssl_key_file=$PG_HOME/tls/server.key" \
+        start >/dev/null || { tail -20 "$PG_HOME/postgres.log" >&2; die "postgres did not start"; }
     log "postgres on 127.0.0.1:$port is ready"
-    local psql=("$bin/psql" -h "$DEV/pg-sock" -p "$port" -U "$PG_USER" -d postgres -qAt)
+    local psql=("$bin/psql" -h "$PG_HOME/sock" -p "$port" -U "$PG_USER" -d postgres -qAt)
     if [ "$(as_pg "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
         as_pg "${psql[@]}" -c "CREATE DATABASE $PG_DB" >/dev/null
         log "created database $PG_DB"
@@ -174,7 +235,7 @@ postgres_down() {
     local bin
     bin=$(pg_bin) || return 0
     if pg_running; then
-        as_pg "$bin/pg_ctl" -D "$DEV/pg" -m fast -w stop >/dev/null
+        as_pg "$bin/pg_ctl" -D "$PG_HOME/data" -m fast -w stop >/dev/null
         log "postgres stopped"
     fi
 }
@@ -228,19 +289,31 @@ env_lines() {
 
 status() {
     local down=0
-    if pid_alive "$DEV/redis.pid"; then echo "redis     running  127.0.0.1:$(cat "$DEV/redis.port")"
+    if pid_alive "$DEV/redis.pid"; then echo "redis     running  127.0.0.1:$(cat "$DEV/redis.port")  files $DEV/redis, log $DEV/redis.log"
     else echo "redis     stopped"; down=1; fi
-    if pg_bin >/dev/null && pg_running; then echo "postgres  running  127.0.0.1:$(cat "$DEV/pg.port") database $PG_DB"
-    else echo "postgres  stopped"; down=1; fi
+    if pg_bin >/dev/null && pg_running; then echo "postgres  running  127.0.0.1:$(cat "$DEV/pg.port") database $PG_DB  files $PG_HOME, log $PG_HOME/postgres.log"
+    else echo "postgres  stopped  files $PG_HOME"; down=1; fi
     if external_kafka; then echo "kafka     external $KAFKA_BROKERS"
-    elif pid_alive "$DEV/dev_broker.pid"; then echo "kafka     running  $(cat "$DEV/kafka.bootstrap" 2>/dev/null) (dev_broker)"
+    elif pid_alive "$DEV/dev_broker.pid"; then echo "kafka     running  $(cat "$DEV/kafka.bootstrap" 2>/dev/null) (dev_broker)  log $DEV/dev_broker.log"
     else echo "kafka     stopped"; down=1; fi
     return $down
 }
 
-mkdir -p "$DEV"
+# Everything `up` made, wherever it lives: the servers, .dev/ and PG_HOME.
+clean() {
+    kafka_down
+    redis_down
+    postgres_down
+    rm -rf "$PG_HOME"
+    rmdir "$(dirname "$PG_HOME")" 2>/dev/null || true
+    rm -rf "$DEV"
+    log "removed $DEV and $PG_HOME"
+}
+
 case "${1:-}" in
+    deps) deps ;;
     up)
+        deps
         tls_cert
         redis_up
         postgres_up
@@ -254,7 +327,8 @@ case "${1:-}" in
         postgres_down
         rm -f "$DEV/env"
         ;;
+    clean) clean ;;
     status) status ;;
     env) env_lines ;;
-    *) echo "usage: $0 up | down | status | env" >&2; exit 2 ;;
+    *) echo "usage: $0 deps | up | down | status | env | clean" >&2; exit 2 ;;
 esac

@@ -283,3 +283,58 @@ fn make_help_lists_the_targets_the_issue_names_and_each_one_exists() {
         );
     }
 }
+
+/// The runtime stage installs the Debian package of every shared library the programs link
+/// beyond glibc (librdkafka links the system's OpenSSL, libcurl and zlib), so the image's
+/// programs start. Read from a binary the suite built (`readelf -d`: its direct needs; what
+/// those pull in comes with their packages).
+#[test]
+fn the_runtime_stage_installs_every_shared_library_the_programs_link() {
+    let dockerfile = repo_file("Dockerfile");
+    let runtime = dockerfile
+        .split("AS runtime")
+        .nth(1)
+        .expect("a runtime stage");
+    // glibc's and gcc's own libraries come with the base image.
+    let base = [
+        "libc.so",
+        "libm.so",
+        "libgcc_s",
+        "ld-linux",
+        "libpthread",
+        "libdl.so",
+        "librt.so",
+    ];
+    // Each library and the Debian package (bookworm) that ships it.
+    let packages = [
+        ("libssl.so.3", "libssl3"),
+        ("libcrypto.so.3", "libssl3"),
+        ("libcurl.so.4", "libcurl4"),
+        ("libz.so.1", "zlib1g"),
+    ];
+    let readelf = std::process::Command::new("readelf")
+        .args(["-d", env!("CARGO_BIN_EXE_server_kafka")])
+        .output()
+        .expect("readelf");
+    let needed: Vec<String> = String::from_utf8_lossy(&readelf.stdout)
+        .lines()
+        .filter_map(|line| line.split_once("Shared library: [")?.1.strip_suffix(']'))
+        .filter(|name| !base.iter().any(|b| name.starts_with(b)))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        needed.iter().any(|n| n == "libssl.so.3"),
+        "TLS from the system: {needed:?}"
+    );
+    for name in &needed {
+        let package = packages
+            .iter()
+            .find(|(library, _)| library == name)
+            .map(|(_, package)| *package)
+            .unwrap_or_else(|| panic!("server_kafka needs {name}: name its Debian package here"));
+        assert!(
+            runtime.contains(package),
+            "server_kafka links {name}: the runtime stage must install {package}"
+        );
+    }
+}

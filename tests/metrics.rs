@@ -23,8 +23,18 @@ async fn stream_sum_serves_its_counters_and_librdkafka_statistics() {
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    // A short session: a worker that joins after the group first settled makes librdkafka's
+    // mock broker wait out the session timeout (less a second) before it rebalances, 44 s
+    // with the default; Apache Kafka rebalances as soon as every member has rejoined.
+    let config = std::env::temp_dir().join(format!("{output}.yaml"));
+    std::fs::write(
+        &config,
+        "kafka:\n  properties:\n    session.timeout.ms: '6000'\n    heartbeat.interval.ms: '500'\n",
+    )
+    .unwrap();
     let env = vec![
         ("KAFKA_BROKERS".to_string(), brokers),
+        ("SECKILL_CONFIG".to_string(), config.display().to_string()),
         (
             "SECKILL_STREAM_SUM_GROUP_ID".to_string(),
             support::unique_name("metrics"),
@@ -62,6 +72,7 @@ async fn stream_sum_serves_its_counters_and_librdkafka_statistics() {
         |page| sample(page, "stream_sum_records_total ").is_some_and(|n| n >= 500.0),
     );
     let finished = program.terminate();
+    let _ = std::fs::remove_file(&config);
     finished.assert_success("stream_sum");
     let page = page.unwrap_or_else(|missing| panic!("{missing}\nstderr:\n{}", finished.stderr));
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");

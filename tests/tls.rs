@@ -67,3 +67,55 @@ async fn redis_rediss_url_runs_the_suite_over_tls() {
     .unwrap();
     assert!(plain.get_stock(activity).await.is_err());
 }
+
+/// librdkafka was built with TLS (the system's OpenSSL): a client with
+/// `security.protocol=ssl` is created, and against the broker's plaintext port it fails in
+/// the TLS handshake, instead of being refused at creation as unsupported.
+#[tokio::test]
+async fn kafka_ssl_clients_are_built_with_tls_and_handshake_for_real() {
+    use rdkafka::client::ClientContext;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use seckill_kafka::config::SecurityProtocol;
+    use seckill_kafka::kafka::{client_config, ClientRole};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    #[derive(Clone, Default)]
+    struct Errors(Arc<Mutex<Vec<String>>>);
+    impl ClientContext for Errors {
+        fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+            self.0.lock().unwrap().push(format!("{error}: {reason}"));
+        }
+    }
+    impl rdkafka::producer::ProducerContext for Errors {
+        type DeliveryOpaque = ();
+        fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+    }
+
+    let mut kafka = support::kafka_config();
+    kafka.security_protocol = SecurityProtocol::Ssl;
+    kafka.ssl_ca_location = Some(support::stack_var("DEV_TLS_CA"));
+    let errors = Errors::default();
+    let producer: BaseProducer<Errors> = client_config(&kafka, ClientRole::Producer, "tls-test")
+        .unwrap()
+        .create_with_context(errors.clone())
+        .unwrap_or_else(|e| panic!("librdkafka refused security.protocol=ssl: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let handshake_failed = || {
+        errors
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("SSL handshake failed"))
+    };
+    while !handshake_failed() && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(100));
+    }
+    assert!(
+        handshake_failed(),
+        "no TLS handshake error against a plaintext port: {:?}",
+        errors.0.lock().unwrap()
+    );
+    drop(producer.flush(Duration::from_millis(10)));
+}
