@@ -158,9 +158,10 @@ pg_bin() {
     return 1
 }
 
-# Runs a PostgreSQL server binary as the `postgres` user when we are root.
+# Runs a PostgreSQL server binary as the `postgres` user when we are root (from /: that
+# user may not enter the directory we are in).
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    if [ "$(id -u)" = 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi
 }
 
 pg_running() { [ -f "$PG_HOME/data/postmaster.pid" ] && as_pg "$(pg_bin)/pg_ctl" -D "$PG_HOME/data" status >/dev/null 2>&1; }
@@ -272,18 +273,21 @@ kafka_down() {
 }
 
 # ---------------------------------------------------------------- commands
+# Values quoted for the shell: a checkout path may hold spaces.
+export_line() { printf 'export %s=%q\n' "$1" "$2"; }
+
 env_lines() {
     local brokers=""
     if external_kafka; then brokers=$KAFKA_BROKERS
     elif [ -s "$DEV/kafka.bootstrap" ]; then brokers=$(cat "$DEV/kafka.bootstrap")
     fi
-    [ -n "$brokers" ] && echo "export KAFKA_BROKERS=$brokers"
-    [ -f "$DEV/redis.port" ] && echo "export REDIS_URL=redis://127.0.0.1:$(cat "$DEV/redis.port")/0"
+    [ -n "$brokers" ] && export_line KAFKA_BROKERS "$brokers"
+    [ -f "$DEV/redis.port" ] && export_line REDIS_URL "redis://127.0.0.1:$(cat "$DEV/redis.port")/0"
     # For the TLS tests: Redis's TLS port and the certificate that signs both servers'.
-    [ -f "$DEV/redis.tls.port" ] && echo "export DEV_REDIS_TLS_PORT=$(cat "$DEV/redis.tls.port")"
-    [ -f "$DEV/tls/ca.crt" ] && echo "export DEV_TLS_CA=$DEV/tls/ca.crt"
+    [ -f "$DEV/redis.tls.port" ] && export_line DEV_REDIS_TLS_PORT "$(cat "$DEV/redis.tls.port")"
+    [ -f "$DEV/tls/ca.crt" ] && export_line DEV_TLS_CA "$DEV/tls/ca.crt"
     [ -f "$DEV/pg.port" ] && [ -f "$DEV/pg.password" ] && \
-        echo "export DATABASE_URL=postgres://$PG_USER:$(cat "$DEV/pg.password")@127.0.0.1:$(cat "$DEV/pg.port")/$PG_DB"
+        export_line DATABASE_URL "postgres://$PG_USER:$(cat "$DEV/pg.password")@127.0.0.1:$(cat "$DEV/pg.port")/$PG_DB"
     return 0
 }
 

@@ -45,7 +45,7 @@ impl Checkout {
             .filter_map(|line| line.strip_prefix("export "))
             .filter_map(|line| line.split_once('='))
             .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.to_string())
+            .map(|(_, value)| support::shell_unquote(value))
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     }
 }

@@ -25,7 +25,7 @@ pub fn stack_var(name: &str) -> String {
         .filter_map(|line| line.strip_prefix("export "))
         .filter_map(|line| line.split_once('='))
         .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_string())
+        .map(|(_, value)| shell_unquote(value))
         .unwrap_or_else(|| {
             panic!(
                 "{name} is not set and {} does not have it: start the stack with \
@@ -33,6 +33,22 @@ pub fn stack_var(name: &str) -> String {
                 env_file.display()
             )
         })
+}
+
+/// A value as the shell reads it from `printf %q` (backslash escapes, single quotes): the
+/// stack's env lines quote paths, which may hold spaces.
+pub fn shell_unquote(value: &str) -> String {
+    let mut out = String::new();
+    let mut chars = value.chars();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            '\\' if !quoted => out.extend(chars.next()),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 pub fn redis_config() -> RedisConfig {
