@@ -48,7 +48,11 @@ fn make(dir: &Path, target: &str, ci: bool) -> (bool, String) {
         .arg("-C")
         .arg(dir)
         .arg(target)
-        .arg(format!("TOOL={}", env!("CARGO_BIN_EXE_schema_tool")))
+        // Quoted for the recipe's shell: the checkout's path may hold a space.
+        .arg(format!(
+            "TOOL='{}'",
+            env!("CARGO_BIN_EXE_schema_tool").replace('\'', r"'\''")
+        ))
         .env_remove("CI");
     if ci {
         command.env("CI", "true");
