@@ -96,7 +96,7 @@ run-zstd: ## zstd_producer: EVENTS UserEvents to user-events on the dev broker, 
 IMAGE ?= seckill-kafka:latest
 COMPOSE ?= docker compose
 
-docker-build: ## Build the image (all five programs and config.yaml; needs Docker)
+docker-build: ## Build the image (the programs and config.yaml; needs Docker)
 	docker build -t $(IMAGE) .
 
 docker-run: ## Run a program from the image, e.g. make docker-run ARGS="stream_sum --help"
@@ -105,7 +105,8 @@ docker-run: ## Run a program from the image, e.g. make docker-run ARGS="stream_s
 compose-up: ## Kafka 4 (KRaft), Redis, PostgreSQL, topics, server_kafka, log_worker, stream_sum
 	$(COMPOSE) up -d --build --wait server_kafka log_worker stream_sum
 
-compose-demo: compose-up ## The flash-sale demo in compose: client_kafka, then log_worker --verify
+compose-demo: compose-up ## The flash-sale demo in compose: create sale 1, client_kafka, then log_worker --verify --all
+	$(COMPOSE) --profile demo run --rm create-activity
 	$(COMPOSE) --profile demo run --rm client_kafka
 	sleep 10
 	$(COMPOSE) --profile demo run --rm verify

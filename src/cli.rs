@@ -10,56 +10,57 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 /// Flags accepted by every program (after a subcommand too).
+///
+/// A flag whose clap id is a configuration key (`section.key`) is that key's command-line
+/// layer ([`parse`] reads them all): each flag is declared once, with its name, help, type
+/// and key in one attribute, and its help names the key.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// YAML config file; without it ./config.yaml is read when present
     #[arg(long, env = "SECKILL_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
-    /// Kafka bootstrap servers (kafka.brokers)
-    #[arg(long, value_name = "HOST:PORT,...", global = true)]
+    /// Kafka bootstrap servers
+    #[arg(
+        long = "brokers",
+        id = "kafka.brokers",
+        value_name = "HOST:PORT,...",
+        global = true
+    )]
     pub brokers: Option<String>,
-    /// Log format (telemetry.log_format); RUST_LOG sets the level
-    #[arg(long, value_enum, global = true)]
+    /// Log format; RUST_LOG sets the level
+    #[arg(
+        long = "log-format",
+        id = "telemetry.log_format",
+        value_enum,
+        global = true
+    )]
     pub log_format: Option<LogFormat>,
     /// Print the effective configuration, secrets redacted, and exit
     #[arg(long, global = true)]
     pub print_config: bool,
-    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9100 (telemetry.metrics_addr)
-    #[arg(long, value_name = "HOST:PORT", global = true)]
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9100
+    #[arg(
+        long = "metrics-addr",
+        id = "telemetry.metrics_addr",
+        value_name = "HOST:PORT",
+        global = true
+    )]
     pub metrics_addr: Option<String>,
 }
 
 impl CommonArgs {
-    /// Loads the configuration: defaults < file < environment < the common flags and
-    /// the program's own `flags`.
-    pub fn load_config(&self, mut flags: FlagOverrides) -> Result<Config, ConfigError> {
-        flags
-            .set("kafka.brokers", "brokers", self.brokers.clone())
-            .set("telemetry.log_format", "log-format", self.log_format)
-            .set(
-                "telemetry.metrics_addr",
-                "metrics-addr",
-                self.metrics_addr.clone(),
-            );
+    /// Loads the configuration: defaults < file < environment < `flags`.
+    pub fn load_config(&self, flags: FlagOverrides) -> Result<Config, ConfigError> {
         Config::load(self.config.as_deref(), &flags)
     }
 }
 
-/// The flag the flash-sale programs (client_kafka, server_kafka, log_worker) share.
+/// The flag the flash-sale programs share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SaleArgs {
-    /// Activity (sale) id (seckill.activity_id)
-    #[arg(long)]
+    /// Activity (sale) id: serve, send to or check only this one
+    #[arg(long = "activity-id", id = "seckill.activity_id")]
     pub activity_id: Option<u64>,
-}
-
-impl SaleArgs {
-    /// The program's flag overrides, starting with this one.
-    pub fn overrides(&self) -> FlagOverrides {
-        let mut flags = FlagOverrides::new();
-        flags.set("seckill.activity_id", "activity-id", self.activity_id);
-        flags
-    }
 }
 
 /// The flags of the programs on the requests topic (client_kafka, server_kafka).
@@ -67,17 +68,112 @@ impl SaleArgs {
 pub struct RequestsArgs {
     #[command(flatten)]
     pub sale: SaleArgs,
-    /// Requests topic (seckill.requests_topic)
-    #[arg(long)]
+    /// Requests topic
+    #[arg(long = "topic", id = "seckill.requests_topic")]
     pub topic: Option<String>,
 }
 
-impl RequestsArgs {
-    /// The program's flag overrides, starting with these.
-    pub fn overrides(&self) -> FlagOverrides {
-        let mut flags = self.sale.overrides();
-        flags.set("seckill.requests_topic", "topic", self.topic.clone());
-        flags
+/// Parses the command line of program `A`: the parsed flags, and the configuration layer
+/// of every flag given whose id is a configuration key (see [`CommonArgs`]). A bad command
+/// line exits 1 with one line saying why.
+pub fn parse<A: clap::Parser>() -> (A, FlagOverrides) {
+    parse_from::<A, _, _>(std::env::args_os())
+}
+
+/// [`parse`] of the given arguments (the first is the program's name).
+pub fn parse_from<A, I, T>(arguments: I) -> (A, FlagOverrides)
+where
+    A: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let command = name_config_keys(A::command());
+    let long_names = long_names(&command);
+    let program = command.get_name().to_string();
+    let matches = command
+        .try_get_matches_from(arguments)
+        .unwrap_or_else(|error| exit_on(&program, error));
+    let parsed = A::from_arg_matches(&matches).unwrap_or_else(|error| exit_on(&program, error));
+    let mut flags = FlagOverrides::new();
+    collect_overrides(&matches, &long_names, &mut flags);
+    (parsed, flags)
+}
+
+/// Help and version are printed as clap prints them; a bad command line is one line,
+/// `program: error: ...`, and exit status 1, like every other error of the suite.
+fn exit_on(program: &str, error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("{program}: error: {message} (see --help)");
+    std::process::exit(1);
+}
+
+/// Whether a clap id is a configuration key.
+fn is_config_key(id: &str) -> bool {
+    id.contains('.')
+}
+
+/// Appends `(key)` to the help of each flag that sets a configuration key.
+fn name_config_keys(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let id = arg.get_id().as_str().to_string();
+            if !is_config_key(&id) {
+                return arg;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} ({id})"))
+        })
+        .mut_subcommands(name_config_keys)
+}
+
+/// Configuration key -> its flag's long name, over every subcommand.
+fn long_names(command: &clap::Command) -> std::collections::HashMap<String, String> {
+    let mut names = std::collections::HashMap::new();
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        if is_config_key(id) {
+            names.insert(id.to_string(), arg.get_long().unwrap_or(id).to_string());
+        }
+    }
+    for subcommand in command.get_subcommands() {
+        names.extend(long_names(subcommand));
+    }
+    names
+}
+
+fn collect_overrides(
+    matches: &clap::ArgMatches,
+    long_names: &std::collections::HashMap<String, String>,
+    flags: &mut FlagOverrides,
+) {
+    for id in matches.ids() {
+        let key = id.as_str();
+        if !is_config_key(key)
+            || matches.value_source(key) != Some(clap::parser::ValueSource::CommandLine)
+        {
+            continue;
+        }
+        let Ok(Some(mut raw)) = matches.try_get_raw(key) else {
+            continue;
+        };
+        if let Some(value) = raw.next_back() {
+            let flag = long_names.get(key).map_or(key, String::as_str);
+            flags.set_raw(key, flag, &value.to_string_lossy());
+        }
+    }
+    if let Some((_, subcommand)) = matches.subcommand() {
+        collect_overrides(subcommand, long_names, flags);
     }
 }
 

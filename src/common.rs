@@ -139,18 +139,28 @@ pub enum SeckillOutcome {
     Success,
     /// No stock left.
     SoldOut,
-    /// The user already has a purchase in this activity.
+    /// The user already holds the sale's per-user limit of purchases.
     AlreadyBought,
     /// The request was older than `timeout_ms` when processed; stock untouched.
     Timeout,
+    /// The sale had not started yet (by Redis's clock).
+    NotStarted,
+    /// The sale had ended (its end passed, or `seckill_admin activity end`).
+    Ended,
+    /// No such sale was ever created. Not a decision: not remembered (there is no sale to
+    /// remember it in), so the same request id may be decided once the sale exists.
+    UnknownActivity,
 }
 
 impl SeckillOutcome {
-    pub const ALL: [SeckillOutcome; 4] = [
+    pub const ALL: [SeckillOutcome; 7] = [
         Self::Success,
         Self::SoldOut,
         Self::AlreadyBought,
         Self::Timeout,
+        Self::NotStarted,
+        Self::Ended,
+        Self::UnknownActivity,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -159,6 +169,9 @@ impl SeckillOutcome {
             Self::SoldOut => "SOLD_OUT",
             Self::AlreadyBought => "ALREADY_BOUGHT",
             Self::Timeout => "TIMEOUT",
+            Self::NotStarted => "NOT_STARTED",
+            Self::Ended => "ENDED",
+            Self::UnknownActivity => "UNKNOWN_ACTIVITY",
         }
     }
 }

@@ -264,12 +264,12 @@ async fn log_worker_recovers_what_a_crashed_worker_took() {
     crashed.register(Duration::from_millis(200)).await.unwrap();
     {
         let keys = seckill_kafka::redis_state::ActivityKeys::new(pipeline.activity_id);
-        let mut connection = redis.pool().get().await.unwrap();
+        let mut connection = redis.connection().await.unwrap();
         for record in &taken {
             let () = redis::cmd("RPUSH")
                 .arg(keys.processing(crashed.worker()))
                 .arg(record)
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
                 .unwrap();
         }

@@ -215,10 +215,10 @@ async fn script_survives_script_flush() {
         Decision::first(SeckillOutcome::Success)
     );
     {
-        let mut connection = state.pool().get().await.unwrap();
+        let mut connection = state.connection().await.unwrap();
         let () = redis::cmd("SCRIPT")
             .arg("FLUSH")
-            .query_async(&mut *connection)
+            .query_async(&mut connection)
             .await
             .unwrap();
     }
@@ -257,10 +257,10 @@ async fn init_state_resets_everything() {
 async fn wait_until_a_client_blocks(state: &RedisState) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let mut connection = state.pool().get().await.unwrap();
+        let mut connection = state.connection().await.unwrap();
         let info: String = redis::cmd("INFO")
             .arg("clients")
-            .query_async(&mut *connection)
+            .query_async(&mut connection)
             .await
             .unwrap();
         let blocked = info
@@ -309,12 +309,12 @@ async fn log_records_move_reliably() {
     queue.ack(&rest, &rest[1..]).await.unwrap();
     assert_eq!(queue.held().await.unwrap(), first[2..].to_vec());
     {
-        let mut connection = state.pool().get().await.unwrap();
+        let mut connection = state.connection().await.unwrap();
         let dead: Vec<String> = redis::cmd("LRANGE")
             .arg(&keys.dead)
             .arg(0)
             .arg(-1)
-            .query_async(&mut *connection)
+            .query_async(&mut connection)
             .await
             .unwrap();
         assert_eq!(dead, rest[1..].to_vec());
@@ -322,7 +322,7 @@ async fn log_records_move_reliably() {
             let () = redis::cmd("RPUSH")
                 .arg(keys.processing(queue.worker()))
                 .arg(record)
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
                 .unwrap();
         }
@@ -413,11 +413,11 @@ async fn a_dead_workers_records_are_claimed_only_after_its_lease_lapses() {
 
     // Records in the single list of earlier versions are claimed too.
     let keys = ActivityKeys::new(activity);
-    let mut connection = state.pool().get().await.unwrap();
+    let mut connection = state.connection().await.unwrap();
     let () = redis::cmd("RPUSH")
         .arg(&keys.legacy_processing)
         .arg("legacy-record")
-        .query_async(&mut *connection)
+        .query_async(&mut connection)
         .await
         .unwrap();
     assert_eq!(claimer.claim_abandoned().await.unwrap(), 1);
@@ -481,7 +481,7 @@ mod batch_equals_one_call_per_request {
         stock: Option<String>,
         initial: Option<String>,
         over: bool,
-        buyers: Vec<String>,
+        buyers: Vec<(String, String)>,
         decided: Vec<(String, String)>,
         outcome_counts: Vec<(String, String)>,
         success: Option<String>,
@@ -490,7 +490,7 @@ mod batch_equals_one_call_per_request {
 
     async fn state_of(redis: &RedisState, activity_id: u64) -> State {
         let keys = ActivityKeys::new(activity_id);
-        let mut connection = redis.pool().get().await.unwrap();
+        let mut connection = redis.connection().await.unwrap();
         fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
             v.sort();
             v
@@ -499,7 +499,7 @@ mod batch_equals_one_call_per_request {
             Option<String>,
             Option<String>,
             bool,
-            Vec<String>,
+            Vec<(String, String)>,
             Vec<(String, String)>,
             Vec<(String, String)>,
             Option<String>,
@@ -510,12 +510,12 @@ mod batch_equals_one_call_per_request {
                 .get(&keys.stock)
                 .get(&keys.initial_stock)
                 .exists(&keys.over)
-                .smembers(&keys.buyers)
+                .hgetall(&keys.holdings)
                 .hgetall(&keys.decided)
                 .hgetall(&keys.outcome_counts)
                 .get(&keys.success)
                 .lrange(&keys.logs, 0, -1)
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
                 .unwrap();
         State {
@@ -585,8 +585,8 @@ mod batch_equals_one_call_per_request {
                             );
                         }
                         let outcomes = redis.run_purchase_batch(&batch).await.unwrap();
-                        assert_eq!(outcomes.len(), members.len());
-                        for (&i, outcome) in members.iter().zip(&outcomes) {
+                        assert_eq!(outcomes.decisions.len(), members.len());
+                        for (&i, outcome) in members.iter().zip(&outcomes.decisions) {
                             got[i] = Some(*outcome);
                         }
                     }
@@ -634,7 +634,7 @@ mod batch_equals_one_call_per_request {
             batch.push(request_id, *user, PROCESSED_TIME - 10, 10);
         }
         let got = redis.run_purchase_batch(&batch).await.unwrap();
-        assert_eq!(got, expected);
+        assert_eq!(got.decisions, expected);
         assert_eq!(
             state_of(&redis, batched).await,
             state_of(&redis, single).await
@@ -661,10 +661,10 @@ mod batch_equals_one_call_per_request {
         let activity = support::unique_id();
         redis.init_state(activity, 1).await.unwrap();
         {
-            let mut connection = redis.pool().get().await.unwrap();
+            let mut connection = redis.connection().await.unwrap();
             let () = redis::cmd("SCRIPT")
                 .arg("FLUSH")
-                .query_async(&mut *connection)
+                .query_async(&mut connection)
                 .await
                 .unwrap();
         }
@@ -674,7 +674,7 @@ mod batch_equals_one_call_per_request {
         batch.push("r2", 2, PROCESSED_TIME, 0);
         let outcomes = redis.run_purchase_batch(&batch).await.unwrap();
         assert_eq!(
-            outcomes,
+            outcomes.decisions,
             [
                 Decision::first(SeckillOutcome::Success),
                 Decision::first(SeckillOutcome::SoldOut)

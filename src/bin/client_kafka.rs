@@ -1,11 +1,13 @@
-//! client_kafka: generates flash-sale requests and produces them to Kafka.
+//! client_kafka: the flash-sale load generator (JSON requests keyed by user id), over one
+//! activity or several.
 
 use clap::Parser;
 use seckill_kafka::cli::{self, CommonArgs, RequestsArgs};
 use seckill_kafka::seckill::client::run_client;
 use std::process::ExitCode;
 
-/// Flash-sale load generator: N users' requests, shuffled, JSON keyed by user id.
+/// Sends `users x requests-per-user` flash-sale requests, shuffled, optionally rate-limited,
+/// and with --await-results reads every answer.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -13,55 +15,39 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     requests: RequestsArgs,
-    /// Distinct users (client_kafka.users)
-    #[arg(long)]
+    /// Spread the requests over these sales (each user asks one or more of them)
+    #[arg(
+        long = "activity-ids",
+        id = "client_kafka.activity_ids",
+        value_name = "ID,ID,..."
+    )]
+    activity_ids: Option<String>,
+    /// Distinct users
+    #[arg(long = "users", id = "client_kafka.users")]
     users: Option<u64>,
-    /// Requests per user (client_kafka.requests_per_user)
-    #[arg(long)]
+    /// Requests each user sends
+    #[arg(long = "requests-per-user", id = "client_kafka.requests_per_user")]
     requests_per_user: Option<u32>,
-    /// Requests per second, 0 = unlimited (client_kafka.rate)
-    #[arg(long)]
+    /// Requests per second; 0 = as fast as possible
+    #[arg(long = "rate", id = "client_kafka.rate")]
     rate: Option<u64>,
-    /// Milliseconds to wait before sending (client_kafka.delay_ms)
-    #[arg(long)]
+    /// Wait before sending, ms
+    #[arg(long = "delay-ms", id = "client_kafka.delay_ms")]
     delay_ms: Option<u64>,
-    /// Shuffle seed (client_kafka.seed)
-    #[arg(long)]
+    /// Seed of the shuffle (and of the request ids)
+    #[arg(long = "seed", id = "client_kafka.seed")]
     seed: Option<u64>,
-    /// Then read every request's result and report outcomes and latency; exit 1 if some got
-    /// none (client_kafka.await_results)
-    #[arg(long)]
+    /// Read every request's answer from the results topic and report
+    #[arg(long = "await-results", id = "client_kafka.await_results")]
     await_results: bool,
-    /// How long to wait for the results after the last send, ms
-    /// (client_kafka.results_timeout_ms)
-    #[arg(long)]
+    /// How long to wait for the answers after the last send, ms
+    #[arg(long = "results-timeout-ms", id = "client_kafka.results_timeout_ms")]
     results_timeout_ms: Option<u64>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let mut flags = args.requests.overrides();
-    flags
-        .set("client_kafka.users", "users", args.users)
-        .set(
-            "client_kafka.requests_per_user",
-            "requests-per-user",
-            args.requests_per_user,
-        )
-        .set("client_kafka.rate", "rate", args.rate)
-        .set("client_kafka.delay_ms", "delay-ms", args.delay_ms)
-        .set("client_kafka.seed", "seed", args.seed)
-        .switch(
-            "client_kafka.await_results",
-            "await-results",
-            args.await_results,
-        )
-        .set(
-            "client_kafka.results_timeout_ms",
-            "results-timeout-ms",
-            args.results_timeout_ms,
-        );
+    let (args, flags) = cli::parse::<Args>();
     cli::run(
         "client_kafka",
         &args.common,
@@ -69,7 +55,6 @@ async fn main() -> ExitCode {
         |config, shutdown| async move {
             let summary = run_client(&config, shutdown).await?;
             println!("{summary}");
-            // Exit non-zero when a request did not reach the broker, or got no answer.
             anyhow::ensure!(summary.failed == 0, "{} requests failed", summary.failed);
             if let Some(results) = &summary.results {
                 anyhow::ensure!(

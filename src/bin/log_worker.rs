@@ -1,9 +1,10 @@
-//! log_worker: moves purchase records from the Redis log list into PostgreSQL.
+//! log_worker: moves purchase records from Redis into PostgreSQL, for every activity or one;
+//! `--verify` checks the invariants.
 
 use clap::Parser;
 use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
-use seckill_kafka::seckill::log_worker::run_log_worker;
-use seckill_kafka::seckill::verify::{user_report, verify};
+use seckill_kafka::seckill::log_worker::{run_log_worker, LogWorkerSettings};
+use seckill_kafka::seckill::verify::{user_report, verify, verify_all};
 use seckill_kafka::secret::SecretUrl;
 use std::process::ExitCode;
 
@@ -15,33 +16,36 @@ struct Args {
     common: CommonArgs,
     #[command(flatten)]
     sale: SaleArgs,
-    /// Records per INSERT (log_worker.batch_size)
-    #[arg(long)]
+    /// Records per INSERT
+    #[arg(long = "batch-size", id = "log_worker.batch_size")]
     batch_size: Option<usize>,
-    /// Longest wait for a batch to fill, ms (log_worker.flush_interval_ms)
-    #[arg(long)]
+    /// Longest wait for a batch to fill, ms
+    #[arg(long = "flush-interval-ms", id = "log_worker.flush_interval_ms")]
     flush_interval_ms: Option<u64>,
-    /// Insert loops in this process, each with its own processing list (log_worker.concurrency)
-    #[arg(long)]
+    /// Insert loops in this process, each with its own processing lists
+    #[arg(long = "concurrency", id = "log_worker.concurrency")]
     concurrency: Option<usize>,
-    /// Exit once the queue is empty (log_worker.drain)
-    #[arg(long)]
+    /// Exit once every queue is empty
+    #[arg(long = "drain", id = "log_worker.drain")]
     drain: bool,
-    /// Redis URL (redis.url). Prefer REDIS_URL: other local users can read flags with ps
-    #[arg(long, value_name = "URL")]
+    /// Redis URL. Prefer REDIS_URL: other local users can read flags with ps
+    #[arg(long = "redis-url", id = "redis.url", value_name = "URL")]
     redis_url: Option<SecretUrl>,
-    /// PostgreSQL URL (postgres.url). Prefer DATABASE_URL, for the same reason
-    #[arg(long, value_name = "URL")]
+    /// PostgreSQL URL. Prefer DATABASE_URL, for the same reason
+    #[arg(long = "database-url", id = "postgres.url", value_name = "URL")]
     database_url: Option<SecretUrl>,
-    /// Check the activity's invariants (Redis vs PostgreSQL) instead of moving records;
-    /// exits 1 when one fails
+    /// Check the invariants (Redis vs PostgreSQL) of --activity-id (or, with --all, of every
+    /// activity, one line each) instead of moving records; exits 1 when one fails
     #[arg(long)]
     verify: bool,
+    /// With --verify: every activity
+    #[arg(long, requires = "verify", conflicts_with_all = ["expect_buyers", "user"])]
+    all: bool,
     /// With --verify: distinct users who asked, to also check sold = min(stock, buyers)
     #[arg(long, requires = "verify", value_name = "N")]
     expect_buyers: Option<u64>,
     /// With --verify: what the system knows of this user instead (their requests' outcomes
-    /// in Redis, their row in PostgreSQL)
+    /// in Redis, their rows in PostgreSQL)
     #[arg(
         long,
         requires = "verify",
@@ -53,36 +57,46 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let mut flags = args.sale.overrides();
-    flags
-        .set("log_worker.batch_size", "batch-size", args.batch_size)
-        .set(
-            "log_worker.flush_interval_ms",
-            "flush-interval-ms",
-            args.flush_interval_ms,
-        )
-        .set("log_worker.concurrency", "concurrency", args.concurrency)
-        .switch("log_worker.drain", "drain", args.drain)
-        .set("redis.url", "redis-url", args.redis_url)
-        .set("postgres.url", "database-url", args.database_url);
+    let (args, flags) = cli::parse::<Args>();
     cli::run(
         "log_worker",
         &args.common,
         flags,
         |config, shutdown| async move {
-            if let (true, Some(user)) = (args.verify, args.user) {
-                println!("{}", user_report(&config, user).await?);
-            } else if args.verify {
-                let report = verify(&config, args.expect_buyers).await?;
-                println!("{report}");
-                anyhow::ensure!(
-                    report.holds(),
-                    "invariants violated for activity {}",
-                    report.activity_id
+            let (redis, postgres) = (&config.redis, &config.postgres);
+            if args.verify && args.all {
+                let reports = verify_all(redis, postgres).await?;
+                let failed = reports.iter().filter(|report| !report.holds()).count();
+                for report in &reports {
+                    println!("{}", report.line());
+                }
+                println!(
+                    "verified {} activities: {}",
+                    reports.len(),
+                    if failed == 0 {
+                        "all invariants hold".to_string()
+                    } else {
+                        format!("{failed} with invariants violated")
+                    }
                 );
+                anyhow::ensure!(failed == 0, "invariants violated in {failed} activities");
+            } else if args.verify {
+                let activity_id = config.seckill.activity_id.ok_or_else(|| {
+                    anyhow::anyhow!("--verify needs --activity-id N, or --all for every activity")
+                })?;
+                if let Some(user) = args.user {
+                    println!("{}", user_report(redis, postgres, activity_id, user).await?);
+                } else {
+                    let report = verify(redis, postgres, activity_id, args.expect_buyers).await?;
+                    println!("{report}");
+                    anyhow::ensure!(
+                        report.holds(),
+                        "invariants violated for activity {}",
+                        report.activity_id
+                    );
+                }
             } else {
-                let summary = run_log_worker(&config, shutdown).await?;
+                let summary = run_log_worker(&LogWorkerSettings::from(&config), shutdown).await?;
                 println!("{summary}");
             }
             anyhow::Ok(())

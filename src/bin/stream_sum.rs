@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 use seckill_kafka::cli::{self, CommonArgs};
-use seckill_kafka::config::FlagOverrides;
 use seckill_kafka::stream_sum::bench::{
     run_bench, BenchOptions, BENCH_INPUT_TOPIC, BENCH_OUTPUT_TOPIC,
 };
@@ -24,20 +23,20 @@ struct Args {
 enum Command {
     /// Process the input topic continuously until SIGTERM (drains and commits)
     Run {
-        /// Input topic (stream_sum.input_topic)
-        #[arg(long)]
+        /// Input topic
+        #[arg(long = "input-topic", id = "stream_sum.input_topic")]
         input_topic: Option<String>,
-        /// Output topic (stream_sum.output_topic)
-        #[arg(long)]
+        /// Output topic
+        #[arg(long = "output-topic", id = "stream_sum.output_topic")]
         output_topic: Option<String>,
-        /// Consumer group (stream_sum.group_id)
-        #[arg(long)]
+        /// Consumer group
+        #[arg(long = "group-id", id = "stream_sum.group_id")]
         group_id: Option<String>,
-        /// Workers, 0 = one per input partition (stream_sum.workers)
-        #[arg(long)]
+        /// Workers, 0 = one per input partition
+        #[arg(long = "workers", id = "stream_sum.workers")]
         workers: Option<usize>,
-        /// Transactional consume-transform-produce (stream_sum.exactly_once)
-        #[arg(long)]
+        /// Transactional consume-transform-produce
+        #[arg(long = "exactly-once", id = "stream_sum.exactly_once")]
         exactly_once: bool,
     },
     /// Load N random lists, process the backlog, print records/seconds/msg_per_sec, verify
@@ -67,7 +66,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let (args, flags) = cli::parse::<Args>();
     let command = args.command.unwrap_or(Command::Run {
         input_topic: None,
         output_topic: None,
@@ -75,26 +74,6 @@ async fn main() -> ExitCode {
         workers: None,
         exactly_once: false,
     });
-    let mut flags = FlagOverrides::new();
-    if let Command::Run {
-        input_topic,
-        output_topic,
-        group_id,
-        workers,
-        exactly_once,
-    } = &command
-    {
-        flags
-            .set("stream_sum.input_topic", "input-topic", input_topic.clone())
-            .set(
-                "stream_sum.output_topic",
-                "output-topic",
-                output_topic.clone(),
-            )
-            .set("stream_sum.group_id", "group-id", group_id.clone())
-            .set("stream_sum.workers", "workers", *workers)
-            .switch("stream_sum.exactly_once", "exactly-once", *exactly_once);
-    }
     cli::run(
         "stream_sum",
         &args.common,

@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use seckill_kafka::cli::{self, CommonArgs};
-use seckill_kafka::config::FlagOverrides;
 use seckill_kafka::zstd_producer::{run_zstd_producer, verify_topic, ExpectedEvents};
 use std::process::ExitCode;
 
@@ -13,20 +12,20 @@ use std::process::ExitCode;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
-    /// Topic (zstd_producer.topic)
-    #[arg(long)]
+    /// Topic
+    #[arg(long = "topic", id = "zstd_producer.topic")]
     topic: Option<String>,
-    /// Events to send, 0 = until SIGTERM (zstd_producer.events)
-    #[arg(long)]
+    /// Events to send, 0 = until SIGTERM
+    #[arg(long = "events", id = "zstd_producer.events")]
     events: Option<u64>,
-    /// Events per second, 0 = unlimited (zstd_producer.rate)
-    #[arg(long)]
+    /// Events per second, 0 = unlimited
+    #[arg(long = "rate", id = "zstd_producer.rate")]
     rate: Option<u64>,
-    /// Distinct users (zstd_producer.users)
-    #[arg(long)]
+    /// Distinct users
+    #[arg(long = "users", id = "zstd_producer.users")]
     users: Option<u64>,
-    /// Event generator seed, 0 = random (zstd_producer.seed)
-    #[arg(long)]
+    /// Event generator seed, 0 = random
+    #[arg(long = "seed", id = "zstd_producer.seed")]
     seed: Option<u64>,
     /// Read the topic back instead: decode every record, count by type, report the
     /// undecodable ones (exit 1 if there are any). With --events and --seed (and --users,
@@ -37,14 +36,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let mut flags = FlagOverrides::new();
-    flags
-        .set("zstd_producer.topic", "topic", args.topic)
-        .set("zstd_producer.events", "events", args.events)
-        .set("zstd_producer.rate", "rate", args.rate)
-        .set("zstd_producer.users", "users", args.users)
-        .set("zstd_producer.seed", "seed", args.seed);
+    let (args, flags) = cli::parse::<Args>();
     // --verify with the producing run's flags compares with that run's events.
     let compare = args.verify && (args.events.is_some() || args.seed.is_some());
     cli::run("zstd_producer", &args.common, flags, |config, shutdown| async move {

@@ -15,7 +15,15 @@ const FREE_FORM_KEYS: &[&str] = &["kafka.properties"];
 /// Values set by command-line flags, keyed by their dotted config key.
 #[derive(Debug, Default, Clone)]
 pub struct FlagOverrides {
-    values: Vec<(String, String, Value)>,
+    values: Vec<(String, String, FlagValue)>,
+}
+
+#[derive(Debug, Clone)]
+enum FlagValue {
+    Typed(Value),
+    /// As typed on the command line: read like an environment variable's value (by the type
+    /// of the key's default).
+    Raw(String),
 }
 
 impl FlagOverrides {
@@ -27,14 +35,31 @@ impl FlagOverrides {
     pub fn set<T: Serialize>(&mut self, key: &str, flag: &str, value: Option<T>) -> &mut Self {
         if let Some(value) = value {
             let value = serde_yaml::to_value(value).unwrap_or(Value::Null);
-            self.values.push((key.to_string(), flag.to_string(), value));
+            self.values
+                .push((key.to_string(), flag.to_string(), FlagValue::Typed(value)));
         }
         self
     }
 
-    /// Sets a boolean key to true when the switch was given (switches cannot unset).
-    pub fn switch(&mut self, key: &str, flag: &str, given: bool) -> &mut Self {
-        self.set(key, flag, given.then_some(true))
+    /// Sets `key` from flag `--flag` as typed (`true` for a switch).
+    pub fn set_raw(&mut self, key: &str, flag: &str, raw: &str) -> &mut Self {
+        self.values.push((
+            key.to_string(),
+            flag.to_string(),
+            FlagValue::Raw(raw.to_string()),
+        ));
+        self
+    }
+
+    /// Adds `other`'s values after this one's (they win).
+    pub fn extend(&mut self, other: FlagOverrides) -> &mut Self {
+        self.values.extend(other.values);
+        self
+    }
+
+    /// Whether a flag set `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.values.iter().any(|(k, _, _)| k == key)
     }
 }
 
@@ -140,7 +165,11 @@ impl ConfigLoader {
     /// Applies command-line flags.
     pub fn flags(&mut self, flags: &FlagOverrides) -> Result<&mut Self, ConfigError> {
         for (key, flag, value) in &flags.values {
-            self.set_leaf(key, value.clone(), Origin::Flag(flag.clone()))?;
+            let value = match value {
+                FlagValue::Typed(value) => value.clone(),
+                FlagValue::Raw(raw) => self.env_value(key, raw),
+            };
+            self.set_leaf(key, value, Origin::Flag(flag.clone()))?;
         }
         Ok(self)
     }
@@ -155,7 +184,10 @@ impl ConfigLoader {
                     let key = error.path().to_string();
                     // Text from the environment for an optional number (`seed: null` by
                     // default) is kept as text first; read it as a number before failing.
-                    if matches!(self.origins.get(&key), Some(Origin::Env(_))) {
+                    if matches!(
+                        self.origins.get(&key),
+                        Some(Origin::Env(_) | Origin::Flag(_))
+                    ) {
                         if let Some(slot) = lookup_mut(&mut tree, &key) {
                             if let Value::String(raw) = slot {
                                 if let Ok(scalar @ (Value::Number(_) | Value::Bool(_))) =
@@ -250,6 +282,14 @@ impl ConfigLoader {
     fn env_value(&self, key: &str, raw: &str) -> Value {
         match lookup(&self.defaults, key) {
             Some(Value::String(_)) | Some(Value::Null) | None => Value::String(raw.to_string()),
+            // Lists are comma-separated: `a:1,b:2`.
+            Some(Value::Sequence(_)) => Value::Sequence(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| Value::String(item.to_string()))
+                    .collect(),
+            ),
             Some(_) => match serde_yaml::from_str::<Value>(raw) {
                 Ok(scalar @ (Value::Bool(_) | Value::Number(_))) => scalar,
                 _ => Value::String(raw.to_string()),

@@ -55,6 +55,7 @@ pub const PROGRAM_SECTIONS: &[(&str, &[&str])] = &[
         "log_worker",
         &["telemetry", "seckill", "redis", "postgres", "log_worker"],
     ),
+    ("seckill_admin", &["telemetry", "redis", "postgres"]),
     ("stream_sum", &["kafka", "telemetry", "stream_sum"]),
     ("zstd_producer", &["kafka", "telemetry", "zstd_producer"]),
 ];
@@ -173,8 +174,9 @@ impl Config {
             key: key.to_string(),
             reason,
         };
-        let positive: [(&str, u64); 16] = [
+        let positive: [(&str, u64); 18] = [
             ("redis.pool_size", self.redis.pool_size as u64),
+            ("redis.wait_timeout_ms", self.redis.wait_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
             (
@@ -205,6 +207,10 @@ impl Config {
             ),
             ("log_worker.lease_ms", self.log_worker.lease_ms),
             ("log_worker.concurrency", self.log_worker.concurrency as u64),
+            (
+                "log_worker.activities_refresh_ms",
+                self.log_worker.activities_refresh_ms,
+            ),
             (
                 "stream_sum.channel_capacity",
                 self.stream_sum.channel_capacity as u64,
@@ -239,6 +245,32 @@ impl Config {
                 return Err(invalid(key, "must not be empty".into()));
             }
         }
+        if self.server_kafka.initial_stock.is_some() && self.seckill.activity_id.is_none() {
+            return Err(invalid(
+                "server_kafka.initial_stock",
+                "needs seckill.activity_id (--activity-id): the quick path resets that one sale"
+                    .into(),
+            ));
+        }
+        let ids = self
+            .seckill
+            .activity_id
+            .iter()
+            .map(|id| ("seckill.activity_id", *id))
+            .chain(
+                self.client_kafka
+                    .activity_ids
+                    .iter()
+                    .map(|id| ("client_kafka.activity_ids", *id)),
+            );
+        for (key, id) in ids {
+            if i64::try_from(id).is_err() {
+                return Err(invalid(
+                    key,
+                    format!("{id} is above the largest id {}", i64::MAX),
+                ));
+            }
+        }
         if let Some(instance_id) = &self.server_kafka.instance_id {
             let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
             if instance_id.is_empty() || !instance_id.chars().all(allowed) {
@@ -255,14 +287,18 @@ impl Config {
                 format!("`{metrics_addr}` is not an ip:port address (e.g. 0.0.0.0:9100)"),
             ));
         }
-        for (key, url, schemes) in [
+        let mut urls = vec![
             ("redis.url", &self.redis.url, &["redis", "rediss"][..]),
             (
                 "postgres.url",
                 &self.postgres.url,
                 &["postgres", "postgresql"][..],
             ),
-        ] {
+        ];
+        for url in &self.redis.cluster_urls {
+            urls.push(("redis.cluster_urls", url, &["redis", "rediss"][..]));
+        }
+        for (key, url, schemes) in urls {
             let scheme = url.expose().split_once("://").map(|(scheme, _)| scheme);
             if !scheme.is_some_and(|s| schemes.contains(&s)) {
                 // Only the scheme is shown: a value that is not a URL cannot be redacted

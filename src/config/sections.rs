@@ -2,29 +2,41 @@
 //! Redis, PostgreSQL, telemetry, the sale itself and each program's own section, with
 //! their built-in defaults.
 
+use crate::redis_state::ReplicaWait;
 use crate::secret::SecretUrl;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS (one node).
     pub url: SecretUrl,
-    /// Connections in the pool; bounds the Lua calls in flight per process.
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, or `rediss://`); when set, the
+    /// cluster is used and `url` is not. Environment: comma-separated.
+    pub cluster_urls: Vec<SecretUrl>,
+    /// Connections in the pool (one node); bounds the Lua calls in flight per process.
     pub pool_size: usize,
     /// How long to wait for a pooled connection (create or recycle) before failing.
     pub connect_timeout_ms: u64,
     /// How long to wait for a command's reply; blocking pops wait a little less.
     pub response_timeout_ms: u64,
+    /// Replicas that must have a purchase decision before its answer is published:
+    /// `auto` (one when the master has a replica, none when it has none) or a number.
+    pub wait_replicas: ReplicaWait,
+    /// Longest wait for those replicas; a batch whose wait falls short is tried again.
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: SecretUrl::new("redis://127.0.0.1:6379/0"),
+            cluster_urls: Vec::new(),
             pool_size: 32,
             connect_timeout_ms: 5_000,
             response_timeout_ms: 5_000,
+            wait_replicas: ReplicaWait::Auto,
+            wait_timeout_ms: 1_000,
         }
     }
 }
@@ -75,8 +87,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SeckillConfig {
-    /// The sale; Redis keys and PostgreSQL rows are scoped by it.
-    pub activity_id: u64,
+    /// One sale to serve, send to or check; unset (the default): server_kafka and
+    /// log_worker serve every activity.
+    pub activity_id: Option<u64>,
     /// Topic client_kafka writes requests to and server_kafka reads them from.
     pub requests_topic: String,
     /// Topic server_kafka answers every request on (keyed by user id), and
@@ -87,7 +100,7 @@ pub struct SeckillConfig {
 impl Default for SeckillConfig {
     fn default() -> Self {
         Self {
-            activity_id: 1,
+            activity_id: None,
             requests_topic: "seckill-requests".into(),
             results_topic: "seckill-results".into(),
         }
@@ -97,6 +110,9 @@ impl Default for SeckillConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientKafkaConfig {
+    /// Sales to spread the users' requests over (each user asks for one or more of them);
+    /// empty: the one `seckill.activity_id` names.
+    pub activity_ids: Vec<u64>,
     /// Distinct users that send requests.
     pub users: u64,
     pub requests_per_user: u32,
@@ -115,6 +131,7 @@ pub struct ClientKafkaConfig {
 impl Default for ClientKafkaConfig {
     fn default() -> Self {
         Self {
+            activity_ids: Vec::new(),
             users: 10_000,
             requests_per_user: 1,
             rate: 0,
@@ -130,8 +147,13 @@ impl Default for ClientKafkaConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerKafkaConfig {
     pub group_id: String,
-    /// Stock set in Redis at start (unless `keep_state`).
-    pub initial_stock: u64,
+    /// The quick path: with `seckill.activity_id`, that sale is reset at start to a fresh,
+    /// open sale of this stock (one purchase per user), unless `keep_state`. Unset: the
+    /// live state in Redis is served as it is (seckill_admin wrote it).
+    pub initial_stock: Option<u64>,
+    /// The consumer group protocol: `classic` (rebalances run by the group leader) or
+    /// `consumer` (KIP-848, Kafka 4: the broker assigns, session times are the broker's).
+    pub group_protocol: GroupProtocol,
     /// Consumer tasks in the group.
     pub consumers: usize,
     /// Purchase script calls each consumer has in flight at once (each carries up to
@@ -150,7 +172,8 @@ pub struct ServerKafkaConfig {
     /// 0 disables the check.
     pub timeout_ms: u64,
     pub offset_reset: OffsetReset,
-    /// Keep the stock and counters already in Redis instead of resetting them at start.
+    /// With `initial_stock`: keep the sale's state already in Redis instead of resetting it
+    /// (and fail at start when it has none).
     pub keep_state: bool,
     pub status_interval_secs: u64,
     /// Dead-letter topic for malformed requests; unset means `<requests_topic>.dlq`.
@@ -164,7 +187,8 @@ impl Default for ServerKafkaConfig {
     fn default() -> Self {
         Self {
             group_id: "seckill-server".into(),
-            initial_stock: 1_000,
+            initial_stock: None,
+            group_protocol: GroupProtocol::Classic,
             consumers: 2,
             concurrency: 16,
             batch_size: 256,
@@ -176,6 +200,25 @@ impl Default for ServerKafkaConfig {
             status_interval_secs: 5,
             dlq_topic: None,
             publish_results: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// Kafka's classic protocol: JoinGroup/SyncGroup, client-side assignment.
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`, Kafka 4.0+): the broker assigns incrementally.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value librdkafka expects for `group.protocol`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
         }
     }
 }
@@ -209,9 +252,12 @@ pub struct LogWorkerConfig {
     /// How long a worker's claim on the records it took outlives its last renewal (renewed
     /// every third of it). Another worker takes over a dead worker's records after this.
     pub lease_ms: u64,
-    /// Insert loops in the process, each a worker with its own processing list, so that
+    /// Insert loops in the process, each a worker with its own processing lists, so that
     /// PostgreSQL inserts overlap.
     pub concurrency: usize,
+    /// Serving every activity: how often the list of activities (PostgreSQL's `activities`
+    /// and the Redis registry) is read again.
+    pub activities_refresh_ms: u64,
 }
 
 impl Default for LogWorkerConfig {
@@ -222,6 +268,7 @@ impl Default for LogWorkerConfig {
             drain: false,
             lease_ms: 10_000,
             concurrency: 4,
+            activities_refresh_ms: 2_000,
         }
     }
 }

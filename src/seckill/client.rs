@@ -35,6 +35,8 @@ pub enum ClientError {
     Task(#[from] tokio::task::JoinError),
     #[error("reading the results topic failed")]
     Results(#[from] crate::seckill::results::ResultsError),
+    #[error("no activity to send to: set client_kafka.activity_ids (--activity-ids 101,102) or seckill.activity_id (--activity-id 101)")]
+    NoActivity,
 }
 
 type RequestSink = KafkaSink<SeckillRequest>;
@@ -123,8 +125,19 @@ pub async fn run_client(
     shutdown: CancellationToken,
 ) -> Result<ClientSummary, ClientError> {
     let settings = &config.client_kafka;
+    let activity_ids = if settings.activity_ids.is_empty() {
+        vec![config.seckill.activity_id.ok_or(ClientError::NoActivity)?]
+    } else {
+        settings.activity_ids.clone()
+    };
     let seed = settings.seed.unwrap_or_else(|| now_ms() as u64);
     let plan = plan_requests(settings.users, settings.requests_per_user, seed);
+    let planned_requests = PlannedRequests {
+        activity_ids,
+        seed,
+        users: settings.users,
+        requests_per_user: settings.requests_per_user,
+    };
     let sink = Arc::new(request_sink(config)?);
     tracing::info!(
         requests = plan.len(),
@@ -132,7 +145,7 @@ pub async fn run_client(
         requests_per_user = settings.requests_per_user,
         seed,
         topic = %config.seckill.requests_topic,
-        activity_id = config.seckill.activity_id,
+        activities = ?planned_requests.activity_ids,
         "client_kafka starting"
     );
     // A buyer's request is timed from when it is sent; the client's own start-up (reaching
@@ -155,12 +168,7 @@ pub async fn run_client(
             let config = config.clone();
             tokio::task::spawn_blocking(move || ResultsReader::at_end(&config)).await??
         };
-        let planned_requests = PlannedRequests {
-            activity_id: config.seckill.activity_id,
-            seed,
-            users: settings.users,
-            requests_per_user: settings.requests_per_user,
-        };
+        let planned_requests = planned_requests.clone();
         let timeout = Duration::from_millis(settings.results_timeout_ms);
         let (sending_done, shutdown) = (sending_done.clone(), shutdown.clone());
         Some(tokio::task::spawn_blocking(move || {
@@ -174,12 +182,11 @@ pub async fn run_client(
     let progress = Progress::start(planned, sink.clone());
     let send = {
         let sink = sink.clone();
-        let activity_id = config.seckill.activity_id;
         let rate = settings.rate;
         let shutdown = shutdown.clone();
         // The fast path only enqueues (no await per message), so it runs on a blocking thread.
         tokio::task::spawn_blocking(move || {
-            send_all(&sink, activity_id, &plan, rate, seed, &shutdown)
+            send_all(&sink, &planned_requests, &plan, rate, seed, &shutdown)
         })
     };
     let attempted = send.await?;
@@ -212,7 +219,7 @@ pub async fn run_client(
 /// returns how many were attempted (fewer when shutdown came first).
 fn send_all(
     sink: &RequestSink,
-    activity_id: u64,
+    planned: &PlannedRequests,
     plan: &[(u64, u32)],
     rate: u64,
     seed: u64,
@@ -222,7 +229,7 @@ fn send_all(
     let mut message = KafkaMessage::new(SeckillRequest {
         request_id: String::with_capacity(48),
         user_id: 0,
-        activity_id,
+        activity_id: 0,
         request_initiation_time: 0,
     });
     let mut key = String::with_capacity(24);
@@ -235,6 +242,7 @@ fn send_all(
         request.request_id.clear();
         let _ = write!(request.request_id, "{seed:x}-{user}-{attempt}");
         request.user_id = user;
+        request.activity_id = planned.activity_of(user, attempt);
         request.request_initiation_time = now_ms();
         key.clear();
         let _ = write!(key, "{user}");

@@ -9,16 +9,24 @@
 //!   reading back this worker's own processing list, which holds whatever the take moved;
 //! - a worker killed between the move and the removal leaves its records in its list; once
 //!   its lease lapses, a live worker claims them (at start and every half lease) and inserts
-//!   them again, and the UNIQUE(activity_id, user_id) constraint turns the replay into a
+//!   them again, and the UNIQUE(activity_id, request_id) constraint turns the replay into a
 //!   no-op. A worker whose lease is alive is never claimed from, so several workers on one
 //!   activity do not insert each other's batches.
+//!
+//! Serving every activity (no `seckill.activity_id`), the activities come from PostgreSQL's
+//! `activities` and the Redis registry, read again every `activities_refresh_ms`; each
+//! insert loop sweeps them all, taking what each queue holds (no blocking wait: on a cluster
+//! a blocking command would hold up the shared connection), and sleeps 10 ms doubling up to
+//! `flush_interval_ms` while every queue is empty. It registers in an activity's queue
+//! (with a lease) the first time it takes from it.
 
 use crate::backoff::{self, RetryError};
 use crate::common::SeckillRecord;
-use crate::config::Config;
+use crate::config::{Config, LogWorkerConfig, PostgresConfig, RedisConfig};
 use crate::postgres::{self, PostgresError};
 use crate::redis_state::{LogQueue, RedisState, RedisStateError};
 use crate::report::Report;
+use crate::seckill::activities::KnownError;
 use sqlx::PgPool;
 use std::fmt;
 use std::future::Future;
@@ -34,6 +42,8 @@ pub enum LogWorkerError {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     Redis(#[from] RedisStateError),
+    #[error("cannot list the activities")]
+    Activities(#[from] KnownError),
     /// Shutdown came while a service was being retried; the source is its last error.
     #[error("stopped while {service} was unreachable")]
     Interrupted {
@@ -45,7 +55,8 @@ pub enum LogWorkerError {
 /// What a run of log_worker did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogWorkerSummary {
-    pub activity_id: u64,
+    /// The one activity served, or none: every activity.
+    pub activity_id: Option<u64>,
     /// Records taken over from workers that died (their lease lapsed), and records found in
     /// this worker's own list after a take whose reply was lost.
     pub recovered: u64,
@@ -90,7 +101,8 @@ impl fmt::Display for LogWorkerSummary {
         write!(
             f,
             "log_worker summary (activity {}): inserted={} already_stored={} recovered={} malformed={} batches={} busy={:.2}s elapsed={:.2}s rate={:.0} rows/s",
-            self.activity_id,
+            self.activity_id
+                .map_or_else(|| "every".to_string(), |id| id.to_string()),
             self.inserted,
             self.already_stored,
             self.recovered,
@@ -110,26 +122,50 @@ const INSERT_RECORDS: &str = "
            to_timestamp(initiated_ms / 1000.0), to_timestamp(processed_ms / 1000.0), cost_ms
     FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
         AS batch(request_id, activity_id, user_id, initiated_ms, processed_ms, cost_ms)
-    ON CONFLICT (activity_id, user_id) DO NOTHING";
+    ON CONFLICT (activity_id, request_id) DO NOTHING";
+
+/// What log_worker reads of the configuration.
+#[derive(Debug, Clone)]
+pub struct LogWorkerSettings {
+    pub redis: RedisConfig,
+    pub postgres: PostgresConfig,
+    /// The one activity to serve; `None`: every activity.
+    pub activity_id: Option<u64>,
+    pub worker: LogWorkerConfig,
+}
+
+impl From<&Config> for LogWorkerSettings {
+    fn from(config: &Config) -> Self {
+        Self {
+            redis: config.redis.clone(),
+            postgres: config.postgres.clone(),
+            activity_id: config.seckill.activity_id,
+            worker: config.log_worker.clone(),
+        }
+    }
+}
+
+/// The activities the insert loops serve, kept current by [`watch_activities`] when serving
+/// every activity.
+type ActivityList = Arc<std::sync::RwLock<Vec<u64>>>;
 
 /// Runs log_worker until `shutdown` (finishing the batch in hand) or, with `drain`, until
-/// the queue is empty.
+/// every queue is empty.
 pub async fn run_log_worker(
-    config: &Config,
+    settings: &LogWorkerSettings,
     shutdown: CancellationToken,
 ) -> Result<LogWorkerSummary, LogWorkerError> {
     let started = Instant::now();
-    let activity_id = config.seckill.activity_id;
-    let settings = &config.log_worker;
+    let worker_settings = &settings.worker;
     let mut summary = LogWorkerSummary {
-        activity_id,
+        activity_id: settings.activity_id,
         ..LogWorkerSummary::default()
     };
 
     let pool = retry(
         "PostgreSQL",
         &shutdown,
-        || postgres::connect(&config.postgres),
+        || postgres::connect(&settings.postgres),
         PostgresError::is_transient,
     )
     .await?;
@@ -140,23 +176,64 @@ pub async fn run_log_worker(
         PostgresError::is_transient,
     )
     .await?;
-    let redis = RedisState::connect(&config.redis)?;
+    let redis = RedisState::connect(&settings.redis)?;
+    let activities: ActivityList = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let watcher = match settings.activity_id {
+        Some(activity_id) => {
+            if let Ok(mut list) = activities.write() {
+                list.push(activity_id);
+            }
+            None
+        }
+        None => {
+            let known = retry(
+                "PostgreSQL and Redis",
+                &shutdown,
+                || crate::seckill::activities::known_activities(&pool, &redis),
+                KnownError::is_transient,
+            )
+            .await?;
+            if let Ok(mut list) = activities.write() {
+                *list = known;
+            }
+            Some(tokio::spawn(watch_activities(
+                pool.clone(),
+                redis.clone(),
+                activities.clone(),
+                Duration::from_millis(worker_settings.activities_refresh_ms),
+                shutdown.clone(),
+            )))
+        }
+    };
     let base_id = worker_id();
     tracing::info!(
-        activity_id,
+        activity_id = settings.activity_id.map_or_else(|| "every".to_string(), |id| id.to_string()),
+        activities = activities.read().map(|list| list.len()).unwrap_or(0),
         worker = %base_id,
-        loops = settings.concurrency,
-        batch_size = settings.batch_size,
-        drain = settings.drain,
+        loops = worker_settings.concurrency,
+        batch_size = worker_settings.batch_size,
+        drain = worker_settings.drain,
         "log_worker started"
     );
-    // Each loop is a worker of its own (own processing list and lease), so PostgreSQL
+    // Each loop is a worker of its own (own processing lists and leases), so PostgreSQL
     // inserts of several batches overlap; they share the process's pools.
-    let loops = (0..settings.concurrency).map(|index| {
-        let queue = redis.log_queue(activity_id, format!("{base_id}-{index}"));
-        run_loop(queue, &pool, config, &shutdown)
+    let loops = (0..worker_settings.concurrency).map(|index| {
+        let worker = format!("{base_id}-{index}");
+        run_loop(
+            &redis,
+            worker,
+            &activities,
+            &pool,
+            worker_settings,
+            settings.activity_id.is_some(),
+            &shutdown,
+        )
     });
-    for result in futures::future::join_all(loops).await {
+    let results = futures::future::join_all(loops).await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    for result in results {
         summary.add(result?);
     }
     summary.elapsed = started.elapsed();
@@ -170,47 +247,76 @@ pub async fn run_log_worker(
     Ok(summary)
 }
 
-/// One insert loop under its own worker id: registers, keeps its lease, runs, and on a clean
-/// stop leaves the workers set.
+/// Reads the activities again every `every` (new sales are served within that).
+async fn watch_activities(
+    pool: PgPool,
+    redis: RedisState,
+    activities: ActivityList,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match crate::seckill::activities::known_activities(&pool, &redis).await {
+            Ok(known) => {
+                if let Ok(mut list) = activities.write() {
+                    if *list != known {
+                        tracing::info!(activities = known.len(), "the activities changed");
+                        *list = known;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(event = "retry", error = %Report(&error), "reading the activities failed; keeping the last list")
+            }
+        }
+    }
+}
+
+/// One insert loop under its own worker id: takes records from each activity's queue
+/// (registering with a lease in each the first time), keeps the leases, and on a clean stop
+/// leaves every workers set.
 async fn run_loop(
-    queue: LogQueue,
+    redis: &RedisState,
+    worker: String,
+    activities: &ActivityList,
     pool: &PgPool,
-    config: &Config,
+    settings: &LogWorkerConfig,
+    single: bool,
     shutdown: &CancellationToken,
 ) -> Result<LogWorkerSummary, LogWorkerError> {
-    let settings = &config.log_worker;
     let lease = Duration::from_millis(settings.lease_ms);
-    retry(
-        "Redis",
-        shutdown,
-        || queue.register(lease),
-        RedisStateError::is_transient,
-    )
-    .await?;
-    let lost = Arc::new(AtomicBool::new(false));
-    let keeper = tokio::spawn(keep_lease(queue.clone(), lease, lost.clone()));
+    let queues: Queues = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keeper = tokio::spawn(keep_leases(queues.clone(), lease));
     let worker = Worker {
+        redis,
+        worker,
         pool,
-        queue: &queue,
-        lost: &lost,
+        queues: &queues,
+        activities,
         shutdown,
         batch_size: settings.batch_size,
-        activity_id: config.seckill.activity_id,
+        single,
     };
     let mut summary = LogWorkerSummary::default();
     let result = worker.run(settings, lease, &mut summary).await;
     keeper.abort();
     if result.is_ok() {
-        // A clean stop holds nothing: leave, so nobody waits for this worker's lease.
-        match queue.unregister().await {
-            Ok(0) => {}
-            Ok(held) => tracing::warn!(
-                held,
-                worker = queue.worker(),
-                "stopping with records taken; another worker claims them once the lease lapses"
-            ),
-            Err(error) => {
-                tracing::warn!(error = %Report(&error), "could not unregister; the lease lapses by itself")
+        // A clean stop holds nothing: leave, so nobody waits for this worker's leases.
+        for held in worker.held_queues() {
+            match held.queue.unregister().await {
+                Ok(0) => {}
+                Ok(records) => tracing::warn!(
+                    records,
+                    worker = held.queue.worker(),
+                    "stopping with records taken; another worker claims them once the lease lapses"
+                ),
+                Err(error) => {
+                    tracing::warn!(error = %Report(&error), "could not unregister; the lease lapses by itself")
+                }
             }
         }
     }
@@ -237,104 +343,201 @@ fn worker_id() -> String {
     )
 }
 
-/// Renews the lease every third of its length; notes when the records were claimed away
-/// (the lease lapsed while Redis was unreachable longer than a lease).
-async fn keep_lease(queue: LogQueue, lease: Duration, lost: Arc<AtomicBool>) {
+/// One activity's queue as this worker holds it, and whether its records were claimed away.
+#[derive(Clone)]
+struct HeldQueue {
+    activity_id: u64,
+    queue: LogQueue,
+    lost: Arc<AtomicBool>,
+}
+
+/// The queues a worker registered in, shared with its lease keeper.
+type Queues = Arc<std::sync::Mutex<Vec<HeldQueue>>>;
+
+/// Renews every lease of the worker every third of its length; notes when an activity's
+/// records were claimed away (the lease lapsed while Redis was unreachable longer than a
+/// lease).
+async fn keep_leases(queues: Queues, lease: Duration) {
     let mut ticker = tokio::time::interval(lease / 3);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match queue.renew(lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                if !lost.swap(true, Ordering::SeqCst) {
-                    tracing::warn!(event = "recover", "this worker's lease lapsed and its records were claimed; registering again");
+        let held: Vec<HeldQueue> = queues.lock().map(|q| q.clone()).unwrap_or_default();
+        for held in held {
+            match held.queue.renew(lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if !held.lost.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(event = "recover", activity_id = held.activity_id, "this worker's lease lapsed and its records were claimed; registering again");
+                    }
                 }
-            }
-            Err(error) => {
-                tracing::debug!(error = %Report(&error), "lease renewal failed; retrying")
+                Err(error) => {
+                    tracing::debug!(error = %Report(&error), "lease renewal failed; retrying")
+                }
             }
         }
     }
 }
 
+/// The first wait of a worker that found every queue empty (serving every activity); it
+/// doubles up to `flush_interval_ms` while they stay empty.
+const IDLE_FIRST: Duration = Duration::from_millis(10);
+
 /// One worker's loop and what it needs.
 struct Worker<'a> {
+    redis: &'a RedisState,
+    worker: String,
     pool: &'a PgPool,
-    queue: &'a LogQueue,
-    lost: &'a AtomicBool,
+    queues: &'a Queues,
+    activities: &'a ActivityList,
     shutdown: &'a CancellationToken,
     batch_size: usize,
-    activity_id: u64,
+    /// Serving one activity: takes wait for records (a blocking move on a single node).
+    single: bool,
 }
 
 impl Worker<'_> {
+    fn held_queues(&self) -> Vec<HeldQueue> {
+        self.queues.lock().map(|q| q.clone()).unwrap_or_default()
+    }
+
+    /// This worker's queue of `activity_id`: registered (with a lease) the first time, when
+    /// it also takes over what dead workers left there.
+    async fn queue_of(
+        &self,
+        activity_id: u64,
+        lease: Duration,
+        summary: &mut LogWorkerSummary,
+    ) -> Result<HeldQueue, LogWorkerError> {
+        let known = self
+            .queues
+            .lock()
+            .ok()
+            .and_then(|q| q.iter().find(|h| h.activity_id == activity_id).cloned());
+        if let Some(held) = known {
+            return Ok(held);
+        }
+        let held = HeldQueue {
+            activity_id,
+            queue: self.redis.log_queue(activity_id, self.worker.clone()),
+            lost: Arc::new(AtomicBool::new(false)),
+        };
+        self.retry_redis(|| held.queue.register(lease)).await?;
+        if let Ok(mut queues) = self.queues.lock() {
+            queues.push(held.clone());
+        }
+        // Whatever dead workers took but did not finish.
+        self.recover(&held, summary).await?;
+        Ok(held)
+    }
+
     async fn run(
         &self,
-        settings: &crate::config::LogWorkerConfig,
+        settings: &LogWorkerConfig,
         lease: Duration,
         summary: &mut LogWorkerSummary,
     ) -> Result<(), LogWorkerError> {
-        // Whatever dead workers took but did not finish.
-        self.recover(summary).await?;
         let claim_every = lease / 2;
         let mut next_claim = Instant::now() + claim_every;
         let flush_interval = Duration::from_millis(settings.flush_interval_ms);
+        let mut idle = IDLE_FIRST;
         let stop = self.shutdown.clone();
         while !self.shutdown.is_cancelled() {
-            if self.lost.load(Ordering::SeqCst) {
-                self.retry_redis(|| self.queue.register(lease)).await?;
-                self.lost.store(false, Ordering::SeqCst);
-                // What is still in this worker's list was not claimed: store it now.
-                let held = self.retry_redis(|| self.queue.held()).await?;
-                self.store_all(&held, summary).await?;
-            }
+            let activities: Vec<u64> = self
+                .activities
+                .read()
+                .map(|l| l.clone())
+                .unwrap_or_default();
             if Instant::now() >= next_claim {
-                self.recover(summary).await?;
+                for held in self.held_queues() {
+                    self.recover(&held, summary).await?;
+                }
                 next_claim = Instant::now() + claim_every;
             }
-            let batch = tokio::select! {
-                batch = self.take_batch(flush_interval, summary) => batch?,
-                _ = stop.cancelled() => break,
-            };
-            if batch.is_empty() {
-                if settings.drain {
-                    let snapshot = self.retry_redis(|| self.queue.snapshot()).await?;
-                    if snapshot.queued_records == 0 && snapshot.processing_records == 0 {
-                        tracing::info!("queue drained");
-                        break;
-                    }
-                    // Records held by a dead worker: claim them as soon as its lease lapses.
-                    if snapshot.queued_records == 0 {
-                        next_claim = next_claim.min(Instant::now() + flush_interval);
-                    }
+            let mut took = false;
+            for &activity_id in &activities {
+                if self.shutdown.is_cancelled() {
+                    break;
                 }
+                let held = self.queue_of(activity_id, lease, summary).await?;
+                if held.lost.load(Ordering::SeqCst) {
+                    self.retry_redis(|| held.queue.register(lease)).await?;
+                    held.lost.store(false, Ordering::SeqCst);
+                    // What is still in this worker's list was not claimed: store it now.
+                    let records = self.retry_redis(|| held.queue.held()).await?;
+                    self.store_all(&held, &records, summary).await?;
+                }
+                let wait = if self.single {
+                    flush_interval
+                } else {
+                    Duration::ZERO
+                };
+                let batch = tokio::select! {
+                    batch = self.take_batch(&held, wait, summary) => batch?,
+                    _ = stop.cancelled() => break,
+                };
+                if !batch.is_empty() {
+                    took = true;
+                    // Once taken, a batch is stored even if shutdown comes meanwhile.
+                    self.store(&held, &batch, summary).await?;
+                }
+            }
+            if took {
+                idle = IDLE_FIRST;
                 continue;
             }
-            // Once taken, a batch is stored even if shutdown comes meanwhile.
-            self.store(&batch, summary).await?;
+            if settings.drain {
+                let mut left = (0_u64, 0_u64);
+                for &activity_id in &activities {
+                    let snapshot = self
+                        .retry_redis(|| self.redis.snapshot(activity_id))
+                        .await?;
+                    left.0 += snapshot.queued_records;
+                    left.1 += snapshot.processing_records;
+                }
+                if left == (0, 0) {
+                    tracing::info!("queues drained");
+                    break;
+                }
+                // Records held by a dead worker: claim them as soon as its lease lapses.
+                if left.0 == 0 {
+                    next_claim = next_claim.min(Instant::now() + flush_interval);
+                }
+            }
+            if !self.single || activities.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = stop.cancelled() => break,
+                }
+                idle = (idle * 2).min(flush_interval.max(IDLE_FIRST));
+            }
         }
         Ok(())
     }
 
-    /// Claims the records of workers whose lease lapsed and stores them.
-    async fn recover(&self, summary: &mut LogWorkerSummary) -> Result<(), LogWorkerError> {
-        let claimed = self.retry_redis(|| self.queue.claim_abandoned()).await?;
+    /// Claims the records of `held`'s activity's workers whose lease lapsed and stores them.
+    async fn recover(
+        &self,
+        held: &HeldQueue,
+        summary: &mut LogWorkerSummary,
+    ) -> Result<(), LogWorkerError> {
+        let claimed = self.retry_redis(|| held.queue.claim_abandoned()).await?;
         if claimed == 0 {
             return Ok(());
         }
-        let held = self.retry_redis(|| self.queue.held()).await?;
-        summary.recovered += held.len() as u64;
-        self.store_all(&held, summary).await
+        let records = self.retry_redis(|| held.queue.held()).await?;
+        summary.recovered += records.len() as u64;
+        self.store_all(held, &records, summary).await
     }
 
     async fn store_all(
         &self,
+        held: &HeldQueue,
         records: &[String],
         summary: &mut LogWorkerSummary,
     ) -> Result<(), LogWorkerError> {
         for chunk in records.chunks(self.batch_size) {
-            self.store(chunk, summary).await?;
+            self.store(held, chunk, summary).await?;
         }
         Ok(())
     }
@@ -358,6 +561,7 @@ impl Worker<'_> {
     /// the move: once Redis answers again, this worker's processing list is the batch.
     async fn take_batch(
         &self,
+        held: &HeldQueue,
         flush_interval: Duration,
         summary: &mut LogWorkerSummary,
     ) -> Result<Vec<String>, LogWorkerError> {
@@ -365,6 +569,8 @@ impl Worker<'_> {
         let mut deadline = None;
         while batch.len() < self.batch_size {
             let wait = match deadline {
+                // Serving every activity: what is there now, no waiting.
+                _ if flush_interval.is_zero() => Duration::ZERO,
                 None => flush_interval,
                 Some(deadline) => {
                     match Instant::checked_duration_since(&deadline, Instant::now()) {
@@ -373,7 +579,7 @@ impl Worker<'_> {
                     }
                 }
             };
-            match self.queue.take(self.batch_size - batch.len(), wait).await {
+            match held.queue.take(self.batch_size - batch.len(), wait).await {
                 Ok(more) if more.is_empty() => break,
                 Ok(more) => {
                     batch.extend(more);
@@ -381,8 +587,8 @@ impl Worker<'_> {
                 }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(event = "retry", error = %Report(&error), "taking records failed; reading back what this worker holds once Redis answers");
-                    let held = self.retry_redis(|| self.queue.held()).await?;
-                    let unseen = held.len().saturating_sub(batch.len()) as u64;
+                    let records = self.retry_redis(|| held.queue.held()).await?;
+                    let unseen = records.len().saturating_sub(batch.len()) as u64;
                     if unseen > 0 {
                         tracing::warn!(
                             event = "recover",
@@ -391,7 +597,7 @@ impl Worker<'_> {
                         );
                         summary.recovered += unseen;
                     }
-                    return Ok(held);
+                    return Ok(records);
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -404,11 +610,12 @@ impl Worker<'_> {
     /// worker's lease lapsed) is left to that worker.
     async fn store(
         &self,
+        held: &HeldQueue,
         batch: &[String],
         summary: &mut LogWorkerSummary,
     ) -> Result<(), LogWorkerError> {
-        let (pool, activity_id, shutdown) = (self.pool, self.activity_id, self.shutdown);
-        if self.lost.load(Ordering::SeqCst) {
+        let (pool, activity_id, shutdown) = (self.pool, held.activity_id, self.shutdown);
+        if held.lost.load(Ordering::SeqCst) {
             return Ok(());
         }
         let started = Instant::now();
@@ -454,7 +661,7 @@ impl Worker<'_> {
             )
             .await?
         };
-        self.retry_redis(|| self.queue.ack(batch, &malformed))
+        self.retry_redis(|| held.queue.ack(batch, &malformed))
             .await?;
         summary.inserted += inserted;
         summary.already_stored += columns.len() as u64 - inserted;

@@ -1,17 +1,17 @@
 //! At-least-once offset tracking for a consumer that processes messages in batches, several
 //! batches at once.
 //!
-//! A consumer fills batches one after another from its message stream, so a batch holds a
-//! consecutive run of each partition's messages, and batches of one partition are in
-//! consumption order. Batches finish out of order. An offset may be stored (and so
-//! committed) only when every earlier message of that partition has finished, otherwise a
-//! crash would skip the unfinished ones. [`BatchOffsets`] keeps, per partition, the batches
-//! in flight with the last offset each holds, and says after each finished batch which
-//! offsets are now safe to store. Its cost is per batch and partition, not per message.
+//! A consumer puts each message into a batch; several batches fill at once (server_kafka
+//! keeps one per activity), so a partition's messages are spread over batches in runs, and
+//! batches finish out of order. An offset may be stored (and so committed) only when every
+//! earlier message of that partition has finished, otherwise a crash would skip the
+//! unfinished ones. [`BatchOffsets`] keeps, per partition, the runs in consumption order
+//! with the batch and last offset of each, and says after each finished batch which offsets
+//! are now safe to store. Its cost is per run of a batch in a partition, not per message.
 
 use std::collections::{HashMap, VecDeque};
 
-/// A batch's share of one partition.
+/// A run of consecutive messages of one partition in one batch.
 #[derive(Debug, Clone, Copy)]
 struct Span {
     batch: u64,
@@ -30,8 +30,8 @@ impl BatchOffsets {
         Self::default()
     }
 
-    /// Message `offset` of `partition` joined batch `batch`. Batches are numbered in the
-    /// order they are filled, and a batch is filled completely before the next one starts.
+    /// Message `offset` of `partition` joined batch `batch` (messages of a partition come in
+    /// offset order).
     pub fn add(&mut self, batch: u64, partition: i32, offset: i64) {
         let spans = self.partitions.entry(partition).or_default();
         match spans.back_mut() {
@@ -49,10 +49,14 @@ impl BatchOffsets {
     /// which commits `offset + 1`).
     pub fn finish(&mut self, batch: u64, store: &mut Vec<(i32, i64)>) {
         for (&partition, spans) in &mut self.partitions {
-            let Some(span) = spans.iter_mut().find(|span| span.batch == batch) else {
+            let mut found = false;
+            for span in spans.iter_mut().filter(|span| span.batch == batch) {
+                span.done = true;
+                found = true;
+            }
+            if !found {
                 continue;
-            };
-            span.done = true;
+            }
             let mut safe = None;
             while let Some(front) = spans.front().filter(|span| span.done) {
                 safe = Some(front.last_offset);
@@ -102,6 +106,24 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_batches_store_behind_every_run() {
+        let mut offsets = BatchOffsets::new();
+        // Partition 0: 1-2 in batch A (0), 3 in B (1), 4 in A again, 5 in B.
+        offsets.add(0, 0, 1);
+        offsets.add(0, 0, 2);
+        offsets.add(1, 0, 3);
+        offsets.add(0, 0, 4);
+        offsets.add(1, 0, 5);
+        let mut store = Vec::new();
+        offsets.finish(0, &mut store);
+        assert_eq!(store, vec![(0, 2)], "4 waits behind 3, which B holds");
+        store.clear();
+        offsets.finish(1, &mut store);
+        assert_eq!(store, vec![(0, 5)]);
+        assert_eq!(offsets.in_flight(), 0);
+    }
+
+    #[test]
     fn unknown_repeated_and_forgotten_batches_store_nothing() {
         let mut offsets = BatchOffsets::new();
         let mut store = Vec::new();
@@ -126,8 +148,8 @@ mod tests {
         assert_eq!(store, vec![(3, 40)]);
     }
 
-    /// Random batches over several partitions finishing in random orders never store past
-    /// an unfinished message, and end with every partition's last offset stored.
+    /// Random, interleaved batches over several partitions finishing in random orders never
+    /// store past an unfinished message, and end with every partition's last offset stored.
     #[test]
     fn never_passes_an_unfinished_message() {
         use rand::seq::SliceRandom;
@@ -136,17 +158,20 @@ mod tests {
         for round in 0..200 {
             let mut offsets = BatchOffsets::new();
             let mut next_offset = [0_i64; 3];
-            let mut members: Vec<Vec<(i32, i64)>> = Vec::new();
-            for batch in 0..20_u64 {
-                let mut held = Vec::new();
-                for _ in 0..rng.random_range(1..6) {
-                    let partition = rng.random_range(0..3);
-                    let offset = next_offset[partition as usize];
-                    next_offset[partition as usize] += 1;
-                    offsets.add(batch, partition, offset);
-                    held.push((partition, offset));
-                }
-                members.push(held);
+            let mut members: Vec<Vec<(i32, i64)>> = vec![Vec::new(); 20];
+            // Every batch gets a message first, then messages go to random batches: several
+            // batches fill at once, as one per activity does.
+            for message in 0..100_u64 {
+                let batch = if message < 20 {
+                    message
+                } else {
+                    rng.random_range(0..20)
+                };
+                let partition = rng.random_range(0..3);
+                let offset = next_offset[partition as usize];
+                next_offset[partition as usize] += 1;
+                offsets.add(batch, partition, offset);
+                members[batch as usize].push((partition, offset));
             }
             let mut order: Vec<u64> = (0..20).collect();
             order.shuffle(&mut rng);

@@ -40,10 +40,12 @@ impl From<rdkafka::error::KafkaError> for ResultsError {
 }
 
 /// The requests a client_kafka run sends: ids `<seed hex>-<user>-<attempt>` for users
-/// `1..=users` and attempts `0..requests_per_user`.
-#[derive(Debug, Clone, Copy)]
+/// `1..=users` and attempts `0..requests_per_user`, each to the activity
+/// [`PlannedRequests::activity_of`] says.
+#[derive(Debug, Clone)]
 pub struct PlannedRequests {
-    pub activity_id: u64,
+    /// The sales the requests are spread over (at least one).
+    pub activity_ids: Vec<u64>,
     pub seed: u64,
     pub users: u64,
     pub requests_per_user: u32,
@@ -54,21 +56,60 @@ impl PlannedRequests {
         self.users * u64::from(self.requests_per_user)
     }
 
-    /// The request's place among them, when `request_id` is one of them.
-    fn index_of(&self, request_id: &str) -> Option<(u64, u64)> {
+    /// The sale of a user's attempt: users start at different sales and each attempt asks
+    /// the next one, so a user with several attempts asks several sales (when there are).
+    pub fn activity_of(&self, user: u64, attempt: u32) -> u64 {
+        let count = self.activity_ids.len().max(1) as u64;
+        let index = (user.saturating_sub(1) + u64::from(attempt)) % count;
+        self.activity_ids
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The request's place among them and its user index, when `request_id` is one of them
+    /// and was sent to `activity_id`.
+    fn index_of(&self, request_id: &str, activity_id: u64) -> Option<(u64, u64)> {
         let mut parts = request_id.splitn(3, '-');
         let seed = u64::from_str_radix(parts.next()?, 16).ok()?;
         let user: u64 = parts.next()?.parse().ok()?;
         let attempt: u32 = parts.next()?.parse().ok()?;
         let known = seed == self.seed
             && (1..=self.users).contains(&user)
-            && attempt < self.requests_per_user;
+            && attempt < self.requests_per_user
+            && self.activity_of(user, attempt) == activity_id;
         known.then(|| {
             (
                 (user - 1) * u64::from(self.requests_per_user) + u64::from(attempt),
                 user - 1,
             )
         })
+    }
+}
+
+/// The answers of one activity's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ActivityResults {
+    pub activity_id: u64,
+    pub planned: u64,
+    pub answered: u64,
+    /// Requests by their answer's outcome (in `SeckillOutcome::ALL` order).
+    pub requests_by_outcome: [u64; SeckillOutcome::ALL.len()],
+}
+
+impl fmt::Display for ActivityResults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  activity {} answered={}/{} requests",
+            self.activity_id, self.answered, self.planned
+        )?;
+        for (outcome, count) in SeckillOutcome::ALL.iter().zip(self.requests_by_outcome) {
+            if count > 0 {
+                write!(f, " {outcome}={count}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +131,8 @@ pub struct ResultsReport {
     pub latency_max_ms: u64,
     /// How long the reader waited for the last results.
     pub timeout: Duration,
+    /// Per activity, in the order given (with more than one activity).
+    pub activities: Vec<ActivityResults>,
 }
 
 impl ResultsReport {
@@ -116,7 +159,13 @@ impl fmt::Display for ResultsReport {
             self.latency_p95_ms,
             self.latency_p99_ms,
             self.latency_max_ms
-        )
+        )?;
+        if self.activities.len() > 1 {
+            for activity in &self.activities {
+                write!(f, "\n{activity}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -211,6 +260,23 @@ impl ResultsReader {
         })?;
         let mut answered = 0_u64;
         let mut repeats = 0_u64;
+        let mut activities: Vec<ActivityResults> = planned
+            .activity_ids
+            .iter()
+            .map(|&activity_id| ActivityResults {
+                activity_id,
+                ..ActivityResults::default()
+            })
+            .collect();
+        for user in 1..=planned.users {
+            for attempt in 0..planned.requests_per_user {
+                let activity_id = planned.activity_of(user, attempt);
+                if let Some(activity) = activities.iter_mut().find(|a| a.activity_id == activity_id)
+                {
+                    activity.planned += 1;
+                }
+            }
+        }
         while answered < count && !sent.finished_before(timeout) && !stop.is_cancelled() {
             let Some(received) = self.consumer.poll(Duration::from_millis(100)) else {
                 continue;
@@ -223,10 +289,8 @@ impl ResultsReader {
             else {
                 continue;
             };
-            if result.activity_id != planned.activity_id {
-                continue;
-            }
-            let Some((index, user)) = planned.index_of(&result.request_id) else {
+            let Some((index, user)) = planned.index_of(&result.request_id, result.activity_id)
+            else {
                 continue;
             };
             let (word, bit) = ((index / 64) as usize, 1_u64 << (index % 64));
@@ -237,6 +301,13 @@ impl ResultsReader {
             answered += 1;
             repeats += u64::from(result.repeat);
             outcomes_of_user[user as usize] |= 1 << (result.outcome as u8);
+            if let Some(activity) = activities
+                .iter_mut()
+                .find(|a| a.activity_id == result.activity_id)
+            {
+                activity.answered += 1;
+                activity.requests_by_outcome[result.outcome as usize] += 1;
+            }
             latency.saturating_record(
                 u64::try_from(read_at.saturating_sub(result.request_initiation_time)).unwrap_or(0),
             );
@@ -259,6 +330,7 @@ impl ResultsReader {
             latency_p99_ms: latency.value_at_quantile(0.99),
             latency_max_ms: latency.max(),
             timeout,
+            activities,
         })
     }
 }
@@ -270,18 +342,34 @@ mod tests {
     #[test]
     fn recognises_the_runs_request_ids() {
         let planned = PlannedRequests {
-            activity_id: 1,
+            activity_ids: vec![1],
             seed: 0xab,
             users: 10,
             requests_per_user: 3,
         };
         assert_eq!(planned.count(), 30);
-        assert_eq!(planned.index_of("ab-1-0"), Some((0, 0)));
-        assert_eq!(planned.index_of("ab-10-2"), Some((29, 9)));
+        assert_eq!(planned.index_of("ab-1-0", 1), Some((0, 0)));
+        assert_eq!(planned.index_of("ab-10-2", 1), Some((29, 9)));
+        assert_eq!(planned.index_of("ab-1-0", 2), None, "another activity's");
         for other in [
             "ac-1-0", "ab-0-0", "ab-11-0", "ab-1-3", "ab-1", "x", "ab-1-0-1",
         ] {
-            assert_eq!(planned.index_of(other), None, "{other}");
+            assert_eq!(planned.index_of(other, 1), None, "{other}");
         }
+    }
+
+    #[test]
+    fn users_spread_their_attempts_over_the_activities() {
+        let planned = PlannedRequests {
+            activity_ids: vec![101, 102, 103],
+            seed: 1,
+            users: 3,
+            requests_per_user: 2,
+        };
+        assert_eq!(planned.activity_of(1, 0), 101);
+        assert_eq!(planned.activity_of(1, 1), 102);
+        assert_eq!(planned.activity_of(3, 1), 101);
+        assert_eq!(planned.index_of("1-1-1", 102), Some((1, 0)));
+        assert_eq!(planned.index_of("1-1-1", 101), None);
     }
 }

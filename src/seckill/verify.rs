@@ -1,11 +1,13 @@
-//! The invariant check behind `log_worker --verify`: for one activity, compares Redis and
-//! PostgreSQL and reports each guarantee of the pipeline with its figures; and
-//! `log_worker --verify --user ID`: what the system knows of one user ([`user_report`]).
+//! The invariant check behind `log_worker --verify`: for one activity (or every one,
+//! `--all`), compares Redis and PostgreSQL and reports each guarantee of the pipeline with
+//! its figures; and `log_worker --verify --user ID`: what the system knows of one user
+//! ([`user_report`]).
 
 use crate::common::SeckillOutcome;
-use crate::config::Config;
+use crate::config::{PostgresConfig, RedisConfig};
 use crate::postgres::{self, PostgresError};
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
+use sqlx::PgPool;
 use std::fmt;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,8 @@ pub enum VerifyError {
     Postgres(#[from] PostgresError),
     #[error(transparent)]
     Redis(#[from] RedisStateError),
+    #[error("cannot list the activities")]
+    Activities(#[from] crate::seckill::activities::KnownError),
 }
 
 impl From<sqlx::Error> for VerifyError {
@@ -29,8 +33,10 @@ pub struct VerifyReport {
     pub activity_id: u64,
     pub redis: ActivitySnapshot,
     pub rows: i64,
-    pub users_with_several_rows: i64,
-    /// Distinct users who asked, when the caller knows it (`--expect-buyers`).
+    /// Users holding more rows than the sale's per-user limit.
+    pub users_over_limit: i64,
+    /// Distinct users who asked, when the caller knows it (`--expect-buyers`; a sale of
+    /// one purchase per user).
     pub expected_buyers: Option<u64>,
 }
 
@@ -45,8 +51,13 @@ pub struct Check {
 impl VerifyReport {
     pub fn checks(&self) -> Vec<Check> {
         let r = &self.redis;
-        let initial = r.initial_stock.unwrap_or(0);
+        let total = r.total_stock();
         let stock = r.stock.unwrap_or(0);
+        let decided = u64::try_from(r.success).unwrap_or(0)
+            + r.sold_out
+            + r.already_bought
+            + r.not_started
+            + r.ended;
         let mut checks = vec![
             Check {
                 name: "activity initialised",
@@ -62,22 +73,22 @@ impl VerifyReport {
                 figures: format!("remaining {stock}"),
             },
             Check {
-                name: "initial - remaining = success counter",
-                holds: initial - stock == r.success,
-                figures: format!("{initial} - {stock} = {} vs {}", initial - stock, r.success),
-            },
-            Check {
-                name: "success counter = buyers in Redis",
-                holds: r.success == r.buyers as i64,
-                figures: format!("{} vs {}", r.success, r.buyers),
+                name: "initial + added - remaining = success",
+                holds: total - stock == r.success,
+                figures: format!(
+                    "{} + {} - {stock} = {} vs {}",
+                    r.initial_stock.unwrap_or(0),
+                    r.added_stock,
+                    total - stock,
+                    r.success
+                ),
             },
             Check {
                 name: "each request decided once, counted once",
-                holds: r.requests_seen
-                    == u64::try_from(r.success).unwrap_or(0) + r.sold_out + r.already_bought,
+                holds: r.requests_seen == decided,
                 figures: format!(
-                    "{} decided = {} success + {} sold out + {} already bought",
-                    r.requests_seen, r.success, r.sold_out, r.already_bought
+                    "{} decided = {} success + {} sold out + {} already bought + {} not started + {} ended",
+                    r.requests_seen, r.success, r.sold_out, r.already_bought, r.not_started, r.ended
                 ),
             },
             Check {
@@ -94,21 +105,50 @@ impl VerifyReport {
                 figures: format!("{} vs {}", r.success, self.rows),
             },
             Check {
-                name: "no user with two rows",
-                holds: self.users_with_several_rows == 0,
-                figures: format!("{} users", self.users_with_several_rows),
+                name: "no user above the per-user limit",
+                holds: self.users_over_limit == 0,
+                figures: format!(
+                    "{} users with more than {} rows",
+                    self.users_over_limit, r.per_user_limit
+                ),
             },
         ];
         if let Some(buyers) = self.expected_buyers {
-            let sold = initial - stock;
-            let expected = initial.min(i64::try_from(buyers).unwrap_or(i64::MAX));
+            let sold = total - stock;
+            let expected = total.min(i64::try_from(buyers).unwrap_or(i64::MAX));
             checks.push(Check {
                 name: "sold = min(stock, distinct buyers)",
                 holds: sold == expected,
-                figures: format!("sold {sold}, min({initial}, {buyers}) = {expected}"),
+                figures: format!("sold {sold}, min({total}, {buyers}) = {expected}"),
             });
         }
         checks
+    }
+
+    /// One line: the activity, its state and figures, and what fails.
+    pub fn line(&self) -> String {
+        let r = &self.redis;
+        let failing: Vec<&str> = self
+            .checks()
+            .into_iter()
+            .filter(|check| !check.holds)
+            .map(|check| check.name)
+            .collect();
+        let verdict = if failing.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("FAIL: {}", failing.join("; "))
+        };
+        format!(
+            "activity {:<10} {:<11} sold {}/{} rows {} requests {} limit {}  {verdict}",
+            self.activity_id,
+            r.state().as_str(),
+            r.success,
+            r.total_stock(),
+            self.rows,
+            r.requests_seen,
+            r.per_user_limit
+        )
     }
 
     pub fn holds(&self) -> bool {
@@ -132,34 +172,62 @@ impl fmt::Display for VerifyReport {
     }
 }
 
-/// Reads the figures of the configured activity from Redis and PostgreSQL.
+/// Reads the figures of `activity_id` from Redis and PostgreSQL.
 pub async fn verify(
-    config: &Config,
+    redis: &RedisConfig,
+    postgres: &PostgresConfig,
+    activity_id: u64,
     expected_buyers: Option<u64>,
 ) -> Result<VerifyReport, VerifyError> {
-    let activity_id = config.seckill.activity_id;
-    let redis = RedisState::connect(&config.redis)?;
-    let snapshot = redis.snapshot(activity_id).await?;
-    let pool = postgres::connect(&config.postgres).await?;
+    let redis = RedisState::connect(redis)?;
+    let pool = postgres::connect(postgres).await?;
     postgres::migrate(&pool).await?;
+    report_of(&redis, &pool, activity_id, expected_buyers).await
+}
+
+/// The figures of every activity (PostgreSQL's `activities` and the Redis registry), by id.
+pub async fn verify_all(
+    redis: &RedisConfig,
+    postgres: &PostgresConfig,
+) -> Result<Vec<VerifyReport>, VerifyError> {
+    let redis = RedisState::connect(redis)?;
+    let pool = postgres::connect(postgres).await?;
+    postgres::migrate(&pool).await?;
+    let mut ids = crate::seckill::activities::known_activities(&pool, &redis).await?;
+    ids.sort_unstable();
+    let mut reports = Vec::with_capacity(ids.len());
+    for activity_id in ids {
+        reports.push(report_of(&redis, &pool, activity_id, None).await?);
+    }
+    Ok(reports)
+}
+
+async fn report_of(
+    redis: &RedisState,
+    pool: &PgPool,
+    activity_id: u64,
+    expected_buyers: Option<u64>,
+) -> Result<VerifyReport, VerifyError> {
+    let snapshot = redis.snapshot(activity_id).await?;
     let activity = i64::try_from(activity_id).unwrap_or(i64::MAX);
     let rows: i64 =
         sqlx::query_scalar("SELECT count(*) FROM seckill_records WHERE activity_id = $1")
             .bind(activity)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
-    let users_with_several_rows: i64 = sqlx::query_scalar(
+    let users_over_limit: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT user_id FROM seckill_records WHERE activity_id = $1
-             GROUP BY user_id HAVING count(*) > 1) AS repeated",
+             GROUP BY user_id HAVING count(*) > $2) AS over_limit",
     )
     .bind(activity)
-    .fetch_one(&pool)
+    .bind(i64::from(snapshot.per_user_limit))
+    .fetch_one(pool)
     .await?;
     Ok(VerifyReport {
         activity_id,
         redis: snapshot,
         rows,
-        users_with_several_rows,
+        users_over_limit,
         expected_buyers,
     })
 }
@@ -171,9 +239,10 @@ pub struct UserReport {
     pub user_id: u64,
     /// The user's requests Redis has decided, with their outcomes (request id order).
     pub decisions: Vec<(String, SeckillOutcome)>,
-    pub buyer_in_redis: bool,
-    /// Their purchase row in PostgreSQL: request id, processed time (ms), cost_ms.
-    pub row: Option<(String, i64, i64)>,
+    /// Purchases the user holds, by Redis.
+    pub held_in_redis: u64,
+    /// Their purchase rows in PostgreSQL: request id, processed time (ms), cost_ms.
+    pub rows: Vec<(String, i64, i64)>,
 }
 
 impl fmt::Display for UserReport {
@@ -183,45 +252,49 @@ impl fmt::Display for UserReport {
         for (request_id, outcome) in &self.decisions {
             writeln!(f, "    {request_id}  {outcome}")?;
         }
-        writeln!(
-            f,
-            "  buyer in Redis: {}",
-            if self.buyer_in_redis { "yes" } else { "no" }
-        )?;
-        match &self.row {
-            Some((request_id, processed_ms, cost_ms)) => write!(
+        writeln!(f, "  purchases held in Redis: {}", self.held_in_redis)?;
+        write!(f, "  rows in PostgreSQL: {}", self.rows.len())?;
+        for (request_id, processed_ms, cost_ms) in &self.rows {
+            write!(
                 f,
-                "  row in PostgreSQL: request_id={request_id} processed_time_ms={processed_ms} cost_ms={cost_ms}"
-            ),
-            None => write!(f, "  row in PostgreSQL: none"),
+                "\n    request_id={request_id} processed_time_ms={processed_ms} cost_ms={cost_ms}"
+            )?;
         }
+        Ok(())
     }
 }
 
 /// Looks one user up: their decided requests in Redis (a scan of the activity's decided
 /// requests: O(requests), for diagnosis), whether they are a buyer, and their row.
-pub async fn user_report(config: &Config, user_id: u64) -> Result<UserReport, VerifyError> {
-    let activity_id = config.seckill.activity_id;
-    let redis = RedisState::connect(&config.redis)?;
-    let (decisions, buyer_in_redis) = redis.user_decisions(activity_id, user_id).await?;
-    let pool = postgres::connect(&config.postgres).await?;
+pub async fn user_report(
+    redis: &RedisConfig,
+    postgres: &PostgresConfig,
+    activity_id: u64,
+    user_id: u64,
+) -> Result<UserReport, VerifyError> {
+    let redis = RedisState::connect(redis)?;
+    let (decisions, held_in_redis) = redis.user_decisions(activity_id, user_id).await?;
+    let pool = postgres::connect(postgres).await?;
     postgres::migrate(&pool).await?;
-    let row: Option<(String, f64, i64)> = sqlx::query_as(
+    let rows: Vec<(String, f64, i64)> = sqlx::query_as(
         "SELECT request_id, EXTRACT(EPOCH FROM processed_time)::float8 * 1000, cost_ms
-         FROM seckill_records WHERE activity_id = $1 AND user_id = $2",
+         FROM seckill_records WHERE activity_id = $1 AND user_id = $2 ORDER BY request_id",
     )
     .bind(i64::try_from(activity_id).unwrap_or(i64::MAX))
     .bind(i64::try_from(user_id).unwrap_or(i64::MAX))
-    .fetch_optional(&pool)
+    .fetch_all(&pool)
     .await?;
     Ok(UserReport {
         activity_id,
         user_id,
         decisions,
-        buyer_in_redis,
-        row: row.map(|(request_id, processed_ms, cost_ms)| {
-            (request_id, processed_ms.round() as i64, cost_ms)
-        }),
+        held_in_redis,
+        rows: rows
+            .into_iter()
+            .map(|(request_id, processed_ms, cost_ms)| {
+                (request_id, processed_ms.round() as i64, cost_ms)
+            })
+            .collect(),
     })
 }
 
@@ -240,12 +313,11 @@ mod tests {
                 buyers: success as u64,
                 requests_seen: 40,
                 sold_out: 40 - success as u64,
-                already_bought: 0,
-                queued_records: 0,
-                processing_records: 0,
+                per_user_limit: 1,
+                ..ActivitySnapshot::default()
             },
             rows,
-            users_with_several_rows: 0,
+            users_over_limit: 0,
             expected_buyers: Some(25),
         }
     }

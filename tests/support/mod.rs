@@ -140,6 +140,7 @@ pub fn binary(name: &str) -> &'static str {
         "log_worker" => env!("CARGO_BIN_EXE_log_worker"),
         "stream_sum" => env!("CARGO_BIN_EXE_stream_sum"),
         "zstd_producer" => env!("CARGO_BIN_EXE_zstd_producer"),
+        "seckill_admin" => env!("CARGO_BIN_EXE_seckill_admin"),
         other => panic!("unknown program {other}"),
     }
 }

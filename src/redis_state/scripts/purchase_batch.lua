@@ -1,18 +1,24 @@
--- The purchase of a batch: each request, in order, gets exactly what purchase.lua would
--- give it (a repeated request id, in Redis or earlier in the batch, its first outcome again,
--- flagged). Lookups and writes are made once per batch (HMGET, SMISMEMBER, one HSET, one
--- SADD, one RPUSH, the counters once) and what the batch itself adds is tracked here, so a
--- batch of n requests costs about a dozen Redis commands instead of 3n to 6n.
--- KEYS: 1 stock, 2 over, 3 buyers, 4 decided, 5 success, 6 logs, 7 outcome counts
+-- The purchase of a batch of one activity's requests: each request, in order, gets exactly
+-- what purchase.lua would give it (a repeated request id, in Redis or earlier in the batch,
+-- its first outcome again, flagged). Lookups and writes are made once per batch (HMGET,
+-- one HSET per hash, one RPUSH, the counters once) and what the batch itself adds is
+-- tracked here, so a batch of n requests costs about a dozen Redis commands, not 3n to 6n.
+-- The sale window is judged by Redis's clock (TIME), the same for every server.
+-- KEYS: 1 stock, 2 over, 3 holdings, 4 decided, 5 success, 6 logs, 7 outcome counts, 8 meta
 -- ARGV: 1 activity_id, 2 processed_time, then per request:
 --       request_id, user_id, request_initiation_time, cost_ms
--- Returns a code per request (as purchase.lua), or -1 for the whole batch when the activity
--- was never initialised.
+-- Returns {Redis time in ms, a code per request} (codes as purchase.lua), or -1 for the
+-- whole batch when the activity has no live state (no stock key).
 local stock = redis.call('GET', KEYS[1])
 if not stock then
   return -1
 end
 stock = tonumber(stock)
+local meta = redis.call('HMGET', KEYS[8], 'starts_at_ms', 'ends_at_ms', 'limit')
+local starts, ends = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
+local limit = tonumber(meta[3]) or 1
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 -- Lua's unpack is bounded by its C stack: commands take at most this many arguments.
 local CHUNK = 1000
@@ -37,15 +43,16 @@ for first = 3, #ARGV, 4 do
   users[#users + 1] = ARGV[first + 1]
 end
 if #ids == 0 then
-  return {}
+  return {now}
 end
 local priors = collect('HMGET', KEYS[4], ids)
-local known_buyers = collect('SMISMEMBER', KEYS[3], users)
+local held_before = collect('HMGET', KEYS[3], users)
 
-local codes, decided, new_buyers, records = {}, {}, {}, {}
-local decided_now, bought = {}, {}
+local codes, decided, records = {now}, {}, {}
+local decided_now, held, changed = {}, {}, {}
 local counts = {}
 local sold, over = 0, false
+local not_started, ended = now < starts, ends > 0 and now >= ends
 local head = ',"activity_id":' .. ARGV[1]
 local tail = ',"processed_time":' .. ARGV[2] .. ',"cost_ms":'
 for i = 1, #ids do
@@ -56,7 +63,14 @@ for i = 1, #ids do
   elseif decided_now[request_id] then
     code = 10 + decided_now[request_id]
   else
-    if known_buyers[i] == 1 or bought[user_id] then
+    if held[user_id] == nil then
+      held[user_id] = tonumber(held_before[i]) or 0
+    end
+    if not_started then
+      code = 4
+    elseif ended then
+      code = 5
+    elseif held[user_id] >= limit then
       code = 3
     elseif stock <= 0 then
       over = true
@@ -64,8 +78,8 @@ for i = 1, #ids do
     else
       stock = stock - 1
       sold = sold + 1
-      bought[user_id] = true
-      new_buyers[#new_buyers + 1] = user_id
+      held[user_id] = held[user_id] + 1
+      changed[user_id] = true
       local first = 4 * i - 1
       records[#records + 1] = '{"request_id":' .. cjson.encode(request_id) ..
         ',"user_id":' .. user_id .. head .. ',"request_initiation_time":' ..
@@ -80,14 +94,19 @@ for i = 1, #ids do
     decided[#decided + 1] = code .. ':' .. user_id
     counts[code] = (counts[code] or 0) + 1
   end
-  codes[i] = code
+  codes[i + 1] = code
 end
 each_chunk(decided, function(...) redis.call('HSET', KEYS[4], ...) end)
 for code, count in pairs(counts) do
   redis.call('HINCRBY', KEYS[7], code, count)
 end
 if sold > 0 then
-  each_chunk(new_buyers, function(...) redis.call('SADD', KEYS[3], ...) end)
+  local holdings = {}
+  for user_id in pairs(changed) do
+    holdings[#holdings + 1] = user_id
+    holdings[#holdings + 1] = held[user_id]
+  end
+  each_chunk(holdings, function(...) redis.call('HSET', KEYS[3], ...) end)
   each_chunk(records, function(...) redis.call('RPUSH', KEYS[6], ...) end)
   redis.call('DECRBY', KEYS[1], sold)
   redis.call('INCRBY', KEYS[5], sold)

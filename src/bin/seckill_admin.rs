@@ -1,0 +1,145 @@
+//! seckill_admin: the flash sales as data (definition in PostgreSQL, live state in Redis).
+
+use clap::{Parser, Subcommand};
+use seckill_kafka::cli::{self, CommonArgs};
+use seckill_kafka::seckill::admin::{parse_time, Admin, NewActivity};
+use seckill_kafka::secret::SecretUrl;
+use std::process::ExitCode;
+
+/// Manages the sales: create, list, show, add stock, end, restore.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Redis URL. Prefer REDIS_URL: other local users can read flags with ps
+    #[arg(
+        long = "redis-url",
+        id = "redis.url",
+        value_name = "URL",
+        global = true
+    )]
+    redis_url: Option<SecretUrl>,
+    /// PostgreSQL URL. Prefer DATABASE_URL, for the same reason
+    #[arg(
+        long = "database-url",
+        id = "postgres.url",
+        value_name = "URL",
+        global = true
+    )]
+    database_url: Option<SecretUrl>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The sales
+    #[command(subcommand)]
+    Activity(ActivityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ActivityCommand {
+    /// Define a sale and pre-warm its live state in Redis
+    Create {
+        /// The sale's id
+        #[arg(long)]
+        id: u64,
+        /// Units on sale
+        #[arg(long)]
+        stock: u64,
+        /// A name to show
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Opens then (RFC 3339, e.g. 2026-12-01T20:00:00+08:00); default: now
+        #[arg(long, value_name = "TIME")]
+        starts_at: Option<String>,
+        /// Ends then (RFC 3339); default: no end
+        #[arg(long, value_name = "TIME")]
+        ends_at: Option<String>,
+        /// Purchases one user may hold
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        per_user_limit: u32,
+    },
+    /// Every sale, one line each
+    List,
+    /// A sale's definition and live figures
+    Show { id: u64 },
+    /// Add units mid-sale (takes effect at once; re-opens a sold-out sale)
+    AddStock { id: u64, count: u64 },
+    /// End a sale now
+    End { id: u64 },
+    /// Rebuild a sale's lost live state from PostgreSQL (refuses while it exists)
+    Restore { id: u64 },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (args, flags) = cli::parse::<Args>();
+    cli::run(
+        "seckill_admin",
+        &args.common,
+        flags,
+        |config, _shutdown| async move {
+            let Command::Activity(command) = args.command;
+            // Input is checked before any store is contacted: bad input changes nothing.
+            let create = match &command {
+                ActivityCommand::Create {
+                    id,
+                    stock,
+                    name,
+                    starts_at,
+                    ends_at,
+                    per_user_limit,
+                } => {
+                    let new = NewActivity {
+                        id: *id,
+                        name: name.clone(),
+                        stock: *stock,
+                        starts_at_ms: starts_at
+                            .as_deref()
+                            .map(|text| parse_time("--starts-at", text))
+                            .transpose()?,
+                        ends_at_ms: ends_at
+                            .as_deref()
+                            .map(|text| parse_time("--ends-at", text))
+                            .transpose()?,
+                        per_user_limit: *per_user_limit,
+                    };
+                    new.validate()?;
+                    Some(new)
+                }
+                _ => None,
+            };
+            let admin = Admin::connect(&config.redis, &config.postgres).await?;
+            match command {
+                ActivityCommand::Create { .. } => {
+                    if let Some(new) = create {
+                        println!("created\n{}", admin.create(&new).await?);
+                    }
+                }
+                ActivityCommand::List => {
+                    let views = admin.list().await?;
+                    println!(
+                        "{:<10} {:<11} {:>18} {:>13} {:<8} {:<9} name",
+                        "id", "state", "remaining", "sold", "of", "limit"
+                    );
+                    for view in &views {
+                        println!("{}", view.line());
+                    }
+                }
+                ActivityCommand::Show { id } => println!("{}", admin.show(id).await?),
+                ActivityCommand::AddStock { id, count } => {
+                    println!("added {count}\n{}", admin.add_stock(id, count).await?)
+                }
+                ActivityCommand::End { id } => println!("ended\n{}", admin.end(id).await?),
+                ActivityCommand::Restore { id } => {
+                    println!("restored\n{}", admin.restore(id).await?)
+                }
+            }
+            anyhow::Ok(())
+        },
+    )
+    .await
+}

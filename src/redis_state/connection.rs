@@ -1,0 +1,211 @@
+//! The connection to Redis: a pool of connections to one node (`redis.url`), or one
+//! multiplexed Redis Cluster connection (`redis.cluster_urls`, redis-rs `cluster-async`)
+//! that routes each command to the master of its key's slot and follows redirects.
+//!
+//! [`Conn`] is either, behind redis-rs's `ConnectionLike`, so commands, pipelines and
+//! scripts are written once. Scripts go through [`Conn::eval_script`]: `EVALSHA`, and on
+//! `NOSCRIPT` a `SCRIPT LOAD` sent to the node of the script's first key (its master),
+//! then the call again. redis-rs's own reload sends `SCRIPT LOAD` to every node of a
+//! cluster, which fails while any one of them is down.
+
+use super::RedisStateError;
+use crate::config::RedisConfig;
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::aio::ConnectionLike;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// A Redis Cluster: its client, and the connection made on first use.
+pub struct Cluster {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+/// Where the flash-sale state lives.
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// One node, pooled connections (each call takes one).
+    Single(Pool),
+    /// A Redis Cluster: one multiplexed connection, made on first use (its slot map read
+    /// then), cloned per call.
+    Cluster(Arc<Cluster>),
+}
+
+impl RedisConnection {
+    /// Prepares the connection `redis:` asks for: to the cluster when `cluster_urls` is set,
+    /// else to `url`. Nothing is contacted until the first call.
+    pub fn new(config: &RedisConfig) -> Result<Self, RedisStateError> {
+        if config.cluster_urls.is_empty() {
+            return Ok(Self::Single(create_pool(config)?));
+        }
+        let urls: Vec<&str> = config.cluster_urls.iter().map(|url| url.expose()).collect();
+        let client = ClusterClient::builder(urls.clone())
+            .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .response_timeout(Duration::from_millis(config.response_timeout_ms))
+            // A call (with its redirects and retries) ends in about the response timeout;
+            // the caller retries with its own backoff, aware of shutdown.
+            .overall_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)))
+            .retries(3)
+            .min_retry_wait(20)
+            .max_retry_wait(200)
+            .build()
+            .map_err(|error| {
+                let hint = urls
+                    .iter()
+                    .map(|url| crate::secret::url_parse_hint(url))
+                    .find(|hint| !hint.is_empty())
+                    .unwrap_or_default();
+                RedisStateError::Config(format!("redis.cluster_urls: {error}{hint}"))
+            })?;
+        Ok(Self::Cluster(Arc::new(Cluster {
+            client,
+            connection: OnceCell::new(),
+        })))
+    }
+
+    /// A connection for one call (or a few in a row).
+    pub async fn get(&self) -> Result<Conn, RedisStateError> {
+        Ok(match self {
+            Self::Single(pool) => Conn::Single(pool.get().await?),
+            Self::Cluster(cluster) => Conn::Cluster(
+                cluster
+                    .connection
+                    .get_or_try_init(|| cluster.client.get_async_connection())
+                    .await?
+                    .clone(),
+            ),
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// Creates the connection pool of a single node from the `redis:` section.
+pub fn create_pool(config: &RedisConfig) -> Result<Pool, RedisStateError> {
+    let connection = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+        .set_response_timeout(Some(Duration::from_millis(config.response_timeout_ms)));
+    let manager = Manager::new_with_config(config.url.expose(), connection).map_err(|error| {
+        RedisStateError::Config(format!(
+            "{error}{}",
+            crate::secret::url_parse_hint(config.url.expose())
+        ))
+    })?;
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+        .create_timeout(Some(Duration::from_millis(config.connect_timeout_ms)))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|error| RedisStateError::Config(error.to_string()))
+}
+
+/// One connection: a pooled one to the single node, or a handle on the cluster connection.
+pub enum Conn {
+    Single(deadpool_redis::Connection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Runs `command`, which names no key, on the master that holds `key` (on a single node:
+    /// just runs it). For `ROLE`, `TIME` and the like about a key's node.
+    pub async fn query_at_key<T: redis::FromRedisValue>(
+        &mut self,
+        command: Cmd,
+        key: &str,
+    ) -> Result<T, RedisStateError> {
+        let value = match self {
+            Self::Single(connection) => command.query_async::<Value>(&mut **connection).await?,
+            Self::Cluster(connection) => {
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                connection
+                    .route_command(
+                        command,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?
+            }
+        };
+        Ok(redis::from_redis_value(value.extract_error()?)?)
+    }
+
+    /// Loads `script` into the master of `key` (on a single node: into it).
+    pub async fn load_script(&mut self, script: &str, key: &str) -> Result<(), RedisStateError> {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(script);
+        let _: String = self.query_at_key(load, key).await?;
+        Ok(())
+    }
+
+    /// Runs `call` (an `EVALSHA` of `script`, or a pipeline that starts with one); on
+    /// `NOSCRIPT` (Redis restarted, `SCRIPT FLUSH`, a failover to a replica that never saw the
+    /// script) loads the script into the node of `first_key` and runs the call again.
+    pub async fn eval_script<T: redis::FromRedisValue>(
+        &mut self,
+        call: &ScriptCall<'_>,
+        script: &str,
+        first_key: &str,
+    ) -> Result<T, RedisStateError> {
+        match call.run(self).await {
+            Err(error) if is_noscript(&error) => {
+                self.load_script(script, first_key).await?;
+                Ok(call.run(self).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// A script call as sent: one `EVALSHA` command, or a pipeline whose first command is one.
+pub enum ScriptCall<'a> {
+    Command(&'a Cmd),
+    Pipeline(&'a Pipeline),
+}
+
+impl ScriptCall<'_> {
+    async fn run<T: redis::FromRedisValue>(&self, connection: &mut Conn) -> redis::RedisResult<T> {
+        match self {
+            Self::Command(command) => command.query_async(connection).await,
+            Self::Pipeline(pipeline) => pipeline.query_async(connection).await,
+        }
+    }
+}
+
+fn is_noscript(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}

@@ -1,0 +1,132 @@
+//! The Redis keys of the flash-sale state.
+//!
+//! Every key of an activity carries the activity id as a hash tag (`seckill:{42}:stock`), so
+//! all of them live in one Redis Cluster slot and one script call may touch them atomically.
+//!
+//! | key                           | type    | meaning                                        |
+//! |-------------------------------|---------|------------------------------------------------|
+//! | `seckill:{id}:meta`           | hash    | `starts_at_ms`, `ends_at_ms` (0: none), `limit` (purchases per user) |
+//! | `seckill:{id}:stock`          | string  | remaining stock; its presence means "live"     |
+//! | `seckill:{id}:initial_stock`  | string  | stock the sale was created with                |
+//! | `seckill:{id}:added_stock`    | string  | stock added since (`activity add-stock`)       |
+//! | `seckill:{id}:over`           | string  | "1" once the stock reached 0 (removed when stock is added) |
+//! | `seckill:{id}:holdings`       | hash    | user id -> purchases the user holds            |
+//! | `seckill:{id}:decided`        | hash    | request id -> `<outcome code>:<user id>`       |
+//! | `seckill:{id}:outcomes`       | hash    | outcome code -> requests decided so            |
+//! | `seckill:{id}:success`        | string  | number of successful purchases                 |
+//! | `seckill:{id}:logs`           | list    | `SeckillRecord` JSON waiting for log_worker    |
+//! | `seckill:{id}:logs:workers`   | set     | ids of the log_workers that hold records       |
+//! | `seckill:{id}:logs:processing:<worker>` | list | records that worker took but has not yet stored |
+//! | `seckill:{id}:logs:lease:<worker>` | string | present while that worker is alive (PX TTL) |
+//! | `seckill:{id}:logs:dead`      | list    | records log_worker could not decode            |
+//!
+//! One key lives outside every activity: [`ACTIVITY_REGISTRY`], the set of activity ids whose
+//! live state was ever written. It is not read inside a script (it is in another slot); the
+//! server reads it only to tell a sale that was never created from one whose state is gone.
+
+/// The ids of every activity whose live state was written (by `seckill_admin`, or by
+/// `server_kafka --initial-stock`).
+pub const ACTIVITY_REGISTRY: &str = "seckill:activities";
+
+/// The fields of an activity's `meta` hash.
+pub const META_STARTS_AT: &str = "starts_at_ms";
+pub const META_ENDS_AT: &str = "ends_at_ms";
+pub const META_LIMIT: &str = "limit";
+
+/// The Redis keys of one activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityKeys {
+    pub(crate) activity_id: u64,
+    pub meta: String,
+    pub stock: String,
+    pub initial_stock: String,
+    pub added_stock: String,
+    pub over: String,
+    /// User id -> purchases held.
+    pub holdings: String,
+    /// Request id -> `<outcome code>:<user id>`: every request decided, once.
+    pub decided: String,
+    /// Outcome code -> how many request ids were decided so.
+    pub outcome_counts: String,
+    pub success: String,
+    pub logs: String,
+    /// The ids of the log_workers that may hold records.
+    pub log_workers: String,
+    /// The single processing list of versions before per-worker lists; still recovered.
+    pub legacy_processing: String,
+    pub dead: String,
+}
+
+impl ActivityKeys {
+    pub fn new(activity_id: u64) -> Self {
+        let key = |name: &str| format!("seckill:{{{activity_id}}}:{name}");
+        Self {
+            activity_id,
+            meta: key("meta"),
+            stock: key("stock"),
+            initial_stock: key("initial_stock"),
+            added_stock: key("added_stock"),
+            over: key("over"),
+            holdings: key("holdings"),
+            decided: key("decided"),
+            outcome_counts: key("outcomes"),
+            success: key("success"),
+            logs: key("logs"),
+            log_workers: key("logs:workers"),
+            legacy_processing: key("logs:processing"),
+            dead: key("logs:dead"),
+        }
+    }
+
+    pub fn activity_id(&self) -> u64 {
+        self.activity_id
+    }
+
+    /// The records `worker` took and has not yet stored.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("seckill:{{{}}}:logs:processing:{worker}", self.activity_id)
+    }
+
+    /// Present while `worker` is alive.
+    pub fn lease(&self, worker: &str) -> String {
+        format!("seckill:{{{}}}:logs:lease:{worker}", self.activity_id)
+    }
+
+    /// Every key with a fixed name (not the per-worker ones).
+    pub(crate) fn fixed(&self) -> [&str; 13] {
+        [
+            &self.meta,
+            &self.stock,
+            &self.initial_stock,
+            &self.added_stock,
+            &self.over,
+            &self.holdings,
+            &self.decided,
+            &self.outcome_counts,
+            &self.success,
+            &self.logs,
+            &self.log_workers,
+            &self.legacy_processing,
+            &self.dead,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let keys = ActivityKeys::new(42);
+        for key in keys
+            .fixed()
+            .into_iter()
+            .map(str::to_string)
+            .chain([keys.processing("w-1"), keys.lease("w-1")])
+        {
+            assert!(key.starts_with("seckill:{42}:"), "{key}");
+        }
+        assert_eq!(keys.processing("w-1"), "seckill:{42}:logs:processing:w-1");
+    }
+}
