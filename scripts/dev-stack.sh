@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The local service stack on loopback, its files under .dev/ (PostgreSQL's in PG_HOME):
 #   Redis       Debian's redis-server, free port, files in .dev/redis
+#   Cluster     three more redis-server as a Redis Cluster (3 masters), files in .dev/redis-cluster
 #   PostgreSQL  the machine's PostgreSQL 15+, run as the `postgres` user when we are root,
 #               free port, files in PG_HOME = /var/tmp/seckill-kafka-<uid>/<hash of .dev>
 #               (the postgres user cannot enter a checkout under root's 0700 home)
@@ -11,7 +12,8 @@
 #   up      deps, then start what is not running (idempotent) and print what runs
 #   down    stop what `up` started (found by pid files); data stays
 #   status  show what runs and where its files and logs are, exit 1 if something is down
-#   env     print `export` lines for KAFKA_BROKERS, REDIS_URL and DATABASE_URL
+#   env     print `export` lines for KAFKA_BROKERS, REDIS_URL, DATABASE_URL and the dev
+#           extras (DEV_REDIS_CLUSTER_URLS, DEV_TLS_CA, DEV_REDIS_TLS_PORT)
 #   clean   down, then remove .dev/ and PG_HOME
 set -euo pipefail
 
@@ -135,6 +137,66 @@ redis_up() {
 
 redis_down() {
     stop_by_pid_file redis "$DEV/redis.pid"
+}
+
+# ---------------------------------------------------------------- Redis Cluster
+# Three masters on loopback (no replicas, no persistence), for the cluster tests and
+# `make demo-cluster`; its seed nodes are DEV_REDIS_CLUSTER_URLS in the env lines (not
+# SECKILL_REDIS_CLUSTER_URLS: a program uses the cluster only when told to). A cluster
+# that is not running is made anew on free ports. `cluster-require-full-coverage no`: one
+# dead master does not stop the others.
+CLUSTER_DIR="$DEV/redis-cluster"
+
+cluster_ports() { cat "$CLUSTER_DIR/ports" 2>/dev/null || true; }
+
+cluster_running() {
+    local port
+    [ -s "$CLUSTER_DIR/ports" ] || return 1
+    for port in $(cluster_ports); do
+        pid_alive "$CLUSTER_DIR/$port/redis.pid" || return 1
+    done
+    redis-cli -h 127.0.0.1 -p "$(cluster_ports | head -1)" cluster info 2>/dev/null | grep -q '^cluster_state:ok'
+}
+
+cluster_up() {
+    if cluster_running; then
+        log "redis cluster already running on ports $(cluster_ports | tr '\n' ' ')"
+        return
+    fi
+    cluster_down
+    rm -rf "$CLUSTER_DIR"
+    mkdir -p "$CLUSTER_DIR"
+    local port nodes=()
+    for _ in 1 2 3; do
+        port=$(free_port)
+        mkdir -p "$CLUSTER_DIR/$port"
+        redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+            --pidfile "$CLUSTER_DIR/$port/redis.pid" --logfile "$CLUSTER_DIR/$port/redis.log" \
+            --dir "$CLUSTER_DIR/$port" --save '' --appendonly no \
+            --cluster-enabled yes --cluster-config-file nodes.conf \
+            --cluster-node-timeout 2000 --cluster-require-full-coverage no
+        echo "$port" >> "$CLUSTER_DIR/ports"
+        nodes+=("127.0.0.1:$port")
+    done
+    for port in $(cluster_ports); do
+        wait_for 20 redis-cli -h 127.0.0.1 -p "$port" ping || die "cluster node $port did not start; see $CLUSTER_DIR/$port/redis.log"
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 \
+        || { tail -20 "$CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }
+    wait_for 30 cluster_running || die "the redis cluster did not reach state ok; see $CLUSTER_DIR"
+    log "redis cluster (3 masters) on ports $(cluster_ports | tr '\n' ' ')is ready"
+}
+
+cluster_down() {
+    local port stopped=
+    for port in $(cluster_ports); do
+        if pid_alive "$CLUSTER_DIR/$port/redis.pid"; then
+            stop_by_pid_file "cluster node $port" "$CLUSTER_DIR/$port/redis.pid" 2>/dev/null
+            stopped=1
+        fi
+    done
+    [ -n "$stopped" ] && log "redis cluster stopped"
+    return 0
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -285,6 +347,9 @@ env_lines() {
     [ -f "$DEV/redis.port" ] && export_line REDIS_URL "redis://127.0.0.1:$(cat "$DEV/redis.port")/0"
     # For the TLS tests: Redis's TLS port and the certificate that signs both servers'.
     [ -f "$DEV/redis.tls.port" ] && export_line DEV_REDIS_TLS_PORT "$(cat "$DEV/redis.tls.port")"
+    if [ -s "$CLUSTER_DIR/ports" ]; then
+        export_line DEV_REDIS_CLUSTER_URLS "$(cluster_ports | sed 's|^|redis://127.0.0.1:|' | paste -sd, -)"
+    fi
     [ -f "$DEV/tls/ca.crt" ] && export_line DEV_TLS_CA "$DEV/tls/ca.crt"
     [ -f "$DEV/pg.port" ] && [ -f "$DEV/pg.password" ] && \
         export_line DATABASE_URL "postgres://$PG_USER:$(cat "$DEV/pg.password")@127.0.0.1:$(cat "$DEV/pg.port")/$PG_DB"
@@ -295,6 +360,8 @@ status() {
     local down=0
     if pid_alive "$DEV/redis.pid"; then echo "redis     running  127.0.0.1:$(cat "$DEV/redis.port")  files $DEV/redis, log $DEV/redis.log"
     else echo "redis     stopped"; down=1; fi
+    if cluster_running; then echo "cluster   running  127.0.0.1:$(cluster_ports | paste -sd, - | sed 's/,/,127.0.0.1:/g')  files $CLUSTER_DIR"
+    else echo "cluster   stopped"; down=1; fi
     if pg_bin >/dev/null && pg_running; then echo "postgres  running  127.0.0.1:$(cat "$DEV/pg.port") database $PG_DB  files $PG_HOME, log $PG_HOME/postgres.log"
     else echo "postgres  stopped  files $PG_HOME"; down=1; fi
     if external_kafka; then echo "kafka     external $KAFKA_BROKERS"
@@ -307,6 +374,7 @@ status() {
 clean() {
     kafka_down
     redis_down
+    cluster_down
     postgres_down
     rm -rf "$PG_HOME"
     rmdir "$(dirname "$PG_HOME")" 2>/dev/null || true
@@ -320,6 +388,7 @@ case "${1:-}" in
         deps
         tls_cert
         redis_up
+        cluster_up
         postgres_up
         kafka_up
         env_lines > "$DEV/env"
@@ -328,6 +397,7 @@ case "${1:-}" in
     down)
         kafka_down
         redis_down
+        cluster_down
         postgres_down
         rm -f "$DEV/env"
         ;;

@@ -87,9 +87,17 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let arguments: Vec<std::ffi::OsString> = arguments.into_iter().map(Into::into).collect();
     let command = name_config_keys(A::command());
     let long_names = long_names(&command);
-    let program = command.get_name().to_string();
+    // The binary's name (clap's command name is the package's).
+    let program = arguments
+        .first()
+        .and_then(|path| std::path::Path::new(path).file_name())
+        .map_or_else(
+            || command.get_name().to_string(),
+            |name| name.to_string_lossy().to_string(),
+        );
     let matches = command
         .try_get_matches_from(arguments)
         .unwrap_or_else(|error| exit_on(&program, error));

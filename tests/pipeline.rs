@@ -11,9 +11,24 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use seckill_kafka::seckill::server::{DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
 use std::collections::HashSet;
 use std::time::Duration;
-use support::{Finished, Pipeline, Program};
+use support::{Backend, Finished, Pipeline, Program};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// A scenario run twice: on the dev stack's single Redis and on its Redis Cluster.
+macro_rules! on_both {
+    ($scenario:ident: $single:ident, $cluster:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $single() {
+            $scenario(Backend::single()).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            $scenario(Backend::cluster()).await
+        }
+    };
+}
 
 /// Every request id has results of exactly one outcome on the results topic (a result may
 /// have been published again after a crash, always with the same outcome), every request
@@ -64,9 +79,10 @@ fn drain_and_verify(pipeline: &Pipeline, buyers: u64) -> Finished {
     verify
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_small_demo() {
-    let pipeline = Pipeline::new("e2e");
+on_both!(end_to_end_small_demo: end_to_end_on_one_redis, end_to_end_on_a_redis_cluster);
+
+async fn end_to_end_small_demo(backend: Backend) {
+    let pipeline = Pipeline::new("e2e").on(backend);
     let server = pipeline.spawn("server_kafka", &["--initial-stock", "200"]);
     let worker = pipeline.spawn("log_worker", &[]);
     let client = pipeline.run(
@@ -136,10 +152,17 @@ async fn end_to_end_small_demo() {
         "{}",
         lookup.stdout
     );
-    let bought = lookup.stdout.contains("buyer in Redis: yes");
+    let bought = lookup.stdout.contains("purchases held in Redis: 1");
+    assert!(
+        bought || lookup.stdout.contains("purchases held in Redis: 0"),
+        "{}",
+        lookup.stdout
+    );
     assert_eq!(
         bought,
-        lookup.stdout.contains("row in PostgreSQL: request_id=7-1-"),
+        lookup
+            .stdout
+            .contains("rows in PostgreSQL: 1\n    request_id=7-1-"),
         "{}",
         lookup.stdout
     );
@@ -180,9 +203,10 @@ async fn await_results_fails_when_answers_do_not_come() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_server_and_log_worker_mid_run_loses_nothing() {
-    let pipeline = Pipeline::new("crash");
+on_both!(sigkill_server_and_log_worker_mid_run_loses_nothing: sigkill_mid_run_loses_nothing_on_one_redis, sigkill_mid_run_loses_nothing_on_a_redis_cluster);
+
+async fn sigkill_server_and_log_worker_mid_run_loses_nothing(backend: Backend) {
+    let pipeline = Pipeline::new("crash").on(backend);
     let client = pipeline.spawn(
         "client_kafka",
         &[
@@ -233,9 +257,10 @@ async fn sigkill_server_and_log_worker_mid_run_loses_nothing() {
     assert_one_outcome_per_request(&pipeline, 6000).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_worker_recovers_what_a_crashed_worker_took() {
-    let pipeline = Pipeline::new("recover");
+on_both!(log_worker_recovers_what_a_crashed_worker_took: log_worker_recovery_on_one_redis, log_worker_recovery_on_a_redis_cluster);
+
+async fn log_worker_recovers_what_a_crashed_worker_took(backend: Backend) {
+    let pipeline = Pipeline::new("recover").on(backend);
     let server = pipeline.spawn("server_kafka", &["--initial-stock", "50"]);
     let client = pipeline.run("client_kafka", &["--users", "80", "--seed", "1"]);
     client.assert_success("client_kafka");
@@ -329,8 +354,10 @@ async fn redis_restart_mid_run_strands_no_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_take_whose_reply_is_lost_strands_nothing() {
     let pipeline = Pipeline::new("lost-reply");
-    let redis_port: u16 = pipeline
-        .redis_url
+    let support::Backend::Single(redis_url) = &pipeline.backend else {
+        unreachable!("a new pipeline is on the single node")
+    };
+    let redis_port: u16 = redis_url
         .rsplit(':')
         .next()
         .and_then(|tail| tail.split('/').next())
@@ -370,12 +397,13 @@ async fn a_take_whose_reply_is_lost_strands_nothing() {
     assert_eq!(pipeline.rows().await, 300, "rows = success");
 }
 
+on_both!(several_log_workers_share_the_queue_and_take_over_a_dead_ones_records: several_log_workers_on_one_redis, several_log_workers_on_a_redis_cluster);
+
 /// Three log_workers on one activity, one of them SIGKILLed mid-run: the others take over
 /// its records once its lease lapses, without a restart; no worker inserts a batch another
 /// worker holds (no replays while all live), and rows = success.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn several_log_workers_share_the_queue_and_take_over_a_dead_ones_records() {
-    let pipeline = Pipeline::new("workers");
+async fn several_log_workers_share_the_queue_and_take_over_a_dead_ones_records(backend: Backend) {
+    let pipeline = Pipeline::new("workers").on(backend);
     let server = pipeline.spawn("server_kafka", &["--initial-stock", "3000"]);
     // Each worker holds at most BATCH x LOOPS records at a time.
     const BATCH: u64 = 20;
@@ -563,9 +591,10 @@ async fn wait_group_caught_up(brokers: &str, group: &str, topic: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaying_the_whole_topic_changes_nothing() {
-    let pipeline = Pipeline::new("replay");
+on_both!(replaying_the_whole_topic_changes_nothing: replay_on_one_redis, replay_on_a_redis_cluster);
+
+async fn replaying_the_whole_topic_changes_nothing(backend: Backend) {
+    let pipeline = Pipeline::new("replay").on(backend);
     let server = pipeline.spawn("server_kafka", &["--initial-stock", "100"]);
     pipeline
         .run(

@@ -47,7 +47,7 @@ enum ActivityCommand {
         #[arg(long)]
         id: u64,
         /// Units on sale
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         stock: u64,
         /// A name to show
         #[arg(long, default_value = "")]
@@ -67,7 +67,11 @@ enum ActivityCommand {
     /// A sale's definition and live figures
     Show { id: u64 },
     /// Add units mid-sale (takes effect at once; re-opens a sold-out sale)
-    AddStock { id: u64, count: u64 },
+    AddStock {
+        id: u64,
+        #[arg(allow_hyphen_values = true)]
+        count: u64,
+    },
     /// End a sale now
     End { id: u64 },
     /// Rebuild a sale's lost live state from PostgreSQL (refuses while it exists)

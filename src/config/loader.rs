@@ -264,7 +264,8 @@ impl ConfigLoader {
 
     /// The layer that set `key`, or the nearest enclosing key that a layer set.
     fn origin_of(&self, key: &str) -> Origin {
-        let mut candidate = key;
+        // `a.list[2]` was set with `a.list`.
+        let mut candidate = key.split('[').next().unwrap_or(key);
         loop {
             if let Some(origin) = self.origins.get(candidate) {
                 return origin.clone();
@@ -282,12 +283,16 @@ impl ConfigLoader {
     fn env_value(&self, key: &str, raw: &str) -> Value {
         match lookup(&self.defaults, key) {
             Some(Value::String(_)) | Some(Value::Null) | None => Value::String(raw.to_string()),
-            // Lists are comma-separated: `a:1,b:2`.
+            // Lists are comma-separated (`101,102`, `redis://a:1,redis://b:2`); numbers stay
+            // numbers.
             Some(Value::Sequence(_)) => Value::Sequence(
                 raw.split(',')
                     .map(str::trim)
                     .filter(|item| !item.is_empty())
-                    .map(|item| Value::String(item.to_string()))
+                    .map(|item| match serde_yaml::from_str::<Value>(item) {
+                        Ok(number @ Value::Number(_)) => number,
+                        _ => Value::String(item.to_string()),
+                    })
                     .collect(),
             ),
             Some(_) => match serde_yaml::from_str::<Value>(raw) {

@@ -14,7 +14,6 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,25 +142,20 @@ impl ConnectionLike for Conn {
 
 impl Conn {
     /// Runs `command`, which names no key, on the master that holds `key` (on a single node:
-    /// just runs it). For `ROLE`, `TIME` and the like about a key's node.
+    /// just runs it). It rides in a pipeline behind `EXISTS key`, which a cluster client
+    /// routes, and re-routes after a redirect, to that master: sent alone, a keyless command
+    /// may go to whichever node the client happens to be connected to.
     pub async fn query_at_key<T: redis::FromRedisValue>(
         &mut self,
         command: Cmd,
         key: &str,
     ) -> Result<T, RedisStateError> {
-        let value = match self {
-            Self::Single(connection) => command.query_async::<Value>(&mut **connection).await?,
-            Self::Cluster(connection) => {
-                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
-                connection
-                    .route_command(
-                        command,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?
-            }
-        };
-        Ok(redis::from_redis_value(value.extract_error()?)?)
+        let (_, value): (redis::Value, redis::Value) = redis::pipe()
+            .exists(key)
+            .add_command(command)
+            .query_async(self)
+            .await?;
+        Ok(redis::from_redis_value(value)?)
     }
 
     /// Loads `script` into the master of `key` (on a single node: into it).

@@ -6,7 +6,9 @@
 //! script's key), and publishes nothing of the batch until enough replicas have its writes.
 //!
 //! `redis.wait_replicas`: `auto` (the default) waits for one replica when the master has a
-//! replica connected (asked with `ROLE`, at most once a second per activity) and for none
+//! replica online (asked with `ROLE` in a pipeline behind a command on the activity's key,
+//! so it reaches that key's master; at most once a second per activity; a replica still in
+//! its first sync is not online, and has no data to fail over with) and for none
 //! when it has none (a lone node: nothing to fail over to); a number waits for that many
 //! replicas (0: never wait, as before). `redis.wait_timeout_ms` bounds each wait; a batch
 //! whose wait fell short is not published, and is tried again.

@@ -16,9 +16,9 @@
 //! Serving every activity (no `seckill.activity_id`), the activities come from PostgreSQL's
 //! `activities` and the Redis registry, read again every `activities_refresh_ms`; each
 //! insert loop sweeps them all, taking what each queue holds (no blocking wait: on a cluster
-//! a blocking command would hold up the shared connection), and sleeps 10 ms doubling up to
-//! `flush_interval_ms` while every queue is empty. It registers in an activity's queue
-//! (with a lease) the first time it takes from it.
+//! a blocking command would hold up the shared connection); a queue found empty is looked at
+//! again after 10 ms, doubling up to 2 s while it stays empty. It registers in an
+//! activity's queue (with a lease) the first time it takes from it.
 
 use crate::backoff::{self, RetryError};
 use crate::common::SeckillRecord;
@@ -28,6 +28,7 @@ use crate::redis_state::{LogQueue, RedisState, RedisStateError};
 use crate::report::Report;
 use crate::seckill::activities::KnownError;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +72,13 @@ pub struct LogWorkerSummary {
     /// From the start of the first batch to the end of the last: the busy part of the run.
     pub active: Duration,
     first_batch_started: Option<Instant>,
+}
+
+impl LogWorkerError {
+    /// Redis unreachable or busy for now (a master down, a failover).
+    fn is_transient_redis(&self) -> bool {
+        matches!(self, Self::Redis(error) if error.is_transient())
+    }
 }
 
 impl LogWorkerSummary {
@@ -349,6 +357,9 @@ struct HeldQueue {
     activity_id: u64,
     queue: LogQueue,
     lost: Arc<AtomicBool>,
+    /// A take or an acknowledgement failed (serving every activity): this worker's list may
+    /// hold records it does not know of; read it back before the next take.
+    reread: Arc<AtomicBool>,
 }
 
 /// The queues a worker registered in, shared with its lease keeper.
@@ -379,9 +390,13 @@ async fn keep_leases(queues: Queues, lease: Duration) {
     }
 }
 
-/// The first wait of a worker that found every queue empty (serving every activity); it
-/// doubles up to `flush_interval_ms` while they stay empty.
+/// Serving every activity, a queue found empty is looked at again after 10 ms, doubling up
+/// to 2 s while it stays empty: many quiet sales cost little, a busy one is taken from at
+/// every sweep.
 const IDLE_FIRST: Duration = Duration::from_millis(10);
+const IDLE_LONGEST: Duration = Duration::from_secs(2);
+/// The first wait before an activity whose Redis did not answer is tried again.
+const UNREACHABLE_FIRST: Duration = Duration::from_millis(100);
 
 /// One worker's loop and what it needs.
 struct Worker<'a> {
@@ -421,6 +436,7 @@ impl Worker<'_> {
             activity_id,
             queue: self.redis.log_queue(activity_id, self.worker.clone()),
             lost: Arc::new(AtomicBool::new(false)),
+            reread: Arc::new(AtomicBool::new(false)),
         };
         self.retry_redis(|| held.queue.register(lease)).await?;
         if let Ok(mut queues) = self.queues.lock() {
@@ -440,7 +456,8 @@ impl Worker<'_> {
         let claim_every = lease / 2;
         let mut next_claim = Instant::now() + claim_every;
         let flush_interval = Duration::from_millis(settings.flush_interval_ms);
-        let mut idle = IDLE_FIRST;
+        // Per activity: when to look at its queue again (an idle one less and less often).
+        let mut due: HashMap<u64, (Instant, Duration)> = HashMap::new();
         let stop = self.shutdown.clone();
         while !self.shutdown.is_cancelled() {
             let activities: Vec<u64> = self
@@ -450,7 +467,12 @@ impl Worker<'_> {
                 .unwrap_or_default();
             if Instant::now() >= next_claim {
                 for held in self.held_queues() {
-                    self.recover(&held, summary).await?;
+                    match self.recover(&held, summary).await {
+                        Ok(()) => {}
+                        // Claimed at the next round.
+                        Err(error) if !self.single && error.is_transient_redis() => {}
+                        Err(error) => return Err(error),
+                    }
                 }
                 next_claim = Instant::now() + claim_every;
             }
@@ -459,41 +481,58 @@ impl Worker<'_> {
                 if self.shutdown.is_cancelled() {
                     break;
                 }
-                let held = self.queue_of(activity_id, lease, summary).await?;
-                if held.lost.load(Ordering::SeqCst) {
-                    self.retry_redis(|| held.queue.register(lease)).await?;
-                    held.lost.store(false, Ordering::SeqCst);
-                    // What is still in this worker's list was not claimed: store it now.
-                    let records = self.retry_redis(|| held.queue.held()).await?;
-                    self.store_all(&held, &records, summary).await?;
+                let (next, idle) = due
+                    .get(&activity_id)
+                    .copied()
+                    .unwrap_or((Instant::now(), Duration::ZERO));
+                if !self.single && next > Instant::now() {
+                    continue;
                 }
                 let wait = if self.single {
                     flush_interval
                 } else {
                     Duration::ZERO
                 };
-                let batch = tokio::select! {
-                    batch = self.take_batch(&held, wait, summary) => batch?,
+                let served = tokio::select! {
+                    served = self.serve(activity_id, lease, wait, summary) => served,
                     _ = stop.cancelled() => break,
                 };
-                if !batch.is_empty() {
-                    took = true;
-                    // Once taken, a batch is stored even if shutdown comes meanwhile.
-                    self.store(&held, &batch, summary).await?;
+                match served {
+                    Ok(true) => {
+                        took = true;
+                        due.insert(activity_id, (Instant::now(), Duration::ZERO));
+                    }
+                    Ok(false) => {
+                        let idle = (idle * 2).clamp(IDLE_FIRST, IDLE_LONGEST);
+                        due.insert(activity_id, (Instant::now() + idle, idle));
+                    }
+                    // Serving every activity, one unreachable (its master down) waits; the
+                    // others go on.
+                    Err(error) if !self.single && error.is_transient_redis() => {
+                        let idle = (idle * 2).clamp(UNREACHABLE_FIRST, IDLE_LONGEST);
+                        if idle == UNREACHABLE_FIRST || idle == IDLE_LONGEST {
+                            tracing::warn!(event = "retry", activity_id, error = %Report(&error), "this activity's Redis is unreachable; serving the others and trying it again");
+                        }
+                        due.insert(activity_id, (Instant::now() + idle, idle));
+                    }
+                    Err(error) => return Err(error),
                 }
             }
             if took {
-                idle = IDLE_FIRST;
                 continue;
             }
             if settings.drain {
                 let mut left = (0_u64, 0_u64);
                 for &activity_id in &activities {
-                    let snapshot = self
-                        .retry_redis(|| self.redis.snapshot(activity_id))
-                        .await?;
-                    left.0 += snapshot.queued_records;
-                    left.1 += snapshot.processing_records;
+                    match self.retry_redis(|| self.redis.snapshot(activity_id)).await {
+                        Ok(snapshot) => {
+                            left.0 += snapshot.queued_records;
+                            left.1 += snapshot.processing_records;
+                        }
+                        // Not known to be drained.
+                        Err(error) if error.is_transient_redis() => left.0 += 1,
+                        Err(error) => return Err(error),
+                    }
                 }
                 if left == (0, 0) {
                     tracing::info!("queues drained");
@@ -503,16 +542,55 @@ impl Worker<'_> {
                 if left.0 == 0 {
                     next_claim = next_claim.min(Instant::now() + flush_interval);
                 }
+                // Records queued: look at every queue again now.
+                due.clear();
             }
             if !self.single || activities.is_empty() {
+                let next = due
+                    .values()
+                    .map(|(next, _)| *next)
+                    .min()
+                    .unwrap_or_else(|| Instant::now() + IDLE_FIRST)
+                    .min(next_claim)
+                    .max(Instant::now() + Duration::from_millis(1));
                 tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
+                    _ = tokio::time::sleep_until(next.into()) => {}
                     _ = stop.cancelled() => break,
                 }
-                idle = (idle * 2).min(flush_interval.max(IDLE_FIRST));
             }
         }
         Ok(())
+    }
+
+    /// One activity's turn: registers the first time, stores what this worker's list holds
+    /// after a lost lease or a failed take, then takes a batch and stores it. `true`: it
+    /// stored a batch.
+    async fn serve(
+        &self,
+        activity_id: u64,
+        lease: Duration,
+        wait: Duration,
+        summary: &mut LogWorkerSummary,
+    ) -> Result<bool, LogWorkerError> {
+        let held = self.queue_of(activity_id, lease, summary).await?;
+        if held.lost.load(Ordering::SeqCst) {
+            self.retry_redis(|| held.queue.register(lease)).await?;
+            held.lost.store(false, Ordering::SeqCst);
+            // What is still in this worker's list was not claimed: store it now.
+            held.reread.store(true, Ordering::SeqCst);
+        }
+        if held.reread.load(Ordering::SeqCst) {
+            let records = self.retry_redis(|| held.queue.held()).await?;
+            held.reread.store(false, Ordering::SeqCst);
+            self.store_all(&held, &records, summary).await?;
+        }
+        let batch = self.take_batch(&held, wait, summary).await?;
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        // Once taken, a batch is stored even if shutdown comes meanwhile.
+        self.store(&held, &batch, summary).await?;
+        Ok(true)
     }
 
     /// Claims the records of `held`'s activity's workers whose lease lapsed and stores them.
@@ -542,11 +620,16 @@ impl Worker<'_> {
         Ok(())
     }
 
-    async fn retry_redis<T, F, Fut>(&self, operation: F) -> Result<T, LogWorkerError>
+    /// Serving one activity, Redis is retried with backoff until it answers (or shutdown);
+    /// serving every activity, once: the sweep moves on and comes back to that activity.
+    async fn retry_redis<T, F, Fut>(&self, mut operation: F) -> Result<T, LogWorkerError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, RedisStateError>>,
     {
+        if !self.single {
+            return Ok(operation().await?);
+        }
         retry(
             "Redis",
             self.shutdown,
@@ -584,6 +667,11 @@ impl Worker<'_> {
                 Ok(more) => {
                     batch.extend(more);
                     deadline.get_or_insert_with(|| Instant::now() + flush_interval);
+                }
+                // Serving every activity: the list is read back at this activity's next turn.
+                Err(error) if error.is_transient() && !self.single => {
+                    held.reread.store(true, Ordering::SeqCst);
+                    return Err(error.into());
                 }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(event = "retry", error = %Report(&error), "taking records failed; reading back what this worker holds once Redis answers");
@@ -661,8 +749,11 @@ impl Worker<'_> {
             )
             .await?
         };
-        self.retry_redis(|| held.queue.ack(batch, &malformed))
-            .await?;
+        if let Err(error) = self.retry_redis(|| held.queue.ack(batch, &malformed)).await {
+            // Stored but still listed: stored again (a no-op) at the next read back.
+            held.reread.store(true, Ordering::SeqCst);
+            return Err(error);
+        }
         summary.inserted += inserted;
         summary.already_stored += columns.len() as u64 - inserted;
         metrics::counter!("seckill_rows_written_total").increment(inserted);

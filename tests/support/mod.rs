@@ -58,6 +58,55 @@ pub fn redis_config() -> RedisConfig {
     }
 }
 
+/// Which Redis a scenario runs against: one node, or a Redis Cluster (its seed nodes).
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl Backend {
+    /// The dev stack's single node.
+    pub fn single() -> Self {
+        Self::Single(stack_var("REDIS_URL"))
+    }
+
+    /// The dev stack's 3-master cluster.
+    pub fn cluster() -> Self {
+        Self::Cluster(
+            stack_var("DEV_REDIS_CLUSTER_URLS")
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
+    pub fn config(&self) -> RedisConfig {
+        match self {
+            Self::Single(url) => RedisConfig {
+                url: SecretUrl::new(url.clone()),
+                ..RedisConfig::default()
+            },
+            Self::Cluster(urls) => RedisConfig {
+                cluster_urls: urls.iter().map(|url| SecretUrl::new(url.clone())).collect(),
+                ..RedisConfig::default()
+            },
+        }
+    }
+
+    /// What a program of the suite needs in its environment to use it.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Single(url) => vec![("REDIS_URL".into(), url.clone())],
+            Self::Cluster(urls) => vec![("SECKILL_REDIS_CLUSTER_URLS".into(), urls.join(","))],
+        }
+    }
+
+    pub fn state(&self) -> RedisState {
+        RedisState::connect(&self.config()).unwrap()
+    }
+}
+
 pub fn postgres_config() -> PostgresConfig {
     PostgresConfig {
         url: SecretUrl::new(stack_var("DATABASE_URL")),
@@ -96,6 +145,17 @@ pub struct Program {
     dir: PathBuf,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
+}
+
+/// A program a test left running (it failed, or forgot) is killed with it, so no stray
+/// server or worker goes on serving the shared stack.
+impl Drop for Program {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// What a finished program left.
@@ -267,8 +327,9 @@ pub struct Pipeline {
     /// Where server_kafka answers (`<topic>-results`).
     pub results_topic: String,
     pub brokers: String,
-    /// The stack's Redis unless [`Pipeline::with_redis`] named another.
-    pub redis_url: String,
+    /// The stack's single Redis unless [`Pipeline::with_redis`] or [`Pipeline::on`] named
+    /// another.
+    pub backend: Backend,
     config_path: PathBuf,
 }
 
@@ -299,14 +360,20 @@ impl Pipeline {
             group,
             results_topic,
             brokers,
-            redis_url: stack_var("REDIS_URL"),
+            backend: Backend::single(),
             config_path,
         }
     }
 
     /// The same scenario on another Redis (a private server a test may kill).
     pub fn with_redis(mut self, url: String) -> Self {
-        self.redis_url = url;
+        self.backend = Backend::Single(url);
+        self
+    }
+
+    /// The same scenario on `backend`.
+    pub fn on(mut self, backend: Backend) -> Self {
+        self.backend = backend;
         self
     }
 
@@ -317,10 +384,12 @@ impl Pipeline {
                 self.config_path.display().to_string(),
             ),
             ("KAFKA_BROKERS".into(), self.brokers.clone()),
-            ("REDIS_URL".into(), self.redis_url.clone()),
             ("DATABASE_URL".into(), stack_var("DATABASE_URL")),
             ("RUST_LOG".into(), "info".into()),
         ]
+        .into_iter()
+        .chain(self.backend.env())
+        .collect()
     }
 
     pub fn spawn(&self, program: &str, args: &[&str]) -> Program {
@@ -333,11 +402,7 @@ impl Pipeline {
     }
 
     pub fn redis(&self) -> RedisState {
-        let config = RedisConfig {
-            url: SecretUrl::new(self.redis_url.clone()),
-            ..RedisConfig::default()
-        };
-        RedisState::connect(&config).unwrap()
+        self.backend.state()
     }
 
     /// Polls the activity's Redis figures until `done` holds.
@@ -378,42 +443,7 @@ impl Pipeline {
     pub fn results(
         &self,
     ) -> std::collections::BTreeMap<String, Vec<seckill_kafka::common::SeckillResult>> {
-        use rdkafka::message::Message;
-        use seckill_kafka::kafka::topic_reader::{read_ranges, retained_ranges};
-        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("group.id", unique_name("results-reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let ranges =
-            retained_ranges(&consumer, &self.results_topic, Duration::from_secs(10)).unwrap();
-        let mut results: std::collections::BTreeMap<String, Vec<_>> = Default::default();
-        read_ranges(
-            &consumer,
-            &self.results_topic,
-            &ranges,
-            Duration::from_secs(30),
-            |message| {
-                let result = seckill_kafka::common::SeckillResult::from_json(
-                    message.payload().unwrap_or_default(),
-                )
-                .expect("a result");
-                assert_eq!(
-                    message.key(),
-                    Some(result.user_id.to_string().as_bytes()),
-                    "keyed by user id"
-                );
-                if result.activity_id == self.activity_id {
-                    results
-                        .entry(result.request_id.clone())
-                        .or_default()
-                        .push(result);
-                }
-            },
-        )
-        .unwrap();
-        results
+        results_of(&self.brokers, &self.results_topic, self.activity_id)
     }
 
     /// Rows of the activity in PostgreSQL.
@@ -434,6 +464,50 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config_path);
     }
+}
+
+/// Every result on `topic` (from its oldest record to its end now) for `activity_id`, by
+/// request id: the outcomes published for it, and how often.
+pub fn results_of(
+    brokers: &str,
+    topic: &str,
+    activity_id: u64,
+) -> std::collections::BTreeMap<String, Vec<seckill_kafka::common::SeckillResult>> {
+    use rdkafka::message::Message;
+    use seckill_kafka::kafka::topic_reader::{read_ranges, retained_ranges};
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("results-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let ranges = retained_ranges(&consumer, topic, Duration::from_secs(10)).unwrap();
+    let mut results: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    read_ranges(
+        &consumer,
+        topic,
+        &ranges,
+        Duration::from_secs(30),
+        |message| {
+            let result = seckill_kafka::common::SeckillResult::from_json(
+                message.payload().unwrap_or_default(),
+            )
+            .expect("a result");
+            assert_eq!(
+                message.key(),
+                Some(result.user_id.to_string().as_bytes()),
+                "keyed by user id"
+            );
+            if result.activity_id == activity_id {
+                results
+                    .entry(result.request_id.clone())
+                    .or_default()
+                    .push(result);
+            }
+        },
+    )
+    .unwrap();
+    results
 }
 
 /// Creates topics through the Admin API (any broker; on the dev broker, which cannot, they are
@@ -703,4 +777,278 @@ impl ReplyDroppingProxy {
         });
         Self { port, dropped }
     }
+}
+
+// ------------------------------------------------------------------ a private Redis Cluster
+
+/// A Redis Cluster of a test's own (masters, and replicas of them), in a scratch directory,
+/// whose nodes the test may kill, restart, pause and resume. Append-only files on
+/// (`appendfsync always`) when asked, so a killed master comes back with every write it
+/// acknowledged.
+pub struct LocalCluster {
+    pub nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+    aof: bool,
+}
+
+pub struct ClusterNode {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl LocalCluster {
+    /// `masters` masters with `replicas` replicas each; waits until the cluster is ok.
+    pub fn start(masters: usize, replicas: usize, aof: bool) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("seckill-cluster"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+            aof,
+        };
+        for _ in 0..masters * (1 + replicas) {
+            let port = free_port();
+            cluster.nodes.push(ClusterNode { port, child: None });
+            cluster.restart(cluster.nodes.len() - 1);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            output.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        cluster.wait_ok(Duration::from_secs(30));
+        // Every master with its replicas connected and in sync.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = cluster
+                .nodes
+                .iter()
+                .map(|node| redis_cli(node.port, &["info", "replication"]))
+                .filter(|info| info.contains("role:master"))
+                .all(|info| info.matches(",state=online,").count() == replicas);
+            if synced {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replicas did not connect");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // And every node knows them as replicas (its view of the cluster is by gossip).
+        loop {
+            let known = cluster.nodes.iter().all(|node| {
+                redis_cli(node.port, &["cluster", "nodes"])
+                    .lines()
+                    .filter(|line| {
+                        line.split_whitespace()
+                            .nth(2)
+                            .is_some_and(|flags| flags.split(',').any(|flag| flag == "slave"))
+                    })
+                    .count()
+                    == masters * replicas
+            });
+            if known {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas not known to every node"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}", node.port))
+            .collect()
+    }
+
+    pub fn backend(&self) -> Backend {
+        Backend::Cluster(self.urls())
+    }
+
+    /// Starts node `index` on its port and data.
+    pub fn restart(&mut self, index: usize) {
+        let node_dir = self.dir.join(index.to_string());
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let port = self.nodes[index].port;
+        assert!(self.nodes[index].child.is_none(), "node {index} runs");
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--save", "", "--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.aof {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        self.nodes[index].child = Some(command.spawn().expect("redis-server"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while redis_cli(port, &["ping"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "node {port} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL of node `index`.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT of node `index`: a node that stops answering (a paused VM, a slow
+    /// link) without its connections closing.
+    pub fn pause(&self, index: usize) {
+        self.signal(index, "STOP");
+    }
+
+    pub fn resume(&self, index: usize) {
+        self.signal(index, "CONT");
+    }
+
+    fn signal(&self, index: usize, signal: &str) {
+        let pid = self.nodes[index].child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until every running node says the cluster is ok.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|node| node.child.is_some())
+                .all(|node| {
+                    redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok")
+                });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the node that is master of `key`'s slot now (asked of a running node).
+    pub fn master_of(&self, key: &str) -> usize {
+        self.try_master_of(key)
+            .unwrap_or_else(|| panic!("no live master holds the slot of {key}"))
+    }
+
+    /// [`LocalCluster::master_of`], or `None` while the slot's master is failing.
+    pub fn try_master_of(&self, key: &str) -> Option<usize> {
+        let asked = self
+            .nodes
+            .iter()
+            .find(|node| node.child.is_some())
+            .expect("a running node");
+        let slot: u16 = redis_cli(asked.port, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = redis_cli(asked.port, &["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split('@')
+                .next()
+                .and_then(|address| address.rsplit(':').next())
+                .and_then(|port| port.parse().ok())
+                .unwrap_or(0);
+            let holds = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((low, high)) => {
+                    (low.parse().unwrap_or(u16::MAX)..=high.parse().unwrap_or(0)).contains(&slot)
+                }
+                None => range.parse::<u16>() == Ok(slot),
+            });
+            if holds {
+                return self.nodes.iter().position(|node| node.port == port);
+            }
+        }
+        None
+    }
+
+    /// The replicas of the master at `index` (their indexes).
+    pub fn replicas_of(&self, index: usize) -> Vec<usize> {
+        let id = redis_cli(self.nodes[index].port, &["cluster", "myid"]);
+        let id = id.trim();
+        let nodes = redis_cli(self.nodes[index].port, &["cluster", "nodes"]);
+        nodes
+            .lines()
+            .filter(|line| line.split_whitespace().nth(3) == Some(id))
+            .filter_map(|line| {
+                let port: u16 = line
+                    .split_whitespace()
+                    .nth(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                self.nodes.iter().position(|node| node.port == port)
+            })
+            .collect()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].child.is_some() {
+                // A paused node must be running to die of SIGKILL's cleanup promptly.
+                let _ = Command::new("kill")
+                    .args([
+                        "-s",
+                        "CONT",
+                        &self.nodes[index].child.as_ref().unwrap().id().to_string(),
+                    ])
+                    .status();
+            }
+            self.kill(index);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p PORT ARGS...`, its standard output (empty when it fails).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).to_string())
+        .unwrap_or_default()
 }
