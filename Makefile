@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test-kafka lint fmt demo bench bench-server run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
+.PHONY: help build test test-kafka lint fmt demo demo-cluster bench bench-server run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,8 +47,11 @@ lint: ## cargo fmt --check, clippy with warnings as errors, actionlint, docker c
 fmt: ## Format the code
 	cargo fmt --all
 
-demo: ## Flash-sale demo: 20,000 users x 3 requests vs stock 1,000, then verify the invariants
+demo: ## Flash-sale demo: 20 sales at once on one server fleet, then verify every sale
 	@scripts/demo.sh
+
+demo-cluster: ## The same demo on the local Redis Cluster (3 masters)
+	@DEMO_REDIS=cluster scripts/demo.sh
 
 bench: ## Criterion benches: serializers, and sink send throughput to the dev broker
 	@$(STACK) up

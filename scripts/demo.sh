@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# The flash-sale demo on the local stack:
+# The flash-sale demo on the local stack: twenty sales at once on one server fleet.
 #   1. install what the machine lacks (scripts/dev-stack.sh deps), then build the programs
-#      (the dev profile the tests use too, see Cargo.toml) while the dev stack (Redis,
-#      PostgreSQL, dev broker) starts
-#   2. run server_kafka and log_worker in the background
-#   3. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests against
-#      DEMO_STOCK items (several requests per user, so repeat buyers happen), and waits for
-#      every request's answer on the results topic (--await-results)
-#   4. wait until every request is processed and every record is in PostgreSQL
-#   5. SIGTERM both programs (they drain and commit), verify the invariants, print a report
-# Each run uses a new activity id and consumer group, so runs do not disturb each other.
-# Logs: .dev/demo/<run>/*.log
+#      (the dev profile the tests use too, see Cargo.toml) while the dev stack (Redis, a Redis
+#      Cluster, PostgreSQL, dev broker) starts
+#   2. seckill_admin creates 20 sales: different stock, one that starts in an hour, one with
+#      a limit of 2 purchases per user
+#   3. one server_kafka and one log_worker serve every activity, in the background
+#   4. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests spread over 19
+#      sales (each user asks several), and a second run has users ask the limited sale three
+#      times each; both wait for every answer on the results topic (--await-results)
+#   5. wait until every record is in PostgreSQL, SIGTERM both programs (they drain and
+#      commit), verify the invariants of every sale, print a report
+# DEMO_REDIS=cluster (make demo-cluster) runs it on the local Redis Cluster instead of the
+# single node. Each run uses new activity ids and a new consumer group, so runs do not
+# disturb each other. Logs: .dev/demo/<run>/*.log
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 USERS=${DEMO_USERS:-20000}
 PER_USER=${DEMO_REQUESTS_PER_USER:-3}
-STOCK=${DEMO_STOCK:-1000}
-TOTAL=$((USERS * PER_USER))
+LIMITED_USERS=${DEMO_LIMITED_USERS:-2000}
+REDIS_MODE=${DEMO_REDIS:-single}
 
 say() { printf '\n== %s\n' "$*"; }
 
@@ -43,28 +46,23 @@ wait "$BUILD_PID" || { cat .dev/build.log >&2; echo "demo: cargo build failed" >
 BIN=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug
 
+case "$REDIS_MODE" in
+    single) ;;
+    cluster)
+        # Every program on the cluster: REDIS_URL (the single node) is not used then.
+        export SECKILL_REDIS_CLUSTER_URLS=$DEV_REDIS_CLUSTER_URLS ;;
+    *) echo "demo: DEMO_REDIS is single or cluster, not $REDIS_MODE" >&2; exit 2 ;;
+esac
+
 RUN=$(date +%s)
-export SECKILL_SECKILL_ACTIVITY_ID=$RUN
 export SECKILL_SERVER_KAFKA_GROUP_ID=seckill-demo-$RUN
 # A new group starts at the topic's end: earlier runs' requests are history, not this run's
 # work (the server says it is ready only once its start positions are fixed).
 export SECKILL_SERVER_KAFKA_OFFSET_RESET=latest
+export SECKILL_LOG_WORKER_ACTIVITIES_REFRESH_MS=200
 METRICS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOGS=.dev/demo/$RUN
 mkdir -p "$LOGS"
-REDIS_PORT=$(cat .dev/redis.port)
-key() { echo "seckill:{$RUN}:$1"; }
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
-# Records waiting in the queue or taken by a log_worker and not yet stored (each worker has
-# its own processing list; see src/redis_state.rs).
-pending_records() {
-    local n w
-    n=$(( $(rcli LLEN "$(key logs)") + $(rcli LLEN "$(key logs:processing)") ))
-    for w in $(rcli SMEMBERS "$(key logs:workers)"); do
-        n=$((n + $(rcli LLEN "$(key "logs:processing:$w")")))
-    done
-    echo "$n"
-}
 
 SERVER_PID= WORKER_PID=
 cleanup() {
@@ -72,14 +70,32 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "activity $RUN: stock $STOCK, $USERS users x $PER_USER requests = $TOTAL requests"
-"$BIN/server_kafka" --initial-stock "$STOCK" --metrics-addr "127.0.0.1:$METRICS_PORT" \
+say "20 sales on the Redis $REDIS_MODE: activities $((RUN * 100 + 1))..$((RUN * 100 + 20))"
+IDS=()
+STARTS_LATER=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).isoformat(timespec="seconds"))')
+for k in $(seq 1 20); do
+    id=$((RUN * 100 + k))
+    IDS+=("$id")
+    flags=(--id "$id" --stock $((k * 50)))
+    case $k in
+        5) flags+=(--starts-at "$STARTS_LATER" --name "demo sale $k (starts in an hour)") ;;
+        7) flags+=(--per-user-limit 2 --name "demo sale $k (2 per user)") ;;
+        *) flags+=(--name "demo sale $k") ;;
+    esac
+    "$BIN/seckill_admin" activity create "${flags[@]}" > "$LOGS/create-$id.out" 2>"$LOGS/admin.log" \
+        || { cat "$LOGS/admin.log" >&2; echo "demo: seckill_admin could not create sale $id" >&2; exit 1; }
+done
+LIMITED=${IDS[6]}
+SPREAD=$(printf '%s\n' "${IDS[@]}" | grep -vx "$LIMITED" | paste -sd, -)
+"$BIN/seckill_admin" activity list 2>>"$LOGS/admin.log" | grep -E "^id|^$RUN" | sed 's/^/  /'
+
+"$BIN/server_kafka" --metrics-addr "127.0.0.1:$METRICS_PORT" \
     >"$LOGS/server.out" 2>"$LOGS/server.log" &
 SERVER_PID=$!
 "$BIN/log_worker" >"$LOGS/log_worker.out" 2>"$LOGS/log_worker.log" &
 WORKER_PID=$!
-# Send only once the server is ready (state reset, every consumer has its partitions), so the
-# latency figures measure processing, not the group's first join.
+# Send only once the server is ready (every consumer has its partitions), so the latency
+# figures measure processing, not the group's first join.
 ready() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$METRICS_PORT/ready', timeout=1)" 2>/dev/null; }
 deadline=$((SECONDS + 60))
 until ready; do
@@ -88,21 +104,23 @@ until ready; do
     sleep 0.1
 done
 
+say "$USERS users x $PER_USER requests over 19 sales, and $LIMITED_USERS users x 3 on sale $LIMITED (2 per user)"
 started=$(date +%s.%N)
-"$BIN/client_kafka" --users "$USERS" --requests-per-user "$PER_USER" --await-results \
-    2>"$LOGS/client.log" | tee "$LOGS/client.out"
+"$BIN/client_kafka" --activity-ids "$SPREAD" --users "$USERS" --requests-per-user "$PER_USER" \
+    --await-results 2>"$LOGS/client.log" | tee "$LOGS/client.out"
+"$BIN/client_kafka" --activity-id "$LIMITED" --users "$LIMITED_USERS" --requests-per-user 3 \
+    --seed 7 --await-results 2>"$LOGS/client-limited.log" | tee "$LOGS/client-limited.out"
 
-say "waiting for the pipeline to drain"
+say "waiting for every record to reach PostgreSQL"
+IDS_LIST=$(printf '%s\n' "${IDS[@]}" | paste -sd, -)
 deadline=$((SECONDS + 90))
-while :; do
-    seen=$(rcli HLEN "$(key decided)")
-    queued=$(pending_records)
-    [ "$seen" -ge "$TOTAL" ] && [ "$queued" = 0 ] && break
+until "$BIN/log_worker" --verify --activity-ids "$IDS_LIST" >"$LOGS/verify.out" 2>"$LOGS/verify.log"; do
     if [ "$SECONDS" -ge "$deadline" ]; then
-        echo "demo: the pipeline did not drain in 90 s ($seen/$TOTAL requests seen, $queued records queued); logs in $LOGS" >&2
+        cat "$LOGS/verify.out"
+        echo "demo: the records did not reach PostgreSQL in 90 s; logs in $LOGS" >&2
         exit 1
     fi
-    sleep 0.2
+    sleep 0.3
 done
 drained=$(date +%s.%N)
 
@@ -116,17 +134,20 @@ cat "$LOGS/server.out" "$LOGS/log_worker.out"
 [ "$server_status" = 0 ] && [ "$worker_status" = 0 ] \
     || { echo "demo: server_kafka exited $server_status, log_worker $worker_status; logs in $LOGS" >&2; exit 1; }
 
-say "verifying the invariants"
+say "verifying the invariants of every sale"
 verify_status=0
-"$BIN/log_worker" --verify --expect-buyers "$USERS" 2>"$LOGS/verify.log" || verify_status=$?
+"$BIN/log_worker" --verify --activity-ids "$IDS_LIST" 2>>"$LOGS/verify.log" || verify_status=$?
+echo
+"$BIN/seckill_admin" activity show "$LIMITED" 2>>"$LOGS/admin.log" | sed 's/^/  /'
 
 say "report"
+TOTAL=$((USERS * PER_USER + LIMITED_USERS * 3))
 python3 - "$started" "$drained" "$TOTAL" <<'EOF'
 import sys
 started, drained, total = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-print(f"{total} requests from send to the last row in PostgreSQL in {drained - started:.2f} s "
-      f"({total / (drained - started):.0f} requests/s end to end)")
+print(f"{total} requests over 20 sales, from the first send to the last row in PostgreSQL in "
+      f"{drained - started:.2f} s ({total / (drained - started):.0f} requests/s end to end)")
 EOF
-grep -h "results:\|processed\|rows/s" "$LOGS/client.out" "$LOGS/server.out" "$LOGS/log_worker.out" | sed "s/^ */  /"
+grep -h "results:\|processed\|rows/s" "$LOGS/client.out" "$LOGS/client-limited.out" "$LOGS/server.out" "$LOGS/log_worker.out" | sed "s/^ */  /"
 echo "  logs: $LOGS"
 exit "$verify_status"

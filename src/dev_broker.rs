@@ -7,7 +7,7 @@
 //!
 //! [`create_suite_topics`] creates the same topics on a real broker (Apache Kafka in CI).
 
-use rdkafka::mocking::MockCluster;
+use rdkafka::producer::Producer as _;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,26 @@ pub async fn run(
     options: DevBrokerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), DevBrokerError> {
-    let cluster = MockCluster::new(options.brokers).map_err(DevBrokerError::Start)?;
+    // The mock through a client of our own, to reach its group settings below.
+    let owner: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("test.mock.num.brokers", options.brokers.to_string())
+        .create()
+        .map_err(DevBrokerError::Start)?;
+    let cluster = owner.client().mock_cluster().ok_or(DevBrokerError::Start(
+        rdkafka::error::KafkaError::MockCluster(rdkafka::types::RDKafkaErrorCode::Fail),
+    ))?;
+    // KIP-848 groups (group.protocol=consumer): the session a member's partitions outlive it
+    // by is the broker's (group.consumer.session.timeout.ms): 6 s here, as server_kafka's
+    // classic session, instead of the mock's 30 s (Apache Kafka: 45 s by default).
+    // SAFETY: `owner` created the mock and outlives these calls; the pointer is the mock
+    // cluster of that live handle (null checked).
+    unsafe {
+        let mock = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
+        if !mock.is_null() {
+            rdkafka::bindings::rd_kafka_mock_set_group_consumer_session_timeout_ms(mock, 6_000);
+            rdkafka::bindings::rd_kafka_mock_set_group_consumer_heartbeat_interval_ms(mock, 1_000);
+        }
+    }
     let replication = options.brokers.min(3);
     for (topic, partitions) in SUITE_TOPICS {
         cluster
@@ -93,5 +112,6 @@ pub async fn run(
     let _ = std::fs::remove_file(&options.bootstrap_file);
     tracing::info!("dev broker stopped");
     drop(cluster);
+    drop(owner);
     Ok(())
 }

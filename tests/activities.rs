@@ -9,21 +9,6 @@ use seckill_kafka::redis_state::{ActivityKeys, RedisState, SaleState};
 use std::time::Duration;
 use support::{Backend, Finished, Pipeline, Program};
 
-/// A scenario run twice: on the dev stack's single Redis and on its Redis Cluster.
-macro_rules! on_both {
-    ($scenario:ident: $single:ident, $cluster:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $single() {
-            $scenario(Backend::single()).await
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $cluster() {
-            $scenario(Backend::cluster()).await
-        }
-    };
-}
-
 fn admin(backend: &Backend, args: &[&str]) -> Finished {
     let mut env = vec![(
         "DATABASE_URL".to_string(),

@@ -15,21 +15,6 @@ use support::{Backend, Finished, Pipeline, Program};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// A scenario run twice: on the dev stack's single Redis and on its Redis Cluster.
-macro_rules! on_both {
-    ($scenario:ident: $single:ident, $cluster:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $single() {
-            $scenario(Backend::single()).await
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $cluster() {
-            $scenario(Backend::cluster()).await
-        }
-    };
-}
-
 /// Every request id has results of exactly one outcome on the results topic (a result may
 /// have been published again after a crash, always with the same outcome), every request
 /// has one, and the counts of those outcomes equal Redis's and PostgreSQL's.
@@ -813,4 +798,52 @@ async fn broker_outage_loses_nothing() {
         .unwrap();
     assert_eq!((snapshot.success, snapshot.stock), (700, Some(0)));
     drain_and_verify(&pipeline, 1000);
+}
+
+/// The KIP-848 consumer group protocol (`--group-protocol consumer`, Kafka 4) on the dev
+/// broker: the server answers every request, a SIGKILLed server restarted with the same
+/// static id answers again, and every invariant holds. The dev broker's session for such
+/// groups is 6 s (scripts: dev_broker); Apache Kafka's is its broker setting
+/// `group.consumer.session.timeout.ms`, 45 s by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_group_protocol_answers_and_recovers() {
+    let pipeline = Pipeline::new("kip848");
+    let flags = ["--group-protocol", "consumer", "--instance-id", "kip848"];
+    let first = pipeline.spawn(
+        "server_kafka",
+        &[&flags[..], &["--initial-stock", "150"]].concat(),
+    );
+    let client = pipeline.run(
+        "client_kafka",
+        &["--users", "200", "--seed", "1", "--await-results"],
+    );
+    client.assert_success("client_kafka");
+    assert!(
+        client
+            .stdout
+            .contains("answered=200/200 users SUCCESS=150 SOLD_OUT=50"),
+        "{}",
+        client.stdout
+    );
+    drop(first.kill());
+
+    let killed_at = std::time::Instant::now();
+    let second = pipeline.spawn("server_kafka", &[&flags[..], &["--keep-state"]].concat());
+    let client = pipeline.run(
+        "client_kafka",
+        &["--users", "100", "--seed", "2", "--await-results"],
+    );
+    client.assert_success("client_kafka after the restart");
+    eprintln!("answered again {:?} after the SIGKILL", killed_at.elapsed());
+    pipeline
+        .wait_for("300 requests", WAIT, |s| s.requests_seen == 300)
+        .await;
+    let second = second.terminate();
+    second.assert_success("server_kafka (consumer protocol)");
+    assert!(
+        second.stderr.contains("group_protocol=\"consumer\""),
+        "{}",
+        second.stderr
+    );
+    drain_and_verify(&pipeline, 300);
 }

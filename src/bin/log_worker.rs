@@ -4,7 +4,7 @@
 use clap::Parser;
 use seckill_kafka::cli::{self, CommonArgs, SaleArgs};
 use seckill_kafka::seckill::log_worker::{run_log_worker, LogWorkerSettings};
-use seckill_kafka::seckill::verify::{user_report, verify, verify_all};
+use seckill_kafka::seckill::verify::{user_report, verify, verify_all, verify_some};
 use seckill_kafka::secret::SecretUrl;
 use std::process::ExitCode;
 
@@ -39,8 +39,11 @@ struct Args {
     #[arg(long)]
     verify: bool,
     /// With --verify: every activity
-    #[arg(long, requires = "verify", conflicts_with_all = ["expect_buyers", "user"])]
+    #[arg(long, requires = "verify", conflicts_with_all = ["expect_buyers", "user", "activity_ids"])]
     all: bool,
+    /// With --verify: these activities, one line each
+    #[arg(long, requires = "verify", value_name = "ID,ID,...", value_delimiter = ',', conflicts_with_all = ["expect_buyers", "user"])]
+    activity_ids: Vec<u64>,
     /// With --verify: distinct users who asked, to also check sold = min(stock, buyers)
     #[arg(long, requires = "verify", value_name = "N")]
     expect_buyers: Option<u64>,
@@ -64,8 +67,12 @@ async fn main() -> ExitCode {
         flags,
         |config, shutdown| async move {
             let (redis, postgres) = (&config.redis, &config.postgres);
-            if args.verify && args.all {
-                let reports = verify_all(redis, postgres).await?;
+            if args.verify && (args.all || !args.activity_ids.is_empty()) {
+                let reports = if args.all {
+                    verify_all(redis, postgres).await?
+                } else {
+                    verify_some(redis, postgres, &args.activity_ids).await?
+                };
                 let failed = reports.iter().filter(|report| !report.holds()).count();
                 for report in &reports {
                     println!("{}", report.line());

@@ -202,6 +202,22 @@ pub async fn verify_all(
     Ok(reports)
 }
 
+/// The figures of the given activities, in that order.
+pub async fn verify_some(
+    redis: &RedisConfig,
+    postgres: &PostgresConfig,
+    ids: &[u64],
+) -> Result<Vec<VerifyReport>, VerifyError> {
+    let redis = RedisState::connect(redis)?;
+    let pool = postgres::connect(postgres).await?;
+    postgres::migrate(&pool).await?;
+    let mut reports = Vec::with_capacity(ids.len());
+    for &activity_id in ids {
+        reports.push(report_of(&redis, &pool, activity_id, None).await?);
+    }
+    Ok(reports)
+}
+
 async fn report_of(
     redis: &RedisState,
     pool: &PgPool,

@@ -58,6 +58,24 @@ pub fn redis_config() -> RedisConfig {
     }
 }
 
+/// A scenario run twice, as two tests: on the dev stack's single Redis and on its Redis
+/// Cluster (`on_both!(scenario: test_on_one_redis, test_on_a_cluster);`, `scenario` an
+/// `async fn(Backend)`).
+#[macro_export]
+macro_rules! on_both {
+    ($scenario:ident: $single:ident, $cluster:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $single() {
+            $scenario($crate::support::Backend::single()).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            $scenario($crate::support::Backend::cluster()).await
+        }
+    };
+}
+
 /// Which Redis a scenario runs against: one node, or a Redis Cluster (its seed nodes).
 #[derive(Debug, Clone)]
 pub enum Backend {

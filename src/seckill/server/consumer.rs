@@ -18,6 +18,7 @@ use super::rebalance::{consumer_config, RebalanceContext};
 use super::{ServerError, Shared};
 use crate::backoff::RetryError;
 use crate::common::SeckillOutcome;
+use crate::config::GroupProtocol;
 use crate::kafka::broker::BrokerKind;
 use crate::kafka::KafkaError;
 use crate::redis_state::RedisStateError;
@@ -319,7 +320,7 @@ pub(super) async fn consume(
     stop: CancellationToken,
 ) -> Result<ConsumerReport, ServerError> {
     let settings = &shared.settings.server;
-    if broker.is_mock() && index == 0 {
+    if broker.is_mock() && index == 0 && settings.group_protocol == GroupProtocol::Classic {
         tracing::info!("the broker is librdkafka's mock cluster (dev broker): fetch.wait.max.ms 5 ms (it does not answer a waiting fetch when data arrives) and a 4 s session (it has no static membership)");
     }
     let context = RebalanceContext {
