@@ -10,15 +10,28 @@
 #   (c) cost_ms p50/p95/p99 for a warmed group fed at half of (b) by client_kafka --rate, and
 #       what the buyers saw (client_kafka --await-results: send to result read);
 #   (d) every request a success (stock = requests): log_worker's insert rate next to the
-#       server's, and the longest the Redis queue got.
-# Each phase uses a new activity and consumer group on the shared requests topic, starting
-# at its end (offset_reset latest, after /ready), so earlier runs' history costs nothing.
+#       server's, and the longest the Redis queue got;
+#   (e) one server fleet serving every activity (seckill_admin creates them), a backlog of
+#       BENCH_REQUESTS requests spread over 1 and over BENCH_ACTIVITIES activities, results
+#       off: busy rates and peak RSS, and their ratios; then the same 100 activities on the
+#       local 3-master Redis Cluster, next to the single node;
+#   (f) a small sale's answer times (send to result read, p50/p99) while a hot sale takes 95%
+#       of the traffic at half of (b)'s rate, next to the small sale alone at its own rate;
+#   (g) what durability costs: a replica attached to the dev Redis, (b) with
+#       redis.wait_replicas auto (WAIT for it behind every batch) and 0.
+# Each phase uses new activities and a new consumer group on the shared requests topic,
+# starting at its end (offset_reset latest, after /ready), so earlier runs' history costs
+# nothing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 REQUESTS=${BENCH_REQUESTS:-200000}
 LATENCY_SECONDS=${BENCH_LATENCY_SECONDS:-5}
+ACTIVITIES=${BENCH_ACTIVITIES:-100}
+# BENCH_PHASES="b e" runs only those phases (default: every one).
+PHASES=${BENCH_PHASES:-a b c d e f g}
+phase() { [[ " $PHASES " == *" $1 "* ]]; }
 
 say() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'bench-server: %s\n' "$*" >&2; exit 1; }
@@ -26,7 +39,7 @@ die() { printf 'bench-server: %s\n' "$*" >&2; exit 1; }
 scripts/dev-stack.sh up >/dev/null
 eval "$(scripts/dev-stack.sh env)"
 say "building the programs (release)"
-cargo build --release --quiet --bin client_kafka --bin server_kafka --bin log_worker
+cargo build --release --quiet --bin client_kafka --bin server_kafka --bin log_worker --bin seckill_admin
 BIN=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
 REDIS_PORT=$(cat .dev/redis.port)
@@ -90,27 +103,30 @@ client() { # client ACTIVITY ARGS...: client_kafka on ACTIVITY, its summary on s
     SECKILL_SECKILL_ACTIVITY_ID=$activity "$BIN/client_kafka" "$@" 2>>"$LOGS/client.log"
 }
 
+if phase a; then
 say "(a) the single-request script via redis-benchmark -c 50 -P 16 (sold-out path, unique request ids)"
 A_ACTIVITY=$((RUN * 10 + 1))
 key() { echo "seckill:{$A_ACTIVITY}:$1"; }
 rcli SET "$(key stock)" 0 >/dev/null
 rcli SET "$(key success)" 0 >/dev/null
-SHA=$(rcli SCRIPT LOAD "$(cat src/redis_state/purchase.lua)")
+SHA=$(rcli SCRIPT LOAD "$(cat src/redis_state/scripts/purchase.lua)")
 RECORD='{"request_id":"bench-__rand_int__","user_id":1,"activity_id":'$A_ACTIVITY',"request_initiation_time":1700000000000,"processed_time":1700000000100,"cost_ms":100}'
 redis_rate() { # redis_rate PIPELINE
     # -q ends with "<command>: <rate> requests per second, ..." (the command holds JSON,
     # which --csv does not quote).
     redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 50 -P "$1" -n 1000000 -r 1000000000000 -q \
-        EVALSHA "$SHA" 7 "$(key stock)" "$(key over)" "$(key buyers)" "$(key decided)" \
-        "$(key success)" "$(key logs)" "$(key outcomes)" "bench-__rand_int__" __rand_int__ "$RECORD" \
+        EVALSHA "$SHA" 8 "$(key stock)" "$(key over)" "$(key holdings)" "$(key decided)" \
+        "$(key success)" "$(key logs)" "$(key outcomes)" "$(key meta)" \
+        "bench-__rand_int__" __rand_int__ "$RECORD" \
         | tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 \
         | python3 -c 'import sys; print(round(float(sys.stdin.read())))'
 }
 REDIS_P1=$(redis_rate 1)
 REDIS_P16=$(redis_rate 16)
 [ "$(rcli GET "$(key success)")" = 0 ] || die "redis-benchmark took stock"
-rcli DEL "$(key decided)" "$(key outcomes)" "$(key buyers)" >/dev/null
+rcli DEL "$(key decided)" "$(key outcomes)" "$(key holdings)" >/dev/null
 echo "redis-benchmark: $REDIS_P1 calls/s (-P 1), $REDIS_P16 calls/s (-P 16)"
+fi
 
 # backlog NAME ACTIVITY [SERVER ARGS...]: (b) once; sets BUSY_RATE and RSS_KB.
 backlog() {
@@ -126,19 +142,25 @@ backlog() {
     BUSY_RATE=$(sed -n 's/.*busy (\([0-9]*\)\/s).*/\1/p' "$LOGS/$name.out")
 }
 
+if phase b; then
 say "(b) server_kafka busy rate on a backlog of $REQUESTS requests, group joined first, results off"
 backlog server-b-off $((RUN * 10 + 5)) --no-results
 BUSY_OFF=$BUSY_RATE
 say "(b) the same with every result published (the default)"
 backlog server-b $((RUN * 10 + 2))
-python3 - "$BUSY_RATE" "$REDIS_P16" "$RSS_KB" "$BUSY_OFF" <<'EOF'
+python3 - "$BUSY_RATE" "${REDIS_P16:-0}" "$RSS_KB" "$BUSY_OFF" <<'EOF'
 import sys
 busy, redis, rss, off = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-print(f"server_kafka busy rate {busy}/s = {busy / redis:.2f}x redis-benchmark -P 16 ({redis}/s); peak RSS {rss / 1024:.0f} MiB")
+if redis:
+    print(f"server_kafka busy rate {busy}/s = {busy / redis:.2f}x redis-benchmark -P 16 ({redis}/s)")
+print(f"peak RSS {rss / 1024:.0f} MiB")
 print(f"results on: {busy}/s, off: {off}/s: {busy / off:.2f}x")
 EOF
+fi
 
-HALF=$((BUSY_RATE / 2))
+# Half of (b)'s rate, for (c) and (f); without (b), BENCH_HALF_RATE.
+HALF=$(( ${BUSY_RATE:-$(( ${BENCH_HALF_RATE:-100000} * 2 ))} / 2 ))
+if phase c; then
 LATENCY_REQUESTS=$((HALF * LATENCY_SECONDS))
 say "(c) latency: a warmed group fed $LATENCY_REQUESTS requests at $HALF/s (half of (b))"
 C_ACTIVITY=$((RUN * 10 + 3))
@@ -147,7 +169,9 @@ client "$C_ACTIVITY" --users "$LATENCY_REQUESTS" --rate "$HALF" --seed "$RUN" --
 wait_answered "$METRICS_PORT" "$LATENCY_REQUESTS" 300
 stop_server
 grep -h "processed\|latency" "$LOGS/server-c.out"
+fi
 
+if phase d; then
 say "(d) every request a success: log_worker next to the server ($REQUESTS requests, stock $REQUESTS)"
 D_ACTIVITY=$((RUN * 10 + 4))
 start_server server-d "$D_ACTIVITY" "$REQUESTS"
@@ -175,4 +199,100 @@ echo "longest Redis log queue: $longest records (stored $stored)"
 SECKILL_SECKILL_ACTIVITY_ID=$D_ACTIVITY "$BIN/log_worker" --verify --expect-buyers "$REQUESTS" >"$LOGS/verify.out" 2>&1 \
     || { cat "$LOGS/verify.out"; die "invariants violated after (d)"; }
 echo "log_worker --verify: all invariants hold"
+fi
+
+# create_activities FIRST COUNT STOCK: seckill_admin creates activities FIRST.. (each with STOCK).
+create_activities() {
+    local id
+    for id in $(seq "$1" $(($1 + $2 - 1))); do
+        "$BIN/seckill_admin" activity create --id "$id" --stock "$3" >/dev/null 2>>"$LOGS/admin.log" \
+            || die "seckill_admin could not create $id; see $LOGS/admin.log"
+    done
+}
+# start_fleet NAME [ARGS...]: a server for every activity on a new group, at the topic's end.
+start_fleet() {
+    local name=$1; shift
+    METRICS_PORT=$(free_port)
+    SECKILL_SERVER_KAFKA_GROUP_ID=bench-$name-$RUN SECKILL_SERVER_KAFKA_OFFSET_RESET=latest \
+        "$BIN/server_kafka" --metrics-addr "127.0.0.1:$METRICS_PORT" \
+        --status-interval-secs 60 "$@" >"$LOGS/$name.out" 2>"$LOGS/$name.log" &
+    SERVER_PID=$!
+    wait_until 60 "$name /ready" http_ok "$METRICS_PORT" /ready
+}
+# spread NAME IDS [ARGS...]: a backlog of REQUESTS over IDS (comma-separated) for a fleet
+# joined first, results off; sets BUSY_RATE and RSS_KB.
+spread() {
+    local name=$1 ids=$2; shift 2
+    start_fleet "$name" --no-results "$@"
+    kill -STOP "$SERVER_PID"
+    "$BIN/client_kafka" --activity-ids "$ids" --users "$REQUESTS" --seed "$RUN" 2>>"$LOGS/client.log" >/dev/null
+    kill -CONT "$SERVER_PID"
+    wait_answered "$METRICS_PORT" "$REQUESTS" 300
+    RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+    stop_server
+    grep -h "processed" "$LOGS/$name.out"
+    BUSY_RATE=$(sed -n 's/.*busy (\([0-9]*\)\/s).*/\1/p' "$LOGS/$name.out")
+}
+
+if phase e; then
+say "(e) one fleet for every activity: $REQUESTS requests over 1 activity, then over $ACTIVITIES, results off"
+ONE=$((RUN * 1000 + 100))
+create_activities "$ONE" 1 $((REQUESTS / 20))
+MANY=$((RUN * 1000 + 200))
+create_activities "$MANY" "$ACTIVITIES" $((REQUESTS / ACTIVITIES / 20 + 1))
+MANY_IDS=$(seq "$MANY" $((MANY + ACTIVITIES - 1)) | paste -sd, -)
+spread fleet-one "$ONE"
+ONE_RATE=$BUSY_RATE ONE_RSS=$RSS_KB
+spread fleet-many "$MANY_IDS"
+MANY_RATE=$BUSY_RATE MANY_RSS=$RSS_KB
+python3 - "$ONE_RATE" "$ONE_RSS" "$MANY_RATE" "$MANY_RSS" "$ACTIVITIES" <<'EOF'
+import sys
+one, one_rss, many, many_rss, n = (int(v) for v in sys.argv[1:])
+print(f"1 activity: {one}/s, peak RSS {one_rss / 1024:.0f} MiB; {n} activities: {many}/s, "
+      f"peak RSS {many_rss / 1024:.0f} MiB; ratio {many / one:.2f}x rate, {many_rss / one_rss:.2f}x RSS")
+EOF
+
+say "(e) the same $ACTIVITIES activities on the local 3-master Redis Cluster"
+CLUSTER_MANY=$((RUN * 1000 + 400))
+SECKILL_REDIS_CLUSTER_URLS=$DEV_REDIS_CLUSTER_URLS create_activities "$CLUSTER_MANY" "$ACTIVITIES" $((REQUESTS / ACTIVITIES / 20 + 1))
+SECKILL_REDIS_CLUSTER_URLS=$DEV_REDIS_CLUSTER_URLS spread fleet-cluster "$(seq "$CLUSTER_MANY" $((CLUSTER_MANY + ACTIVITIES - 1)) | paste -sd, -)"
+echo "$ACTIVITIES activities: cluster $BUSY_RATE/s vs single node $MANY_RATE/s: $(python3 -c "print(f'{$BUSY_RATE / $MANY_RATE:.2f}x')")"
+fi
+
+if phase f; then
+HOT_RATE=$((HALF * 95 / 100))
+SMALL_RATE=$((HALF * 5 / 100))
+SMALL_REQUESTS=$((SMALL_RATE * LATENCY_SECONDS))
+say "(f) a small sale at $SMALL_RATE/s, alone, then beside a hot sale at $HOT_RATE/s (results on)"
+HOT=$((RUN * 1000 + 600)) SMALL=$((RUN * 1000 + 601)) SMALL_ALONE=$((RUN * 1000 + 602))
+create_activities "$HOT" 3 $((REQUESTS / 20))
+start_fleet fleet-latency
+"$BIN/client_kafka" --activity-id "$SMALL_ALONE" --users "$SMALL_REQUESTS" --rate "$SMALL_RATE" --seed "$RUN" \
+    --await-results 2>>"$LOGS/client.log" | grep "results:" | sed 's/^/  alone:      /'
+"$BIN/client_kafka" --activity-id "$HOT" --users $((HOT_RATE * (LATENCY_SECONDS + 2))) --rate "$HOT_RATE" \
+    --seed "$RUN" 2>>"$LOGS/client.log" >/dev/null &
+HOT_PID=$!
+sleep 1
+"$BIN/client_kafka" --activity-id "$SMALL" --users "$SMALL_REQUESTS" --rate "$SMALL_RATE" --seed "$RUN" \
+    --await-results 2>>"$LOGS/client.log" | grep "results:" | sed 's/^/  beside hot: /'
+wait "$HOT_PID"
+stop_server
+fi
+
+if phase g; then
+say "(g) durability: a replica attached to the dev Redis; (b) with wait_replicas auto, then 0"
+REPLICA_PORT=$(free_port)
+mkdir -p "$LOGS/replica"
+redis-server --bind 127.0.0.1 --port "$REPLICA_PORT" --replicaof 127.0.0.1 "$REDIS_PORT" \
+    --save '' --appendonly no --dir "$LOGS/replica" --daemonize yes --pidfile "$PWD/$LOGS/replica/pid" \
+    --logfile "$PWD/$LOGS/replica/log"
+rcli CONFIG SET repl-diskless-sync-delay 0 >/dev/null
+wait_until 60 "the replica in sync" sh -c "redis-cli -p $REDIS_PORT info replication | grep -q 'state=online'"
+backlog server-g-wait $((RUN * 10 + 6)) --no-results
+WAIT_RATE=$BUSY_RATE
+SECKILL_REDIS_WAIT_REPLICAS=0 backlog server-g-nowait $((RUN * 10 + 7)) --no-results
+kill "$(cat "$LOGS/replica/pid")" 2>/dev/null || true
+echo "with a replica: WAIT behind every batch $WAIT_RATE/s, no wait $BUSY_RATE/s: $(python3 -c "print(f'{$WAIT_RATE / $BUSY_RATE:.2f}x')")"
+fi
 echo "logs: $LOGS"
+

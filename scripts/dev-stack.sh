@@ -166,20 +166,27 @@ cluster_up() {
     cluster_down
     rm -rf "$CLUSTER_DIR"
     mkdir -p "$CLUSTER_DIR"
-    local port nodes=()
+    local port nodes=() attempt started
     for _ in 1 2 3; do
-        port=$(free_port)
-        mkdir -p "$CLUSTER_DIR/$port"
-        redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
-            --pidfile "$CLUSTER_DIR/$port/redis.pid" --logfile "$CLUSTER_DIR/$port/redis.log" \
-            --dir "$CLUSTER_DIR/$port" --save '' --appendonly no \
-            --cluster-enabled yes --cluster-config-file nodes.conf \
-            --cluster-node-timeout 2000 --cluster-require-full-coverage no
+        # A free port can be taken by another process before the node binds it: try another.
+        started=
+        for attempt in 1 2 3; do
+            port=$(free_port)
+            mkdir -p "$CLUSTER_DIR/$port"
+            redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+                --pidfile "$CLUSTER_DIR/$port/redis.pid" --logfile "$CLUSTER_DIR/$port/redis.log" \
+                --dir "$CLUSTER_DIR/$port" --save '' --appendonly no \
+                --cluster-enabled yes --cluster-config-file nodes.conf \
+                --cluster-node-timeout 2000 --cluster-require-full-coverage no
+            if wait_for 20 sh -c "[ -s '$CLUSTER_DIR/$port/redis.pid' ] && redis-cli -h 127.0.0.1 -p $port cluster myid"; then
+                started=1
+                break
+            fi
+            log "cluster node on port $port did not start (attempt $attempt); see $CLUSTER_DIR/$port/redis.log"
+        done
+        [ -n "$started" ] || die "a cluster node did not start; see $CLUSTER_DIR/*/redis.log"
         echo "$port" >> "$CLUSTER_DIR/ports"
         nodes+=("127.0.0.1:$port")
-    done
-    for port in $(cluster_ports); do
-        wait_for 20 redis-cli -h 127.0.0.1 -p "$port" ping || die "cluster node $port did not start; see $CLUSTER_DIR/$port/redis.log"
     done
     redis-cli --cluster create "${nodes[@]}" --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 \
         || { tail -20 "$CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed"; }

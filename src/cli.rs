@@ -311,7 +311,12 @@ fn start(
         }
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
-    for (name, _) in std::env::vars_os().filter_map(|(n, v)| Some((n.into_string().ok()?, v))) {
+    // Only the suite's own variables: KAFKA_BROKERS, REDIS_URL and DATABASE_URL are the
+    // usual names a whole environment sets for every program, used or not.
+    let ours = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with(crate::config::ENV_PREFIX));
+    for name in ours {
         if let Some(key) = crate::config::key_of_env_var(&name) {
             if !crate::config::program_reads(program, &key) {
                 tracing::warn!(variable = %name, %key, program, "environment variable is not used by this program");

@@ -455,7 +455,8 @@ async fn one_fleet_serves_many_sales(backend: Backend) {
         "{}",
         server.stdout
     );
-    assert_eq!(server.figure("unknown_activity"), requests_of[&unknown]);
+    // Not remembered, so a request delivered again (a rebalance) is answered again.
+    assert!(server.figure("unknown_activity") >= requests_of[&unknown]);
     assert_eq!(server.figure("not_started"), requests_of[&not_started]);
     assert_eq!(server.figure("ended"), requests_of[&ended]);
 

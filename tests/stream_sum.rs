@@ -531,9 +531,20 @@ async fn exactly_once_survives_sigkill() {
     if broker_filters_aborted_transactions(&brokers) {
         assert_eq!(repeats, 0, "read_committed: each sum exactly once");
     } else {
+        // On the dev broker a restart repeats the transactions open at the kill (their
+        // records stay visible), one more per worker whose plain commit was still to come,
+        // and one more for each commit that failed in either run (each says so).
+        let failed_commits = format!("{}{}", killed.stderr, finished.stderr)
+            .lines()
+            .filter(|line| {
+                line.contains("plain offset commit failed")
+                    || line.contains("transaction commit failed")
+            })
+            .count();
+        let allowed = (2 * WORKERS + failed_commits) * TRANSACTION_RECORDS;
         assert!(
-            repeats <= 2 * WORKERS * TRANSACTION_RECORDS,
-            "{repeats} repeats: more than the transactions open at the kill"
+            repeats <= allowed,
+            "{repeats} repeats: more than the transactions open at the kill ({allowed}, {failed_commits} failed commits)"
         );
     }
 }

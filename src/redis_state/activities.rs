@@ -4,7 +4,7 @@
 //! ([`ActivitySnapshot`]). Each change is one script on the activity's slot, so it is atomic
 //! with the purchases.
 
-use super::keys::{META_ENDS_AT, META_LIMIT, META_STARTS_AT};
+use super::keys::{DECIDED_MARKER, META_ENDS_AT, META_LIMIT, META_STARTS_AT};
 use super::purchase::{
     decision_of, OUTCOME_ALREADY_BOUGHT, OUTCOME_ENDED, OUTCOME_NOT_STARTED, OUTCOME_SOLD_OUT,
 };
@@ -156,6 +156,7 @@ impl RedisState {
             keys.initial_stock.clone(),
             keys.added_stock.clone(),
             keys.success.clone(),
+            keys.decided.clone(),
         ];
         for key in keys.fixed() {
             if !all.iter().any(|k| k == key) {
@@ -401,6 +402,7 @@ impl RedisState {
             .exists(&keys.over)
             .hlen(&keys.holdings)
             .hlen(&keys.decided)
+            .hexists(&keys.decided, DECIDED_MARKER)
             .llen(&keys.logs)
             .llen(&keys.legacy_processing)
             .smembers(&keys.log_workers)
@@ -427,7 +429,9 @@ impl RedisState {
         let success: Option<i64> = redis::from_redis_value(next())?;
         let over: bool = redis::from_redis_value(next())?;
         let buyers: u64 = redis::from_redis_value(next())?;
-        let requests_seen: u64 = redis::from_redis_value(next())?;
+        let decided_fields: u64 = redis::from_redis_value(next())?;
+        let marked: bool = redis::from_redis_value(next())?;
+        let requests_seen = decided_fields - u64::from(marked);
         let queued: u64 = redis::from_redis_value(next())?;
         let legacy: u64 = redis::from_redis_value(next())?;
         let workers: Vec<String> = redis::from_redis_value(next())?;
@@ -488,6 +492,9 @@ impl RedisState {
                 .query_async(&mut connection)
                 .await?;
             for (request_id, value) in entries {
+                if request_id == DECIDED_MARKER {
+                    continue;
+                }
                 if let Some(code) = value.strip_suffix(&suffix) {
                     let code: i64 = code.parse().unwrap_or(i64::MIN);
                     decisions.push((request_id, decision_of(code)?.outcome));

@@ -11,7 +11,7 @@
 //! | `seckill:{id}:added_stock`    | string  | stock added since (`activity add-stock`)       |
 //! | `seckill:{id}:over`           | string  | "1" once the stock reached 0 (removed when stock is added) |
 //! | `seckill:{id}:holdings`       | hash    | user id -> purchases the user holds            |
-//! | `seckill:{id}:decided`        | hash    | request id -> `<outcome code>:<user id>`       |
+//! | `seckill:{id}:decided`        | hash    | request id -> `<outcome code>:<user id>`; and the field `""` (see [`DECIDED_MARKER`]) |
 //! | `seckill:{id}:outcomes`       | hash    | outcome code -> requests decided so            |
 //! | `seckill:{id}:success`        | string  | number of successful purchases                 |
 //! | `seckill:{id}:logs`           | list    | `SeckillRecord` JSON waiting for log_worker    |
@@ -27,6 +27,12 @@
 /// The ids of every activity whose live state was written (by `seckill_admin`, or by
 /// `server_kafka --initial-stock`).
 pub const ACTIVITY_REGISTRY: &str = "seckill:activities";
+
+/// A field of the `decided` hash that is no request id (those are never empty), written with
+/// a value longer than Redis keeps in a listpack (300 bytes; `hash-max-listpack-value` is 64 by
+/// default), so the hash is a hashtable from the start: as a listpack (up to 128 fields, 512
+/// on Debian's Redis) every request id looked up or added scans the whole hash.
+pub const DECIDED_MARKER: &str = "";
 
 /// The fields of an activity's `meta` hash.
 pub const META_STARTS_AT: &str = "starts_at_ms";

@@ -19,10 +19,23 @@ struct Span {
     done: bool,
 }
 
+/// One partition's runs, oldest first; the front run's id is `front_id`, the next ones
+/// count up from it, so a batch finds its runs by id without a scan.
+#[derive(Debug, Default)]
+struct Runs {
+    front_id: u64,
+    spans: VecDeque<Span>,
+}
+
 /// Offset tracking for every partition one consumer reads.
 #[derive(Debug, Default)]
 pub struct BatchOffsets {
-    partitions: HashMap<i32, VecDeque<Span>>,
+    partitions: HashMap<i32, Runs>,
+    /// Per partition, the id the next run gets; kept across [`BatchOffsets::forget`], so a
+    /// batch from before a revocation never names a run of the partition's next assignment.
+    next_ids: HashMap<i32, u64>,
+    /// Per batch in flight, its runs: partition and run id.
+    members: HashMap<u64, Vec<(i32, u64)>>,
 }
 
 impl BatchOffsets {
@@ -33,14 +46,25 @@ impl BatchOffsets {
     /// Message `offset` of `partition` joined batch `batch` (messages of a partition come in
     /// offset order).
     pub fn add(&mut self, batch: u64, partition: i32, offset: i64) {
-        let spans = self.partitions.entry(partition).or_default();
-        match spans.back_mut() {
+        let next_id = self.next_ids.entry(partition).or_insert(0);
+        let runs = self.partitions.entry(partition).or_insert_with(|| Runs {
+            front_id: *next_id,
+            spans: VecDeque::new(),
+        });
+        match runs.spans.back_mut() {
             Some(span) if span.batch == batch => span.last_offset = span.last_offset.max(offset),
-            _ => spans.push_back(Span {
-                batch,
-                last_offset: offset,
-                done: false,
-            }),
+            _ => {
+                runs.spans.push_back(Span {
+                    batch,
+                    last_offset: offset,
+                    done: false,
+                });
+                self.members
+                    .entry(batch)
+                    .or_default()
+                    .push((partition, *next_id));
+                *next_id += 1;
+            }
         }
     }
 
@@ -48,19 +72,33 @@ impl BatchOffsets {
     /// some offset is now finished, with that offset (the one to hand to `store_offset`,
     /// which commits `offset + 1`).
     pub fn finish(&mut self, batch: u64, store: &mut Vec<(i32, i64)>) {
-        for (&partition, spans) in &mut self.partitions {
-            let mut found = false;
-            for span in spans.iter_mut().filter(|span| span.batch == batch) {
+        let Some(runs_of_batch) = self.members.remove(&batch) else {
+            return;
+        };
+        let mut touched: Vec<i32> = Vec::new();
+        for (partition, id) in runs_of_batch {
+            let Some(runs) = self.partitions.get_mut(&partition) else {
+                continue; // forgotten after a rebalance
+            };
+            let Some(index) = id.checked_sub(runs.front_id) else {
+                continue; // a run of an earlier assignment
+            };
+            if let Some(span) = runs.spans.get_mut(index as usize) {
                 span.done = true;
-                found = true;
+                if !touched.contains(&partition) {
+                    touched.push(partition);
+                }
             }
-            if !found {
+        }
+        for partition in touched {
+            let Some(runs) = self.partitions.get_mut(&partition) else {
                 continue;
-            }
+            };
             let mut safe = None;
-            while let Some(front) = spans.front().filter(|span| span.done) {
+            while let Some(front) = runs.spans.front().filter(|span| span.done) {
                 safe = Some(front.last_offset);
-                spans.pop_front();
+                runs.spans.pop_front();
+                runs.front_id += 1;
             }
             if let Some(offset) = safe {
                 store.push((partition, offset));
@@ -68,10 +106,9 @@ impl BatchOffsets {
         }
     }
 
-    /// Batches holding unfinished messages, over all partitions (a batch counts once per
-    /// partition it holds).
+    /// Runs holding unfinished messages, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(VecDeque::len).sum()
+        self.partitions.values().map(|runs| runs.spans.len()).sum()
     }
 
     /// Forgets a partition a rebalance took away: batches from before the revocation must

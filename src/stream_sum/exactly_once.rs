@@ -231,7 +231,9 @@ impl TransactionalWorker<'_> {
                 // Kafka the transaction committed these offsets.
                 if self.plain_commit {
                     if let Err(error) = self.consumer.commit(&offsets, CommitMode::Sync) {
-                        tracing::debug!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
+                        // The next one carries these offsets too; until then a restart
+                        // repeats this transaction's records as well.
+                        tracing::warn!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
                     }
                 }
                 counters.add(self.sums, self.dead);

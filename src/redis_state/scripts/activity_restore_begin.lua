@@ -10,4 +10,6 @@ if redis.call('LLEN', KEYS[3]) > 0 then
   return -2
 end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+-- As on create: the decided hash in Redis's hashtable encoding from the start.
+redis.call('HSET', KEYS[7], '', string.rep('-', 300))
 return 1

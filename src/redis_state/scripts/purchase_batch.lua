@@ -45,8 +45,27 @@ end
 if #ids == 0 then
   return {now}
 end
-local priors = collect('HMGET', KEYS[4], ids)
-local held_before = collect('HMGET', KEYS[3], users)
+-- Each field of `fields` in hash `key` (false when absent). A small hash is read whole, once:
+-- Redis keeps a hash of up to hash-max-listpack-entries (128, or 512 on Debian) as a listpack,
+-- where every field looked up is a scan; a large one is read field by field.
+local function lookup(key, fields)
+  local size = redis.call('HLEN', key)
+  if size > 512 and size > 2 * #fields then
+    return collect('HMGET', key, fields)
+  end
+  local all = redis.call('HGETALL', key)
+  local of = {}
+  for j = 1, #all, 2 do
+    of[all[j]] = all[j + 1]
+  end
+  local found = {}
+  for i = 1, #fields do
+    found[i] = of[fields[i]] or false
+  end
+  return found
+end
+local priors = lookup(KEYS[4], ids)
+local held_before = lookup(KEYS[3], users)
 
 local codes, decided, records = {now}, {}, {}
 local decided_now, held, changed = {}, {}, {}

@@ -2,9 +2,9 @@
 //! each, so every call stays in one Redis Cluster slot), malformed and skipped messages to a
 //! batch of their own, and [`Intake::next_due`] says which batch to send next.
 //!
-//! Sending rules, in order (among the batches that qualify, the one whose first message is
-//! oldest goes first, so a busy sale never starves a small one):
-//! - a full batch (`batch_size` requests);
+//! Sending rules (among the batches that qualify, the one whose first message is oldest goes
+//! first, so a busy sale never starves a small one):
+//! - a full batch (`batch_size` requests: it waits in line, and its activity opens another);
 //! - when the consumer holds `max_open` messages in open batches, the oldest batch (this is
 //!   what makes batches large when many sales share a burst: with 100 sales and 16,384
 //!   messages held, calls carry about 160 requests, not 2.5);
@@ -188,10 +188,22 @@ impl Batch {
     }
 }
 
-/// The open batches of one consumer, one per activity, and the numbering of batches.
+/// Which batch to send next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Due {
+    /// The oldest full batch.
+    Full,
+    /// The open batch of this activity (`None`: the one of messages needing no call).
+    Open(Option<u64>),
+}
+
+/// The batches of one consumer: one open batch per activity, the full ones waiting for a
+/// call slot, and the numbering of batches.
 pub(super) struct Intake {
     open: HashMap<Option<u64>, Batch>,
-    /// Messages in open batches.
+    /// Full batches, oldest first.
+    full: std::collections::VecDeque<Batch>,
+    /// Messages in open and full batches.
     held: usize,
     next_seq: u64,
     spare: Vec<Batch>,
@@ -213,6 +225,7 @@ impl Intake {
     ) -> Self {
         Self {
             open: HashMap::new(),
+            full: std::collections::VecDeque::new(),
             held: 0,
             next_seq: 0,
             spare: Vec::new(),
@@ -224,7 +237,7 @@ impl Intake {
         }
     }
 
-    /// Whether the open batches hold as many messages as allowed (reading waits).
+    /// Whether the batches hold as many messages as allowed (reading waits).
     pub fn is_full(&self) -> bool {
         self.held >= self.max_open
     }
@@ -241,6 +254,7 @@ impl Intake {
             }
             _ => None,
         };
+        let batch_size = self.batch_size;
         let batch = self.batch_for(activity);
         if batch.first_at.is_none() {
             batch.first_at = Some(Instant::now());
@@ -268,7 +282,12 @@ impl Intake {
                 ),
             }),
         }
-        let seq = batch.seq;
+        let (seq, full) = (batch.seq, batch.is_full(batch_size));
+        if full {
+            if let Some(full) = self.open.remove(&activity) {
+                self.full.push_back(full);
+            }
+        }
         self.held += 1;
         seq
     }
@@ -285,21 +304,25 @@ impl Intake {
 
     /// The batch to send next, if any (see the module doc). `idle`: no more messages are
     /// waiting now.
-    pub fn next_due(&self, idle: bool, now: Instant) -> Option<Option<u64>> {
+    pub fn next_due(&self, idle: bool, now: Instant) -> Option<Due> {
         let at_bound = self.is_full();
-        self.open
+        let open = self
+            .open
             .iter()
             .filter(|(_, batch)| {
                 let age = batch
                     .first_at
                     .map_or(Duration::ZERO, |first| now.saturating_duration_since(first));
-                batch.is_full(self.batch_size)
-                    || at_bound
-                    || (idle && age >= self.batch_wait)
-                    || age >= OVERDUE.max(self.batch_wait)
+                at_bound || (idle && age >= self.batch_wait) || age >= OVERDUE.max(self.batch_wait)
             })
             .min_by_key(|(_, batch)| batch.first_at)
-            .map(|(activity, _)| *activity)
+            .map(|(activity, batch)| (Due::Open(*activity), batch.first_at));
+        let full = self.full.front().map(|batch| (Due::Full, batch.first_at));
+        match (full, open) {
+            (Some(full), Some(open)) if open.1 < full.1 => Some(open.0),
+            (Some(full), _) => Some(full.0),
+            (None, open) => open.map(|(due, _)| due),
+        }
     }
 
     /// When the oldest open batch becomes due by age alone (to wake up for it).
@@ -316,16 +339,20 @@ impl Intake {
             .map(|first| first + wait)
     }
 
-    /// Takes an open batch out to be sent.
-    pub fn take(&mut self, activity: Option<u64>) -> Option<Batch> {
-        let batch = self.open.remove(&activity)?;
+    /// Takes a batch out to be sent.
+    pub fn take(&mut self, due: Due) -> Option<Batch> {
+        let batch = match due {
+            Due::Full => self.full.pop_front()?,
+            Due::Open(activity) => self.open.remove(&activity)?,
+        };
         self.held -= batch.messages;
         Some(batch)
     }
 
-    /// Every open batch, oldest first (for the drain at shutdown).
+    /// Every batch, oldest first (for the drain at shutdown).
     pub fn take_all(&mut self) -> Vec<Batch> {
-        let mut batches: Vec<Batch> = self.open.drain().map(|(_, batch)| batch).collect();
+        let mut batches: Vec<Batch> = self.full.drain(..).collect();
+        batches.extend(self.open.drain().map(|(_, batch)| batch));
         batches.sort_by_key(|batch| batch.first_at);
         self.held = 0;
         batches

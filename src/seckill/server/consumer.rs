@@ -91,6 +91,11 @@ async fn attempt_call(shared: &Shared, batch: &mut Batch) -> Step {
     batch.attempts += 1;
     match shared.redis.run_purchase_batch(purchase).await {
         Ok(decided) => {
+            shared.counters.calls.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .called_requests
+                .fetch_add(purchase.len() as u64, Ordering::Relaxed);
             batch.decided(decided.decided_at_ms, decided.decisions);
             Step::Decided
         }
@@ -419,8 +424,8 @@ pub(super) async fn consume(
         let idle = idle && !intake.is_full();
         let free_slot = deciding.len() < settings.concurrency && answering.len() < answering_limit;
         if free_slot {
-            if let Some(activity) = intake.next_due(idle, Instant::now()) {
-                if let Some(mut batch) = intake.take(activity) {
+            if let Some(due) = intake.next_due(idle, Instant::now()) {
+                if let Some(mut batch) = intake.take(due) {
                     if let Some(first) = batch.first_at {
                         shared.counters.received(shared.started, first);
                     }

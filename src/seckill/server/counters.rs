@@ -22,6 +22,9 @@ pub struct ServerCounters {
     pub(super) other_activity: AtomicU64,
     /// Script calls tried again (Redis unreachable, a replica behind, a sale's state gone).
     pub(super) retried_calls: AtomicU64,
+    /// Purchase script calls that decided, and the requests they carried.
+    pub(super) calls: AtomicU64,
+    pub(super) called_requests: AtomicU64,
 }
 
 impl ServerCounters {
@@ -68,6 +71,8 @@ impl ServerCounters {
             malformed: get(&self.malformed),
             other_activity: get(&self.other_activity),
             retried_calls: get(&self.retried_calls),
+            calls: get(&self.calls),
+            called_requests: get(&self.called_requests),
         }
     }
 }
@@ -94,6 +99,10 @@ pub struct OutcomeCounts {
     pub other_activity: u64,
     /// Script calls tried again; not messages.
     pub retried_calls: u64,
+    /// Purchase script calls that decided, and the requests they carried (their mean is the
+    /// batch size Redis saw).
+    pub calls: u64,
+    pub called_requests: u64,
 }
 
 impl OutcomeCounts {
@@ -187,6 +196,12 @@ impl fmt::Display for ServerSummary {
             "  outcomes        success={} sold_out={} already_bought={} not_started={} ended={} timeout={} unknown_activity={} repeated={} malformed={} other_activity={} retried_calls={}",
             c.success, c.sold_out, c.already_bought, c.not_started, c.ended, c.timeout,
             c.unknown_activity, c.repeated, c.malformed, c.other_activity, c.retried_calls
+        )?;
+        writeln!(
+            f,
+            "  script calls    calls={} requests_per_call={:.1}",
+            c.calls,
+            c.called_requests as f64 / c.calls.max(1) as f64
         )?;
         let l = &self.latency;
         write!(
