@@ -503,3 +503,96 @@ fn pipeline_config_without_activity(pipeline: &Pipeline) -> std::path::PathBuf {
     std::fs::write(&path, yaml).unwrap();
     path
 }
+
+/// `SCRIPT FLUSH` on every node of the cluster (as after a restart or a failover to a node
+/// that never saw the scripts): each script is loaded again into the node of its keys, and
+/// the purchases go on.
+#[tokio::test]
+async fn scripts_are_loaded_again_on_the_cluster_node_that_lacks_them() {
+    let backend = Backend::cluster();
+    let Backend::Cluster(urls) = &backend else {
+        unreachable!()
+    };
+    let redis = backend.state();
+    let activity = support::unique_id();
+    redis.init_state(activity, 1).await.unwrap();
+    for url in urls {
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(support::redis_cli(port, &["script", "flush"]).trim(), "OK");
+    }
+    let mut batch = redis.purchase_batch(activity);
+    batch.start(now_ms());
+    batch.push("r1", 1, now_ms(), 0);
+    batch.push("r2", 2, now_ms(), 0);
+    let decided = redis.run_purchase_batch(&batch).await.unwrap();
+    assert_eq!(
+        decided.decisions,
+        [
+            Decision::first(SeckillOutcome::Success),
+            Decision::first(SeckillOutcome::SoldOut)
+        ]
+    );
+    for url in urls {
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        assert_eq!(support::redis_cli(port, &["script", "flush"]).trim(), "OK");
+    }
+    assert_eq!(
+        buy(&redis, activity, 3, "r3").await,
+        Decision::first(SeckillOutcome::SoldOut)
+    );
+}
+
+/// `log_worker --activity-ids` moves the records of the sales it names and no other's.
+#[tokio::test]
+async fn log_worker_moves_only_the_listed_sales() {
+    let redis_server = support::KillableRedis::start();
+    let backend = Backend::Single(redis_server.url());
+    let (listed, other) = (support::unique_id(), support::unique_id());
+    for id in [listed, other] {
+        admin(
+            &backend,
+            &[
+                "activity",
+                "create",
+                "--id",
+                &id.to_string(),
+                "--stock",
+                "5",
+            ],
+        )
+        .assert_success("create");
+    }
+    let redis = backend.state();
+    for id in [listed, other] {
+        for user in 1..=3 {
+            let decision = buy(&redis, id, user, &format!("{id}-{user}")).await;
+            assert_eq!(decision.outcome, SeckillOutcome::Success);
+        }
+    }
+    let mut env = vec![(
+        "DATABASE_URL".to_string(),
+        support::stack_var("DATABASE_URL"),
+    )];
+    env.extend(backend.env());
+    let moved = Program::spawn(
+        "log_worker",
+        &["--activity-ids", &listed.to_string(), "--drain"],
+        &env,
+    )
+    .wait(Duration::from_secs(60));
+    moved.assert_success("log_worker --activity-ids --drain");
+    assert!(
+        moved.stdout.contains("(1 listed activity): inserted=3 "),
+        "{}",
+        moved.stdout
+    );
+    assert_eq!(redis.snapshot(listed).await.unwrap().queued_records, 0);
+    assert_eq!(redis.snapshot(other).await.unwrap().queued_records, 3);
+    let verify = Program::spawn(
+        "log_worker",
+        &["--verify", "--activity-ids", &listed.to_string()],
+        &env,
+    )
+    .wait(Duration::from_secs(60));
+    verify.assert_success("log_worker --verify --activity-ids");
+}

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use seckill_kafka::cli::{self, CommonArgs, RequestsArgs};
-use seckill_kafka::seckill::client::run_client;
+use seckill_kafka::seckill::client::{run_client, ClientSettings};
 use std::process::ExitCode;
 
 /// Sends `users x requests-per-user` flash-sale requests, shuffled, optionally rate-limited,
@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
         &args.common,
         flags,
         |config, shutdown| async move {
-            let summary = run_client(&config, shutdown).await?;
+            let summary = run_client(&ClientSettings::from(&config), shutdown).await?;
             println!("{summary}");
             anyhow::ensure!(summary.failed == 0, "{} requests failed", summary.failed);
             if let Some(results) = &summary.results {

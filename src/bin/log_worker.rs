@@ -39,11 +39,16 @@ struct Args {
     #[arg(long)]
     verify: bool,
     /// With --verify: every activity
-    #[arg(long, requires = "verify", conflicts_with_all = ["expect_buyers", "user", "activity_ids"])]
+    #[arg(long, requires = "verify", conflicts_with_all = ["expect_buyers", "user", "log_worker.activity_ids"])]
     all: bool,
-    /// With --verify: these activities, one line each
-    #[arg(long, requires = "verify", value_name = "ID,ID,...", value_delimiter = ',', conflicts_with_all = ["expect_buyers", "user"])]
-    activity_ids: Vec<u64>,
+    /// Serve only these activities (with --verify: check these, one line each)
+    #[arg(
+        long = "activity-ids",
+        id = "log_worker.activity_ids",
+        value_name = "ID,ID,...",
+        conflicts_with_all = ["expect_buyers", "user"]
+    )]
+    activity_ids: Option<String>,
     /// With --verify: distinct users who asked, to also check sold = min(stock, buyers)
     #[arg(long, requires = "verify", value_name = "N")]
     expect_buyers: Option<u64>,
@@ -67,11 +72,12 @@ async fn main() -> ExitCode {
         flags,
         |config, shutdown| async move {
             let (redis, postgres) = (&config.redis, &config.postgres);
-            if args.verify && (args.all || !args.activity_ids.is_empty()) {
+            let listed = &config.log_worker.activity_ids;
+            if args.verify && (args.all || !listed.is_empty()) {
                 let reports = if args.all {
                     verify_all(redis, postgres).await?
                 } else {
-                    verify_some(redis, postgres, &args.activity_ids).await?
+                    verify_some(redis, postgres, listed).await?
                 };
                 let failed = reports.iter().filter(|report| !report.holds()).count();
                 for report in &reports {

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use seckill_kafka::cli::{self, CommonArgs};
-use seckill_kafka::seckill::admin::{parse_time, Admin, NewActivity};
+use seckill_kafka::seckill::admin::{parse_time, ActivityView, Admin, NewActivity};
 use seckill_kafka::secret::SecretUrl;
 use std::process::ExitCode;
 
@@ -125,10 +125,7 @@ async fn main() -> ExitCode {
                 }
                 ActivityCommand::List => {
                     let views = admin.list().await?;
-                    println!(
-                        "{:<10} {:<11} {:>18} {:>13} {:<8} {:<9} name",
-                        "id", "state", "remaining", "sold", "of", "limit"
-                    );
+                    println!("{}", ActivityView::header());
                     for view in &views {
                         println!("{}", view.line());
                     }

@@ -262,6 +262,12 @@ impl Config {
                     .activity_ids
                     .iter()
                     .map(|id| ("client_kafka.activity_ids", *id)),
+            )
+            .chain(
+                self.log_worker
+                    .activity_ids
+                    .iter()
+                    .map(|id| ("log_worker.activity_ids", *id)),
             );
         for (key, id) in ids {
             if i64::try_from(id).is_err() {

@@ -258,6 +258,9 @@ pub struct LogWorkerConfig {
     /// Serving every activity: how often the list of activities (PostgreSQL's `activities`
     /// and the Redis registry) is read again.
     pub activities_refresh_ms: u64,
+    /// Serve (or with `--verify`, check) only these activities; empty: every activity (or
+    /// `seckill.activity_id` when that is set).
+    pub activity_ids: Vec<u64>,
 }
 
 impl Default for LogWorkerConfig {
@@ -269,6 +272,7 @@ impl Default for LogWorkerConfig {
             lease_ms: 10_000,
             concurrency: 4,
             activities_refresh_ms: 2_000,
+            activity_ids: Vec::new(),
         }
     }
 }

@@ -7,6 +7,10 @@
 //! `NOSCRIPT` a `SCRIPT LOAD` sent to the node of the script's first key (its master),
 //! then the call again. redis-rs's own reload sends `SCRIPT LOAD` to every node of a
 //! cluster, which fails while any one of them is down.
+//!
+//! A cluster connection that gets no reply at all for three response timeouts while its
+//! commands time out is replaced by a new one ([`Cluster`]): a master that is down only
+//! times out its own slots, so silence from every node means the connection is stuck.
 
 use super::RedisStateError;
 use crate::config::RedisConfig;
@@ -15,14 +19,82 @@ use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OnceCell;
 
-/// A Redis Cluster: its client, and the connection made on first use.
+/// Response timeouts without any reply from the cluster after which its connection is
+/// replaced ([`Cluster::timed_out`]).
+const STALL_TIMEOUTS: u64 = 3;
+
+/// A Redis Cluster: its client, the connection made on first use, and what tells a
+/// stalled connection.
 pub struct Cluster {
     client: ClusterClient,
-    connection: OnceCell<ClusterConnection>,
+    connection: std::sync::Mutex<Option<ClusterConnection>>,
+    /// Held while a connection is made, so concurrent callers make one.
+    connecting: tokio::sync::Mutex<()>,
+    /// When a command last got a reply (ms since `epoch`), and when one last timed out.
+    epoch: std::time::Instant,
+    last_reply_ms: AtomicU64,
+    /// No reply at all for this long, while commands time out: the connection is replaced.
+    stall: Duration,
+}
+
+impl Cluster {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A reply came (an error reply too: the node answered).
+    fn replied(&self) {
+        self.last_reply_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A command timed out. A master that is down times out only its own slots' commands
+    /// while the others are answered; nothing answered for `stall` means the connection
+    /// itself is stuck (seen with redis-rs 1.8: a slot refresh begun while a master was
+    /// down under load never completed, and every later command timed out, on every node,
+    /// for good). Then the next caller makes a new connection.
+    fn timed_out(&self) {
+        let silent = self
+            .now_ms()
+            .saturating_sub(self.last_reply_ms.load(Ordering::Relaxed));
+        if u128::from(silent) < self.stall.as_millis() {
+            return;
+        }
+        if let Ok(mut connection) = self.connection.lock() {
+            if connection.take().is_some() {
+                tracing::warn!(
+                    event = "retry",
+                    silent_ms = silent,
+                    "no reply from the Redis Cluster while commands time out; making a new connection"
+                );
+                // Counted from now: the new connection gets a full `stall` to answer.
+                self.replied();
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<ClusterConnection, RedisStateError> {
+        if let Some(connection) = self.current() {
+            return Ok(connection);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(connection) = self.current() {
+            return Ok(connection);
+        }
+        let connection = self.client.get_async_connection().await?;
+        self.replied();
+        if let Ok(mut slot) = self.connection.lock() {
+            *slot = Some(connection.clone());
+        }
+        Ok(connection)
+    }
+
+    fn current(&self) -> Option<ClusterConnection> {
+        self.connection.lock().ok().and_then(|slot| slot.clone())
+    }
 }
 
 /// Where the flash-sale state lives.
@@ -63,7 +135,11 @@ impl RedisConnection {
             })?;
         Ok(Self::Cluster(Arc::new(Cluster {
             client,
-            connection: OnceCell::new(),
+            connection: std::sync::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            epoch: std::time::Instant::now(),
+            last_reply_ms: AtomicU64::new(0),
+            stall: Duration::from_millis(config.response_timeout_ms.saturating_mul(STALL_TIMEOUTS)),
         })))
     }
 
@@ -71,13 +147,7 @@ impl RedisConnection {
     pub async fn get(&self) -> Result<Conn, RedisStateError> {
         Ok(match self {
             Self::Single(pool) => Conn::Single(pool.get().await?),
-            Self::Cluster(cluster) => Conn::Cluster(
-                cluster
-                    .connection
-                    .get_or_try_init(|| cluster.client.get_async_connection())
-                    .await?
-                    .clone(),
-            ),
+            Self::Cluster(cluster) => Conn::Cluster(cluster.connection().await?, cluster.clone()),
         })
     }
 
@@ -106,17 +176,30 @@ pub fn create_pool(config: &RedisConfig) -> Result<Pool, RedisStateError> {
         .map_err(|error| RedisStateError::Config(error.to_string()))
 }
 
-/// One connection: a pooled one to the single node, or a handle on the cluster connection.
+/// One connection: a pooled one to the single node, or a handle on the cluster connection
+/// (with its [`Cluster`], told of each reply and timeout).
 pub enum Conn {
     Single(deadpool_redis::Connection),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Arc<Cluster>),
+}
+
+/// Notes on `cluster` whether `result` is a reply or a timeout.
+fn observe<T>(cluster: &Cluster, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    match &result {
+        Err(error) if error.is_timeout() => cluster.timed_out(),
+        Err(error) if error.is_io_error() || error.is_connection_dropped() => {}
+        _ => cluster.replied(),
+    }
+    result
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection, cluster) => {
+                Box::pin(async move { observe(cluster, connection.req_packed_command(cmd).await) })
+            }
         }
     }
 
@@ -128,14 +211,21 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection, cluster) => Box::pin(async move {
+                observe(
+                    cluster,
+                    connection
+                        .req_packed_commands(pipeline, offset, count)
+                        .await,
+                )
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
+            Self::Cluster(connection, _) => connection.get_db(),
         }
     }
 }

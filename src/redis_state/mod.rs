@@ -30,7 +30,7 @@ pub use activities::{ActivitySnapshot, LiveActivity, RestoreOutcome, SaleState};
 pub use connection::{Conn, RedisConnection};
 pub use durability::ReplicaWait;
 pub use keys::{ActivityKeys, ACTIVITY_REGISTRY};
-pub use log_queue::LogQueue;
+pub use log_queue::{LogQueue, QueueProbe};
 pub use purchase::{BatchDecisions, PurchaseBatch};
 
 use crate::config::RedisConfig;

@@ -164,12 +164,17 @@ pub async fn purchases(
         .collect())
 }
 
-/// Every activity to serve: defined in PostgreSQL or registered in Redis, sorted.
+/// Every activity to serve, sorted: registered in Redis (every sale whose live state was
+/// written), and defined in PostgreSQL unless it ended more than a day ago (such a sale's
+/// records, if any are left, are still found through the registry; the bound keeps years of
+/// finished sales out of the sweep).
 pub async fn known_activities(pool: &PgPool, redis: &RedisState) -> Result<Vec<u64>, KnownError> {
-    let defined: Vec<i64> = sqlx::query_scalar("SELECT id FROM activities")
-        .fetch_all(pool)
-        .await
-        .map_err(PostgresError::from)?;
+    let defined: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM activities WHERE ends_at IS NULL OR ends_at > now() - interval '1 day'",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(PostgresError::from)?;
     let mut ids: Vec<u64> = defined
         .into_iter()
         .filter_map(|id| u64::try_from(id).ok())

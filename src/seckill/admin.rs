@@ -274,11 +274,19 @@ pub struct ActivityView {
 }
 
 impl ActivityView {
-    /// One line of `activity list`.
+    /// The header of `activity list`, aligned with [`ActivityView::line`].
+    pub fn header() -> String {
+        format!(
+            "{:<12} {:<11} {:>9} {:>9} {:>9} {:>5}  name",
+            "id", "state", "remaining", "sold", "stock", "limit"
+        )
+    }
+
+    /// One line of `activity list` (stock: initial plus added).
     pub fn line(&self) -> String {
         let (a, live) = (&self.activity, &self.live);
         format!(
-            "{:<10} {:<11} remaining {:>8} sold {:>8} of {:<8} limit {:<3} {}",
+            "{:<12} {:<11} {:>9} {:>9} {:>9} {:>5}  {}",
             a.id,
             live.state().as_str(),
             live.stock

@@ -7,7 +7,7 @@
 //! ([`crate::seckill::results`]).
 
 use crate::common::{now_ms, SeckillRequest};
-use crate::config::Config;
+use crate::config::{ClientKafkaConfig, Config, KafkaConfig, SeckillConfig};
 use crate::kafka::sink::{Compression, KafkaMessage, KafkaSink, SinkConfig, SinkError};
 use crate::pace::Pacer;
 use crate::report::Report;
@@ -40,6 +40,24 @@ pub enum ClientError {
 }
 
 type RequestSink = KafkaSink<SeckillRequest>;
+
+/// What client_kafka reads of the configuration.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub kafka: KafkaConfig,
+    pub seckill: SeckillConfig,
+    pub client: ClientKafkaConfig,
+}
+
+impl From<&Config> for ClientSettings {
+    fn from(config: &Config) -> Self {
+        Self {
+            kafka: config.kafka.clone(),
+            seckill: config.seckill.clone(),
+            client: config.client_kafka.clone(),
+        }
+    }
+}
 
 /// What a run of client_kafka did.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,9 +114,11 @@ pub fn plan_requests(users: u64, requests_per_user: u32, seed: u64) -> Vec<(u64,
 
 /// The sink client_kafka sends through: its fast path, tuned for throughput (lz4 batches of
 /// up to 10,000 requests), idempotent so librdkafka's retries never duplicate a request.
-fn request_sink(config: &Config) -> Result<RequestSink, SinkError> {
-    let mut sink_config =
-        SinkConfig::new(config.kafka.clone(), config.seckill.requests_topic.clone());
+fn request_sink(settings: &ClientSettings) -> Result<RequestSink, SinkError> {
+    let mut sink_config = SinkConfig::new(
+        settings.kafka.clone(),
+        settings.seckill.requests_topic.clone(),
+    );
     sink_config.client_id = "client_kafka".into();
     sink_config.compression = Compression::Lz4;
     sink_config.linger = Duration::from_millis(5);
@@ -121,10 +141,10 @@ fn request_sink(config: &Config) -> Result<RequestSink, SinkError> {
 
 /// Runs client_kafka: sends the planned requests, waits for every delivery report.
 pub async fn run_client(
-    config: &Config,
+    config: &ClientSettings,
     shutdown: CancellationToken,
 ) -> Result<ClientSummary, ClientError> {
-    let settings = &config.client_kafka;
+    let settings = &config.client;
     let activity_ids = if settings.activity_ids.is_empty() {
         vec![config.seckill.activity_id.ok_or(ClientError::NoActivity)?]
     } else {
@@ -165,8 +185,8 @@ pub async fn run_client(
     let sending_done = Arc::new(SendingDone::default());
     let results = if settings.await_results {
         let reader = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || ResultsReader::at_end(&config)).await??
+            let (kafka, topic) = (config.kafka.clone(), config.seckill.results_topic.clone());
+            tokio::task::spawn_blocking(move || ResultsReader::at_end(&kafka, &topic)).await??
         };
         let planned_requests = planned_requests.clone();
         let timeout = Duration::from_millis(settings.results_timeout_ms);

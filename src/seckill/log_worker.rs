@@ -28,7 +28,7 @@ use crate::redis_state::{LogQueue, RedisState, RedisStateError};
 use crate::report::Report;
 use crate::seckill::activities::KnownError;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,8 +56,10 @@ pub enum LogWorkerError {
 /// What a run of log_worker did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogWorkerSummary {
-    /// The one activity served, or none: every activity.
+    /// The one activity served, or none: see `listed`.
     pub activity_id: Option<u64>,
+    /// How many activities `log_worker.activity_ids` named; 0: every activity.
+    pub listed: usize,
     /// Records taken over from workers that died (their lease lapsed), and records found in
     /// this worker's own list after a take whose reply was lost.
     pub recovered: u64,
@@ -108,9 +110,13 @@ impl fmt::Display for LogWorkerSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "log_worker summary (activity {}): inserted={} already_stored={} recovered={} malformed={} batches={} busy={:.2}s elapsed={:.2}s rate={:.0} rows/s",
-            self.activity_id
-                .map_or_else(|| "every".to_string(), |id| id.to_string()),
+            "log_worker summary ({}): inserted={} already_stored={} recovered={} malformed={} batches={} busy={:.2}s elapsed={:.2}s rate={:.0} rows/s",
+            match (self.activity_id, self.listed) {
+                (Some(id), _) => format!("activity {id}"),
+                (None, 0) => "every activity".to_string(),
+                (None, 1) => "1 listed activity".to_string(),
+                (None, listed) => format!("{listed} activities"),
+            },
             self.inserted,
             self.already_stored,
             self.recovered,
@@ -137,7 +143,8 @@ const INSERT_RECORDS: &str = "
 pub struct LogWorkerSettings {
     pub redis: RedisConfig,
     pub postgres: PostgresConfig,
-    /// The one activity to serve; `None`: every activity.
+    /// The one activity to serve; `None`: the `worker.activity_ids`, or every activity
+    /// when that is empty.
     pub activity_id: Option<u64>,
     pub worker: LogWorkerConfig,
 }
@@ -167,6 +174,7 @@ pub async fn run_log_worker(
     let worker_settings = &settings.worker;
     let mut summary = LogWorkerSummary {
         activity_id: settings.activity_id,
+        listed: settings.worker.activity_ids.len(),
         ..LogWorkerSummary::default()
     };
 
@@ -186,10 +194,17 @@ pub async fn run_log_worker(
     .await?;
     let redis = RedisState::connect(&settings.redis)?;
     let activities: ActivityList = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let listed = &worker_settings.activity_ids;
     let watcher = match settings.activity_id {
         Some(activity_id) => {
             if let Ok(mut list) = activities.write() {
                 list.push(activity_id);
+            }
+            None
+        }
+        None if !listed.is_empty() => {
+            if let Ok(mut list) = activities.write() {
+                *list = listed.clone();
             }
             None
         }
@@ -216,6 +231,7 @@ pub async fn run_log_worker(
     let base_id = worker_id();
     tracing::info!(
         activity_id = settings.activity_id.map_or_else(|| "every".to_string(), |id| id.to_string()),
+        listed = worker_settings.activity_ids.len(),
         activities = activities.read().map(|list| list.len()).unwrap_or(0),
         worker = %base_id,
         loops = worker_settings.concurrency,
@@ -360,6 +376,8 @@ struct HeldQueue {
     /// A take or an acknowledgement failed (serving every activity): this worker's list may
     /// hold records it does not know of; read it back before the next take.
     reread: Arc<AtomicBool>,
+    /// Being left (idle): its lease is no longer renewed.
+    released: Arc<AtomicBool>,
 }
 
 /// The queues a worker registered in, shared with its lease keeper.
@@ -375,8 +393,13 @@ async fn keep_leases(queues: Queues, lease: Duration) {
         ticker.tick().await;
         let held: Vec<HeldQueue> = queues.lock().map(|q| q.clone()).unwrap_or_default();
         for held in held {
+            if held.released.load(Ordering::SeqCst) {
+                continue;
+            }
             match held.queue.renew(lease).await {
                 Ok(true) => {}
+                // Left meanwhile (idle): not lost.
+                Ok(false) if held.released.load(Ordering::SeqCst) => {}
                 Ok(false) => {
                     if !held.lost.swap(true, Ordering::SeqCst) {
                         tracing::warn!(event = "recover", activity_id = held.activity_id, "this worker's lease lapsed and its records were claimed; registering again");
@@ -398,6 +421,70 @@ const IDLE_LONGEST: Duration = Duration::from_secs(2);
 /// The first wait before an activity whose Redis did not answer is tried again.
 const UNREACHABLE_FIRST: Duration = Duration::from_millis(100);
 
+/// Per activity: when to look at its queue again, and the current wait (an idle or
+/// unreachable queue is looked at less and less often).
+type Due = HashMap<u64, (Instant, Duration)>;
+
+/// An activity whose Redis did not answer waits 100 ms, doubling up to 2 s; said at the
+/// first and at the longest wait.
+fn back_off_unreachable(due: &mut Due, activity_id: u64, error: &LogWorkerError) {
+    let idle = due
+        .get(&activity_id)
+        .map_or(Duration::ZERO, |(_, idle)| *idle);
+    let idle = (idle * 2).clamp(UNREACHABLE_FIRST, IDLE_LONGEST);
+    if idle == UNREACHABLE_FIRST || idle == IDLE_LONGEST {
+        tracing::warn!(event = "retry", activity_id, error = %Report(error), "this activity's Redis is unreachable; serving the others and trying it again");
+    }
+    due.insert(activity_id, (Instant::now() + idle, idle));
+}
+
+/// Serving every activity: the activities whose Redis did not answer a probe (on a
+/// cluster, the sales of a master that is down). They are not probed one by one, which
+/// would cost a timed-out call per sale and sweep, and storm the cluster client with slot
+/// refreshes: one of them is probed at a time, after 100 ms doubling to 2 s, and when it
+/// answers they are all probed again.
+#[derive(Default)]
+struct Unreachable {
+    ids: std::collections::BTreeSet<u64>,
+    next: Option<Instant>,
+    wait: Duration,
+    rotor: usize,
+}
+
+impl Unreachable {
+    /// The one set-aside activity to probe now, if it is time.
+    fn canary(&mut self, now: Instant) -> Option<u64> {
+        if self.ids.is_empty() || self.next.is_some_and(|next| next > now) {
+            return None;
+        }
+        self.rotor = self.rotor.wrapping_add(1);
+        self.ids.iter().nth(self.rotor % self.ids.len()).copied()
+    }
+
+    fn add(&mut self, ids: impl IntoIterator<Item = u64>, error: &RedisStateError) {
+        let before = self.ids.len();
+        self.ids.extend(ids);
+        if before == 0 && !self.ids.is_empty() {
+            tracing::warn!(event = "retry", activities = self.ids.len(), error = %Report(error), "Redis did not answer for some activities; serving the others and probing one of these at a time");
+            self.back_off();
+        }
+    }
+
+    fn back_off(&mut self) {
+        self.wait = (self.wait * 2).clamp(UNREACHABLE_FIRST, IDLE_LONGEST);
+        self.next = Some(Instant::now() + self.wait);
+    }
+
+    /// The probed one answered: every set-aside activity is probed again.
+    fn answered(&mut self) {
+        tracing::info!(
+            activities = self.ids.len(),
+            "Redis answers again; probing the activities set aside"
+        );
+        *self = Self::default();
+    }
+}
+
 /// One worker's loop and what it needs.
 struct Worker<'a> {
     redis: &'a RedisState,
@@ -416,6 +503,14 @@ impl Worker<'_> {
         self.queues.lock().map(|q| q.clone()).unwrap_or_default()
     }
 
+    /// This worker's queue of `activity_id`, when it joined it.
+    fn joined(&self, activity_id: u64) -> Option<HeldQueue> {
+        self.queues
+            .lock()
+            .ok()
+            .and_then(|q| q.iter().find(|h| h.activity_id == activity_id).cloned())
+    }
+
     /// This worker's queue of `activity_id`: registered (with a lease) the first time, when
     /// it also takes over what dead workers left there.
     async fn queue_of(
@@ -424,12 +519,7 @@ impl Worker<'_> {
         lease: Duration,
         summary: &mut LogWorkerSummary,
     ) -> Result<HeldQueue, LogWorkerError> {
-        let known = self
-            .queues
-            .lock()
-            .ok()
-            .and_then(|q| q.iter().find(|h| h.activity_id == activity_id).cloned());
-        if let Some(held) = known {
+        if let Some(held) = self.joined(activity_id) {
             return Ok(held);
         }
         let held = HeldQueue {
@@ -437,7 +527,9 @@ impl Worker<'_> {
             queue: self.redis.log_queue(activity_id, self.worker.clone()),
             lost: Arc::new(AtomicBool::new(false)),
             reread: Arc::new(AtomicBool::new(false)),
+            released: Arc::new(AtomicBool::new(false)),
         };
+
         self.retry_redis(|| held.queue.register(lease)).await?;
         if let Ok(mut queues) = self.queues.lock() {
             queues.push(held.clone());
@@ -445,6 +537,82 @@ impl Worker<'_> {
         // Whatever dead workers took but did not finish.
         self.recover(&held, summary).await?;
         Ok(held)
+    }
+
+    /// Serving every activity: which of the due queues this worker has not joined have
+    /// work (found in one round trip per node instead of one per activity); the others wait
+    /// for their next turn (idle ones less and less often) without being joined. Activities
+    /// whose Redis did not answer are set aside in `unreachable` and only one of them is
+    /// probed at a time.
+    async fn probe_unjoined(
+        &self,
+        activities: &[u64],
+        due: &mut Due,
+        unreachable: &mut Unreachable,
+    ) -> Result<HashSet<u64>, LogWorkerError> {
+        let now = Instant::now();
+        let mut unjoined: Vec<u64> = activities
+            .iter()
+            .copied()
+            .filter(|id| due.get(id).is_none_or(|(next, _)| *next <= now))
+            .filter(|id| !unreachable.ids.contains(id))
+            .filter(|&id| self.joined(id).is_none())
+            .collect();
+        let canary = unreachable.canary(now);
+        unjoined.extend(canary);
+        if unjoined.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let probe = match self.redis.probe_queues(&unjoined).await {
+            Ok(probe) => probe,
+            Err(error) if error.is_transient() => {
+                if canary.is_some() {
+                    unreachable.back_off();
+                }
+                unreachable.add(unjoined, &error);
+                return Ok(HashSet::new());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let probed = Instant::now();
+        for &id in &probe.idle {
+            let idle = due.get(&id).map_or(Duration::ZERO, |(_, idle)| *idle);
+            let idle = (idle * 2).clamp(IDLE_FIRST, IDLE_LONGEST);
+            due.insert(id, (probed + idle, idle));
+        }
+        if let Some(canary) = canary {
+            if probe.unreachable.iter().any(|(id, _)| *id == canary) {
+                unreachable.back_off();
+            } else {
+                unreachable.answered();
+            }
+        }
+        if let Some((_, error)) = probe.unreachable.first() {
+            unreachable.add(probe.unreachable.iter().map(|(id, _)| *id), error);
+        }
+        Ok(probe.with_work.into_iter().collect())
+    }
+
+    /// Serving every activity, leaves the queue of an activity that stayed idle (its lease
+    /// no longer renewed), so a worker holds leases only in the sales with work. It joins
+    /// again when records come. A queue still holding records stays joined.
+    async fn leave_idle(&self, activity_id: u64) {
+        let Some(held) = self.joined(activity_id) else {
+            return;
+        };
+        held.released.store(true, Ordering::SeqCst);
+        match held.queue.unregister().await {
+            Ok(0) => {
+                if let Ok(mut queues) = self.queues.lock() {
+                    queues.retain(|h| h.activity_id != activity_id);
+                }
+            }
+            Ok(_) => held.released.store(false, Ordering::SeqCst),
+            Err(error) => {
+                held.released.store(false, Ordering::SeqCst);
+                tracing::debug!(activity_id, error = %Report(&error), "leaving an idle queue failed; trying again later");
+            }
+        }
     }
 
     async fn run(
@@ -456,8 +624,8 @@ impl Worker<'_> {
         let claim_every = lease / 2;
         let mut next_claim = Instant::now() + claim_every;
         let flush_interval = Duration::from_millis(settings.flush_interval_ms);
-        // Per activity: when to look at its queue again (an idle one less and less often).
-        let mut due: HashMap<u64, (Instant, Duration)> = HashMap::new();
+        let mut due = Due::new();
+        let mut unreachable = Unreachable::default();
         let stop = self.shutdown.clone();
         while !self.shutdown.is_cancelled() {
             let activities: Vec<u64> = self
@@ -476,6 +644,12 @@ impl Worker<'_> {
                 }
                 next_claim = Instant::now() + claim_every;
             }
+            let with_work = if self.single {
+                HashSet::new()
+            } else {
+                self.probe_unjoined(&activities, &mut due, &mut unreachable)
+                    .await?
+            };
             let mut took = false;
             for &activity_id in &activities {
                 if self.shutdown.is_cancelled() {
@@ -485,7 +659,11 @@ impl Worker<'_> {
                     .get(&activity_id)
                     .copied()
                     .unwrap_or((Instant::now(), Duration::ZERO));
-                if !self.single && next > Instant::now() {
+                if !self.single
+                    && (next > Instant::now()
+                        || (!with_work.contains(&activity_id)
+                            && self.joined(activity_id).is_none()))
+                {
                     continue;
                 }
                 let wait = if self.single {
@@ -504,16 +682,15 @@ impl Worker<'_> {
                     }
                     Ok(false) => {
                         let idle = (idle * 2).clamp(IDLE_FIRST, IDLE_LONGEST);
+                        if !self.single && idle == IDLE_LONGEST {
+                            self.leave_idle(activity_id).await;
+                        }
                         due.insert(activity_id, (Instant::now() + idle, idle));
                     }
                     // Serving every activity, one unreachable (its master down) waits; the
                     // others go on.
                     Err(error) if !self.single && error.is_transient_redis() => {
-                        let idle = (idle * 2).clamp(UNREACHABLE_FIRST, IDLE_LONGEST);
-                        if idle == UNREACHABLE_FIRST || idle == IDLE_LONGEST {
-                            tracing::warn!(event = "retry", activity_id, error = %Report(&error), "this activity's Redis is unreachable; serving the others and trying it again");
-                        }
-                        due.insert(activity_id, (Instant::now() + idle, idle));
+                        back_off_unreachable(&mut due, activity_id, &error);
                     }
                     Err(error) => return Err(error),
                 }
@@ -552,6 +729,7 @@ impl Worker<'_> {
                     .min()
                     .unwrap_or_else(|| Instant::now() + IDLE_FIRST)
                     .min(next_claim)
+                    .min(unreachable.next.unwrap_or(next_claim))
                     .max(Instant::now() + Duration::from_millis(1));
                 tokio::select! {
                     _ = tokio::time::sleep_until(next.into()) => {}

@@ -8,7 +8,7 @@
 //! keeps one bit per request, so a run of millions costs a few megabytes.
 
 use crate::common::{now_ms, SeckillOutcome, SeckillResult};
-use crate::config::Config;
+use crate::config::KafkaConfig;
 use crate::kafka::statistics::StatisticsContext;
 use crate::kafka::{client_config, ClientRole, KafkaError};
 use hdrhistogram::Histogram;
@@ -200,10 +200,9 @@ pub struct ResultsReader {
 impl ResultsReader {
     /// Assigns every partition of `seckill.results_topic` at its current end (no group, no
     /// commits), waiting up to 30 s for the topic to exist.
-    pub fn at_end(config: &Config) -> Result<Self, ResultsError> {
-        let topic = &config.seckill.results_topic;
+    pub fn at_end(kafka: &KafkaConfig, topic: &str) -> Result<Self, ResultsError> {
         let mut consumer_config = client_config(
-            &config.kafka,
+            kafka,
             ClientRole::Consumer {
                 group_id: "client_kafka-results",
             },
@@ -228,7 +227,7 @@ impl ResultsReader {
             }
             if waited.elapsed() > TOPIC_WAIT {
                 return Err(ResultsError::NoTopic {
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                 });
             }
             std::thread::sleep(Duration::from_millis(200));
