@@ -108,6 +108,10 @@ pub struct SeckillRecord {
     /// When server_kafka processed the request, in milliseconds since the Unix epoch.
     pub processed_time: i64,
     pub cost_ms: u64,
+    /// In a sale with a payment window: the purchase is a reservation, to be paid by then
+    /// (ms since the epoch, Redis's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_by: Option<i64>,
 }
 
 impl SeckillRecord {
@@ -119,6 +123,7 @@ impl SeckillRecord {
             request_initiation_time: request.request_initiation_time,
             processed_time,
             cost_ms: request.cost_ms(processed_time),
+            pay_by: None,
         }
     }
 
@@ -238,6 +243,10 @@ pub struct SeckillResult {
     pub decided_at: i64,
     /// `decided_at - request_initiation_time`.
     pub cost_ms: u64,
+    /// A SUCCESS in a sale with a payment window is a reservation: the order (its id is the
+    /// request id) must be paid by then (ms since the epoch, Redis's clock), or it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_by: Option<i64>,
 }
 
 impl SeckillResult {
@@ -274,6 +283,10 @@ impl SeckillResult {
             self.decided_at,
             self.cost_ms
         );
+        if let Some(pay_by) = self.pay_by {
+            buffer.pop();
+            let _ = write!(buffer, ",\"pay_by\":{pay_by}}}");
+        }
         Ok(())
     }
 }
@@ -326,13 +339,21 @@ mod tests {
             request_initiation_time: 1_700_000_000_000,
             decided_at: 1_700_000_000_003,
             cost_ms: 3,
+            pay_by: None,
         };
         let json = serde_json::to_string(&result).unwrap();
         assert!(json.contains(r#""outcome":"ALREADY_BOUGHT""#), "{json}");
         // The hand-written JSON is serde's, byte for byte, also for ids that need escapes.
-        for request_id in ["r-1", "r\"1", "r\\1", "r\n1", "ü"] {
+        for (request_id, pay_by) in [
+            ("r-1", None),
+            ("r\"1", None),
+            ("r\\1", Some(1_700_000_300_003)),
+            ("r\n1", None),
+            ("ü", Some(5)),
+        ] {
             let result = SeckillResult {
                 request_id: request_id.into(),
+                pay_by,
                 ..result.clone()
             };
             let mut written = Vec::new();

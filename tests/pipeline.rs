@@ -5,10 +5,8 @@
 mod support;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use seckill_kafka::seckill::server::{DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
 use std::collections::HashSet;
 use std::time::Duration;
 use support::{Backend, Finished, Pipeline, Program};
@@ -703,36 +701,13 @@ async fn malformed_messages_go_to_the_dead_letter_topic() {
     );
 
     // The dead-letter topic has each bad payload once, with the reason and the source.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &pipeline.brokers)
-        .set("group.id", support::unique_name("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
     let dlq = format!("{}.dlq", pipeline.topic);
-    consumer.subscribe(&[&dlq]).unwrap();
     let mut seen = HashSet::new();
-    while seen.len() < garbage.len() {
-        let message = tokio::time::timeout(WAIT, consumer.recv())
-            .await
-            .expect("DLQ messages")
-            .unwrap();
-        let headers = message.headers().expect("DLQ headers");
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        assert!(!header(DLQ_ERROR_HEADER).is_empty(), "reason header");
-        assert!(
-            header(DLQ_SOURCE_HEADER).starts_with(&pipeline.topic),
-            "source header"
-        );
-        assert!(message.key().unwrap().starts_with(b"bad-"));
-        seen.insert(message.payload().map(<[u8]>::to_vec));
+    for dead in support::dead_letters(&pipeline.brokers, &dlq, garbage.len()).await {
+        assert!(!dead.reason.is_empty(), "reason header");
+        assert!(dead.source.starts_with(&pipeline.topic), "source header");
+        assert!(dead.key.unwrap().starts_with(b"bad-"));
+        seen.insert(dead.payload);
     }
     let expected: HashSet<Option<Vec<u8>>> = garbage.into_iter().collect();
     assert_eq!(seen, expected);

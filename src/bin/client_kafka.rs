@@ -43,6 +43,20 @@ struct Args {
     /// How long to wait for the answers after the last send, ms
     #[arg(long = "results-timeout-ms", id = "client_kafka.results_timeout_ms")]
     results_timeout_ms: Option<u64>,
+    /// With --await-results: pay for this share of the run's reservations (0 to 1)
+    #[arg(
+        long = "pay-ratio",
+        id = "client_kafka.pay_ratio",
+        value_name = "SHARE"
+    )]
+    pay_ratio: Option<f64>,
+    /// Delay before each payment, ms: MIN..MAX (or one number)
+    #[arg(
+        long = "pay-delay-ms",
+        id = "client_kafka.pay_delay_ms",
+        value_name = "MIN..MAX"
+    )]
+    pay_delay_ms: Option<String>,
 }
 
 #[tokio::main]
@@ -62,6 +76,14 @@ async fn main() -> ExitCode {
                     "{} requests got no result within {:.0} s",
                     results.unanswered(),
                     results.timeout.as_secs_f64()
+                );
+            }
+            if let Some(orders) = &summary.orders {
+                anyhow::ensure!(
+                    orders.unsettled == 0 && orders.unanswered == 0,
+                    "{} reservations unsettled and {} payments unanswered (is log_worker running?)",
+                    orders.unsettled,
+                    orders.unanswered
                 );
             }
             anyhow::Ok(())

@@ -61,6 +61,10 @@ enum ActivityCommand {
         /// Purchases one user may hold
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         per_user_limit: u32,
+        /// Time to pay for a purchase, ms; unpaid, it expires and its unit goes back on
+        /// sale. 0: a purchase is final
+        #[arg(long, default_value_t = 0, value_name = "MS")]
+        payment_window_ms: u64,
     },
     /// Every sale, one line each
     List,
@@ -96,6 +100,7 @@ async fn main() -> ExitCode {
                     starts_at,
                     ends_at,
                     per_user_limit,
+                    payment_window_ms,
                 } => {
                     let new = NewActivity {
                         id: *id,
@@ -110,6 +115,7 @@ async fn main() -> ExitCode {
                             .map(|text| parse_time("--ends-at", text))
                             .transpose()?,
                         per_user_limit: *per_user_limit,
+                        payment_window_ms: *payment_window_ms,
                     };
                     new.validate()?;
                     Some(new)

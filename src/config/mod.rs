@@ -174,7 +174,7 @@ impl Config {
             key: key.to_string(),
             reason,
         };
-        let positive: [(&str, u64); 18] = [
+        let positive: [(&str, u64); 20] = [
             ("redis.pool_size", self.redis.pool_size as u64),
             ("redis.wait_timeout_ms", self.redis.wait_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
@@ -199,6 +199,14 @@ impl Config {
             (
                 "server_kafka.status_interval_secs",
                 self.server_kafka.status_interval_secs,
+            ),
+            (
+                "server_kafka.expiry_slice",
+                self.server_kafka.expiry_slice as u64,
+            ),
+            (
+                "server_kafka.expiry_interval_ms",
+                self.server_kafka.expiry_interval_ms,
             ),
             ("log_worker.batch_size", self.log_worker.batch_size as u64),
             (
@@ -234,6 +242,11 @@ impl Config {
             ("kafka.client_id", &self.kafka.client_id),
             ("seckill.requests_topic", &self.seckill.requests_topic),
             ("seckill.results_topic", &self.seckill.results_topic),
+            ("seckill.payments_topic", &self.seckill.payments_topic),
+            (
+                "seckill.order_events_topic",
+                &self.seckill.order_events_topic,
+            ),
             ("server_kafka.group_id", &self.server_kafka.group_id),
             ("stream_sum.input_topic", &self.stream_sum.input_topic),
             ("stream_sum.output_topic", &self.stream_sum.output_topic),
@@ -276,6 +289,16 @@ impl Config {
                     format!("{id} is above the largest id {}", i64::MAX),
                 ));
             }
+        }
+        let pay_ratio = self.client_kafka.pay_ratio;
+        if !(0.0..=1.0).contains(&pay_ratio) {
+            return Err(invalid(
+                "client_kafka.pay_ratio",
+                format!("{pay_ratio} is not a share from 0 to 1"),
+            ));
+        }
+        if let Err(reason) = self.client_kafka.pay_delay() {
+            return Err(invalid("client_kafka.pay_delay_ms", reason));
         }
         if let Some(instance_id) = &self.server_kafka.instance_id {
             let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);

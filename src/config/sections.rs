@@ -95,6 +95,12 @@ pub struct SeckillConfig {
     /// Topic server_kafka answers every request on (keyed by user id), and
     /// `client_kafka --await-results` reads.
     pub results_topic: String,
+    /// Payments of orders (sales with a payment window), keyed by user id; server_kafka
+    /// applies them. Malformed ones go to `<payments_topic>.dlq`.
+    pub payments_topic: String,
+    /// Order events (PAID, EXPIRED) and the answers to payments, keyed by user id;
+    /// log_worker publishes them.
+    pub order_events_topic: String,
 }
 
 impl Default for SeckillConfig {
@@ -103,6 +109,8 @@ impl Default for SeckillConfig {
             activity_id: None,
             requests_topic: "seckill-requests".into(),
             results_topic: "seckill-results".into(),
+            payments_topic: "seckill-payments".into(),
+            order_events_topic: "seckill-order-events".into(),
         }
     }
 }
@@ -126,6 +134,38 @@ pub struct ClientKafkaConfig {
     pub await_results: bool,
     /// How long to wait for the results after the last request was sent.
     pub results_timeout_ms: u64,
+    /// With `await_results`, in sales with a payment window: the share of this run's
+    /// reservations it pays (0 to 1), each after a random delay in `pay_delay_ms`.
+    pub pay_ratio: f64,
+    /// `MIN..MAX` (or one number): the delay before paying a reservation, ms.
+    pub pay_delay_ms: String,
+}
+
+impl ClientKafkaConfig {
+    /// `pay_delay_ms` as (min, max).
+    pub fn pay_delay(&self) -> Result<(u64, u64), String> {
+        parse_ms_range(&self.pay_delay_ms)
+    }
+}
+
+/// `MIN..MAX` or one number of milliseconds.
+pub fn parse_ms_range(text: &str) -> Result<(u64, u64), String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}` is not MIN..MAX in milliseconds (e.g. 200..2000)"))
+    };
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (number(min)?, number(max)?),
+        None => {
+            let value = number(text)?;
+            (value, value)
+        }
+    };
+    if min > max {
+        return Err(format!("`{text}`: MIN is above MAX"));
+    }
+    Ok((min, max))
 }
 
 impl Default for ClientKafkaConfig {
@@ -139,6 +179,8 @@ impl Default for ClientKafkaConfig {
             seed: None,
             await_results: false,
             results_timeout_ms: 60_000,
+            pay_ratio: 0.0,
+            pay_delay_ms: "0".into(),
         }
     }
 }
@@ -181,6 +223,11 @@ pub struct ServerKafkaConfig {
     /// Publish every request's outcome to `seckill.results_topic` (offsets are stored only
     /// once a request's result is acknowledged); off for pure load tests.
     pub publish_results: bool,
+    /// Reservations expired per script call at most: Redis runs one call at a time, so
+    /// this bounds how long purchases wait behind an expiry.
+    pub expiry_slice: usize,
+    /// How often the expirer looks for reservations past their deadline, ms.
+    pub expiry_interval_ms: u64,
 }
 
 impl Default for ServerKafkaConfig {
@@ -200,6 +247,8 @@ impl Default for ServerKafkaConfig {
             status_interval_secs: 5,
             dlq_topic: None,
             publish_results: true,
+            expiry_slice: 500,
+            expiry_interval_ms: 100,
         }
     }
 }

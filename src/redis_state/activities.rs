@@ -4,7 +4,7 @@
 //! ([`ActivitySnapshot`]). Each change is one script on the activity's slot, so it is atomic
 //! with the purchases.
 
-use super::keys::{DECIDED_MARKER, META_ENDS_AT, META_LIMIT, META_STARTS_AT};
+use super::keys::{DECIDED_MARKER, META_ENDS_AT, META_LIMIT, META_PAYMENT_WINDOW, META_STARTS_AT};
 use super::purchase::{
     decision_of, OUTCOME_ALREADY_BOUGHT, OUTCOME_ENDED, OUTCOME_NOT_STARTED, OUTCOME_SOLD_OUT,
 };
@@ -24,6 +24,9 @@ pub struct LiveActivity {
     pub ends_at_ms: i64,
     /// Purchases one user may hold.
     pub per_user_limit: u32,
+    /// Time to pay for a purchase (ms) before it expires and its unit goes back on sale;
+    /// 0: a purchase is final.
+    pub payment_window_ms: u64,
 }
 
 impl LiveActivity {
@@ -35,6 +38,7 @@ impl LiveActivity {
             starts_at_ms: 0,
             ends_at_ms: 0,
             per_user_limit: 1,
+            payment_window_ms: 0,
         }
     }
 }
@@ -93,6 +97,16 @@ pub struct ActivitySnapshot {
     pub starts_at_ms: i64,
     pub ends_at_ms: i64,
     pub per_user_limit: u32,
+    /// 0: purchases are final.
+    pub payment_window_ms: u64,
+    /// Orders by state (sales with a payment window).
+    pub reserved: i64,
+    pub paid: i64,
+    pub expired: i64,
+    /// Live reservations waiting in the deadlines set (= `reserved`).
+    pub deadlines: u64,
+    /// Payments applied, by answer (in `PaymentAnswer::ALL` order).
+    pub payments: [u64; 4],
     /// Redis's clock when this was read.
     pub redis_time_ms: i64,
 }
@@ -114,6 +128,15 @@ impl ActivitySnapshot {
     /// Stock the sale had in all: initial plus added.
     pub fn total_stock(&self) -> i64 {
         self.initial_stock.unwrap_or(0) + self.added_stock
+    }
+
+    /// Units held by buyers: reserved + paid with a payment window, else every purchase.
+    pub fn held_units(&self) -> i64 {
+        if self.payment_window_ms > 0 {
+            self.reserved + self.paid
+        } else {
+            self.success
+        }
     }
 }
 
@@ -176,9 +199,14 @@ impl RedisState {
             .arg(activity.starts_at_ms)
             .arg(activity.ends_at_ms)
             .arg(activity.per_user_limit)
+            .arg(activity.payment_window_ms)
             .invoke(&mut connection)
             .await?;
-        self.register(activity.activity_id).await
+        self.register(activity.activity_id).await?;
+        if activity.payment_window_ms > 0 {
+            self.register_windowed(activity.activity_id).await?;
+        }
+        Ok(())
     }
 
     /// Pre-warms a new sale's live state and registers it. `false`: the activity has live
@@ -199,15 +227,23 @@ impl RedisState {
                 &keys.holdings,
                 &keys.decided,
                 &keys.outcome_counts,
+                &keys.orders,
+                &keys.deadlines,
+                &keys.order_counts,
+                &keys.payments,
             ])
             .arg(activity.stock)
             .arg(activity.starts_at_ms)
             .arg(activity.ends_at_ms)
             .arg(activity.per_user_limit)
+            .arg(activity.payment_window_ms)
             .invoke(&mut connection)
             .await?;
         if written == 1 {
             self.register(activity.activity_id).await?;
+            if activity.payment_window_ms > 0 {
+                self.register_windowed(activity.activity_id).await?;
+            }
         }
         Ok(written == 1)
     }
@@ -417,6 +453,17 @@ impl RedisState {
             .arg(META_STARTS_AT)
             .arg(META_ENDS_AT)
             .arg(META_LIMIT)
+            .arg(META_PAYMENT_WINDOW)
+            .cmd("HMGET")
+            .arg(&keys.order_counts)
+            .arg("reserved")
+            .arg("paid")
+            .arg("expired")
+            .arg("payments_paid")
+            .arg("payments_late")
+            .arg("payments_unknown")
+            .arg("payments_already_paid")
+            .zcard(&keys.deadlines)
             // Keyless: it rides with the keyed commands to the activity's node.
             .cmd("TIME")
             .query_async(&mut connection)
@@ -436,8 +483,14 @@ impl RedisState {
         let legacy: u64 = redis::from_redis_value(next())?;
         let workers: Vec<String> = redis::from_redis_value(next())?;
         let counts: Vec<Option<u64>> = redis::from_redis_value(next())?;
-        let (starts_at_ms, ends_at_ms, limit): (Option<i64>, Option<i64>, Option<u32>) =
-            redis::from_redis_value(next())?;
+        let (starts_at_ms, ends_at_ms, limit, window): (
+            Option<i64>,
+            Option<i64>,
+            Option<u32>,
+            Option<u64>,
+        ) = redis::from_redis_value(next())?;
+        let orders: Vec<Option<i64>> = redis::from_redis_value(next())?;
+        let deadlines: u64 = redis::from_redis_value(next())?;
         let (seconds, micros): (i64, i64) = redis::from_redis_value(next())?;
         let mut processing = legacy;
         if !workers.is_empty() {
@@ -449,6 +502,8 @@ impl RedisState {
             processing += held.iter().sum::<u64>();
         }
         let count = |index: usize| counts.get(index).copied().flatten().unwrap_or(0);
+        let order = |index: usize| orders.get(index).copied().flatten().unwrap_or(0);
+        let payment = |index: usize| u64::try_from(order(index)).unwrap_or(0);
         Ok(ActivitySnapshot {
             initial_stock,
             added_stock: added_stock.unwrap_or(0),
@@ -466,6 +521,12 @@ impl RedisState {
             starts_at_ms: starts_at_ms.unwrap_or(0),
             ends_at_ms: ends_at_ms.unwrap_or(0),
             per_user_limit: limit.unwrap_or(1),
+            payment_window_ms: window.unwrap_or(0),
+            reserved: order(0),
+            paid: order(1),
+            expired: order(2),
+            deadlines,
+            payments: [payment(3), payment(4), payment(5), payment(6)],
             redis_time_ms: seconds * 1000 + micros / 1000,
         })
     }

@@ -19,14 +19,25 @@
 //! | `seckill:{id}:logs:processing:<worker>` | list | records that worker took but has not yet stored |
 //! | `seckill:{id}:logs:lease:<worker>` | string | present while that worker is alive (PX TTL) |
 //! | `seckill:{id}:logs:dead`      | list    | records log_worker could not decode            |
+//! | `seckill:{id}:orders`         | hash    | order id (the purchase's request id) -> `<R\|P\|E>:<user id>:<pay_by ms>` (sales with a payment window) |
+//! | `seckill:{id}:deadlines`      | zset    | live reservations, scored by their pay_by      |
+//! | `seckill:{id}:order_counts`   | hash    | `reserved`, `paid`, `expired`, and payments answered `payments_paid`, `payments_late`, `payments_unknown`, `payments_already_paid` |
+//! | `seckill:{id}:payments`       | hash    | payment id -> `<answer code>:<order id>`: every payment applied, once |
 //!
-//! One key lives outside every activity: [`ACTIVITY_REGISTRY`], the set of activity ids whose
-//! live state was ever written. It is not read inside a script (it is in another slot); the
-//! server reads it only to tell a sale that was never created from one whose state is gone.
+//! The log list carries purchase records and, in sales with a payment window, order and
+//! payment events (JSON starting `{"kind":`), all stored and published by log_worker.
+//!
+//! Two keys live outside every activity: [`ACTIVITY_REGISTRY`], the set of activity ids whose
+//! live state was ever written, and [`WINDOWED_REGISTRY`], those with a payment window (the
+//! expirer's list). Neither is read inside a script (they are in other slots); the server
+//! reads the first only to tell a sale that was never created from one whose state is gone.
 
 /// The ids of every activity whose live state was written (by `seckill_admin`, or by
 /// `server_kafka --initial-stock`).
 pub const ACTIVITY_REGISTRY: &str = "seckill:activities";
+
+/// The ids of the activities created with a payment window: whose reservations expire.
+pub const WINDOWED_REGISTRY: &str = "seckill:activities:windowed";
 
 /// A field of the `decided` hash that is no request id (those are never empty), written with
 /// a value longer than Redis keeps in a listpack (300 bytes; `hash-max-listpack-value` is 64 by
@@ -38,6 +49,7 @@ pub const DECIDED_MARKER: &str = "";
 pub const META_STARTS_AT: &str = "starts_at_ms";
 pub const META_ENDS_AT: &str = "ends_at_ms";
 pub const META_LIMIT: &str = "limit";
+pub const META_PAYMENT_WINDOW: &str = "payment_window_ms";
 
 /// The Redis keys of one activity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +73,14 @@ pub struct ActivityKeys {
     /// The single processing list of versions before per-worker lists; still recovered.
     pub legacy_processing: String,
     pub dead: String,
+    /// Order id -> `<state>:<user id>:<pay_by>` (sales with a payment window).
+    pub orders: String,
+    /// Live reservations scored by their deadline.
+    pub deadlines: String,
+    /// Orders by state and payments by answer.
+    pub order_counts: String,
+    /// Payment id -> `<answer code>:<order id>`.
+    pub payments: String,
 }
 
 impl ActivityKeys {
@@ -81,6 +101,10 @@ impl ActivityKeys {
             log_workers: key("logs:workers"),
             legacy_processing: key("logs:processing"),
             dead: key("logs:dead"),
+            orders: key("orders"),
+            deadlines: key("deadlines"),
+            order_counts: key("order_counts"),
+            payments: key("payments"),
         }
     }
 
@@ -99,7 +123,7 @@ impl ActivityKeys {
     }
 
     /// Every key with a fixed name (not the per-worker ones).
-    pub(crate) fn fixed(&self) -> [&str; 13] {
+    pub(crate) fn fixed(&self) -> [&str; 17] {
         [
             &self.meta,
             &self.stock,
@@ -114,6 +138,10 @@ impl ActivityKeys {
             &self.log_workers,
             &self.legacy_processing,
             &self.dead,
+            &self.orders,
+            &self.deadlines,
+            &self.order_counts,
+            &self.payments,
         ]
     }
 }

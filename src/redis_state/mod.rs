@@ -10,6 +10,7 @@
 //! | [`purchase`]    | the atomic purchase of one request or a batch, outcome codes          |
 //! | [`durability`]  | `WAIT` for replicas before a decision counts as made                  |
 //! | [`log_queue`]   | each log_worker's side of the reliable record queue                   |
+//! | [`orders`]      | payments and the expiry of unpaid reservations                        |
 //!
 //! log_worker moves records with the reliable-queue pattern ([`LogQueue`]): `LMOVE logs ->
 //! its own processing list`, insert into PostgreSQL, then `LREM` them from that list. Each
@@ -23,14 +24,16 @@ pub mod connection;
 pub mod durability;
 pub mod keys;
 pub mod log_queue;
+pub mod orders;
 pub mod purchase;
 mod script;
 
 pub use activities::{ActivitySnapshot, LiveActivity, RestoreOutcome, SaleState};
 pub use connection::{Conn, RedisConnection};
 pub use durability::ReplicaWait;
-pub use keys::{ActivityKeys, ACTIVITY_REGISTRY};
+pub use keys::{ActivityKeys, ACTIVITY_REGISTRY, WINDOWED_REGISTRY};
 pub use log_queue::{LogQueue, QueueProbe};
+pub use orders::{ExpirySlice, PaymentAnswer, PaymentBatch, PaymentDecisions};
 pub use purchase::{BatchDecisions, PurchaseBatch};
 
 use crate::config::RedisConfig;
@@ -52,6 +55,8 @@ pub enum RedisStateError {
     Parse(#[from] redis::ParsingError),
     #[error("activity {0} has no live state in Redis (no stock key): create it with seckill_admin, rebuild it with `seckill_admin activity restore {0}`, or start server_kafka with --initial-stock")]
     NotInitialised(u64),
+    #[error("activity {0} has a payment window: its purchases are reservations, made in batches (run_purchase_batch)")]
+    Windowed(u64),
     #[error("unexpected reply from a script: {0}")]
     UnexpectedReply(i64),
     #[error("the batch purchase script answered {answers} codes for {requests} requests")]

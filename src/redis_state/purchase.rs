@@ -21,6 +21,8 @@ pub const OUTCOME_ENDED: i64 = 5;
 const REPEAT: i64 = 10;
 /// The whole call: the activity has no live state.
 const NO_STATE: i64 = -1;
+/// The single-request script: the sale has a payment window (only batches reserve).
+const WINDOWED: i64 = -3;
 
 /// The outcome a script code stands for.
 pub fn decision_of(code: i64) -> Result<Decision, RedisStateError> {
@@ -46,6 +48,16 @@ pub struct BatchDecisions {
     /// Redis's `TIME` during the call, in ms since the epoch: when the requests were decided.
     pub decided_at_ms: i64,
     pub decisions: Vec<Decision>,
+    /// In a sale with a payment window, each request's deadline to pay (ms since the epoch,
+    /// Redis's clock; 0 unless its outcome is SUCCESS); empty otherwise.
+    pub pay_by: Vec<i64>,
+}
+
+impl BatchDecisions {
+    /// The deadline to pay of the `index`th request's reservation, if it is one.
+    pub fn pay_by(&self, index: usize) -> Option<i64> {
+        self.pay_by.get(index).copied().filter(|&pay_by| pay_by > 0)
+    }
 }
 
 /// The requests of one purchase script call (one activity), encoded straight into the
@@ -79,7 +91,7 @@ impl PurchaseBatch {
         self.command
             .arg("EVALSHA")
             .arg(&self.hash)
-            .arg(8)
+            .arg(11)
             .arg(&keys.stock)
             .arg(&keys.over)
             .arg(&keys.holdings)
@@ -88,6 +100,9 @@ impl PurchaseBatch {
             .arg(&keys.logs)
             .arg(&keys.outcome_counts)
             .arg(&keys.meta)
+            .arg(&keys.orders)
+            .arg(&keys.deadlines)
+            .arg(&keys.order_counts)
             .arg(self.activity_id)
             .arg(processed_time);
         self.requests = 0;
@@ -152,6 +167,7 @@ impl RedisState {
             .await?;
         match code {
             NO_STATE => Err(RedisStateError::NotInitialised(request.activity_id)),
+            WINDOWED => Err(RedisStateError::Windowed(request.activity_id)),
             code => decision_of(code),
         }
     }
@@ -180,38 +196,14 @@ impl RedisState {
             return Ok(BatchDecisions::default());
         }
         let activity_id = batch.activity_id;
-        let mut connection = self.connection().await?;
-        let needed = self
-            .durability
-            .replicas_needed(&mut connection, activity_id, &batch.keys.stock)
+        let (reply, acked, needed) = self
+            .eval_durable(
+                activity_id,
+                &batch.keys.stock,
+                &batch.command,
+                self.scripts.purchase_batch.source(),
+            )
             .await?;
-        let source = self.scripts.purchase_batch.source();
-        let first_key = batch.keys.stock.as_str();
-        let (reply, acked) = if needed == 0 {
-            let reply: redis::Value = connection
-                .eval_script(
-                    &super::connection::ScriptCall::Command(&batch.command),
-                    source,
-                    first_key,
-                )
-                .await?;
-            (reply, 0)
-        } else {
-            let mut pipeline = redis::pipe();
-            pipeline
-                .add_command(batch.command.clone())
-                .cmd("WAIT")
-                .arg(needed)
-                .arg(self.durability.timeout_ms());
-            let (reply, acked): (redis::Value, i64) = connection
-                .eval_script(
-                    &super::connection::ScriptCall::Pipeline(&pipeline),
-                    source,
-                    first_key,
-                )
-                .await?;
-            (reply, u32::try_from(acked).unwrap_or(0))
-        };
         let decided = batch_reply(reply, batch)?;
         if acked < needed {
             self.durability.forget(activity_id);
@@ -223,6 +215,47 @@ impl RedisState {
             });
         }
         Ok(decided)
+    }
+
+    /// Runs one script call (`command`, an `EVALSHA` of `source` on `first_key`'s slot) and,
+    /// with replicas to wait for (`redis.wait_replicas`), `WAIT` behind it on the same
+    /// connection. Returns the reply, the replicas that acknowledged and those needed.
+    pub(crate) async fn eval_durable(
+        &self,
+        activity_id: u64,
+        first_key: &str,
+        command: &redis::Cmd,
+        source: &'static str,
+    ) -> Result<(redis::Value, u32, u32), RedisStateError> {
+        let mut connection = self.connection().await?;
+        let needed = self
+            .durability
+            .replicas_needed(&mut connection, activity_id, first_key)
+            .await?;
+        if needed == 0 {
+            let reply: redis::Value = connection
+                .eval_script(
+                    &super::connection::ScriptCall::Command(command),
+                    source,
+                    first_key,
+                )
+                .await?;
+            return Ok((reply, 0, 0));
+        }
+        let mut pipeline = redis::pipe();
+        pipeline
+            .add_command(command.clone())
+            .cmd("WAIT")
+            .arg(needed)
+            .arg(self.durability.timeout_ms());
+        let (reply, acked): (redis::Value, i64) = connection
+            .eval_script(
+                &super::connection::ScriptCall::Pipeline(&pipeline),
+                source,
+                first_key,
+            )
+            .await?;
+        Ok((reply, u32::try_from(acked).unwrap_or(0), needed))
     }
 }
 
@@ -247,17 +280,26 @@ fn batch_reply(
         requests: batch.requests,
         answers: 0,
     })??;
-    let decisions = codes
-        .map(|code| code.and_then(decision_of))
-        .collect::<Result<Vec<_>, _>>()?;
-    if decisions.len() != batch.requests {
+    let mut codes: Vec<i64> = codes.collect::<Result<_, _>>()?;
+    // In a sale with a payment window, a deadline per request follows the codes.
+    let pay_by = if codes.len() == 2 * batch.requests && batch.requests > 0 {
+        codes.split_off(batch.requests)
+    } else {
+        Vec::new()
+    };
+    if codes.len() != batch.requests {
         return Err(RedisStateError::BatchReply {
             requests: batch.requests,
-            answers: decisions.len(),
+            answers: codes.len(),
         });
     }
+    let decisions = codes
+        .into_iter()
+        .map(decision_of)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(BatchDecisions {
         decided_at_ms,
         decisions,
+        pay_by,
     })
 }

@@ -83,6 +83,8 @@ pub(crate) struct Scripts {
     pub log_renew_lease: LuaScript,
     pub log_claim: LuaScript,
     pub log_unregister: LuaScript,
+    pub payment_batch: LuaScript,
+    pub order_expire: LuaScript,
 }
 
 impl Scripts {
@@ -90,6 +92,15 @@ impl Scripts {
         macro_rules! script {
             ($name:literal) => {
                 LuaScript::new(include_str!(concat!("scripts/", $name, ".lua")))
+            };
+        }
+        // The order scripts share helpers, prepended to each.
+        macro_rules! order_script {
+            ($name:literal) => {
+                LuaScript::new(concat!(
+                    include_str!("scripts/orders_common.lua"),
+                    include_str!(concat!("scripts/", $name, ".lua"))
+                ))
             };
         }
         Self {
@@ -107,6 +118,8 @@ impl Scripts {
             log_renew_lease: script!("log_renew_lease"),
             log_claim: script!("log_claim"),
             log_unregister: script!("log_unregister"),
+            payment_batch: order_script!("payment_batch"),
+            order_expire: order_script!("order_expire"),
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Activity {
     pub per_user_limit: u32,
     /// When `activity end` ended it.
     pub ended_at_ms: Option<i64>,
+    /// Time to pay for a purchase; 0: purchases are final.
+    pub payment_window_ms: u64,
 }
 
 impl Activity {
@@ -32,6 +34,7 @@ impl Activity {
             starts_at_ms: self.starts_at_ms.unwrap_or(0),
             ends_at_ms: self.ends_at_ms.unwrap_or(0),
             per_user_limit: self.per_user_limit,
+            payment_window_ms: self.payment_window_ms,
         }
     }
 }
@@ -50,15 +53,16 @@ type Row = (
     Option<f64>,
     i32,
     Option<f64>,
+    i64,
 );
 
 const SELECT: &str = "SELECT id, name, stock, added_stock,
         EXTRACT(EPOCH FROM starts_at)::float8 * 1000, EXTRACT(EPOCH FROM ends_at)::float8 * 1000,
-        per_user_limit, EXTRACT(EPOCH FROM ended_at)::float8 * 1000
+        per_user_limit, EXTRACT(EPOCH FROM ended_at)::float8 * 1000, payment_window_ms
     FROM activities";
 
 fn from_row(row: Row) -> Activity {
-    let (id, name, stock, added_stock, starts, ends, limit, ended) = row;
+    let (id, name, stock, added_stock, starts, ends, limit, ended, window) = row;
     let ms = |value: Option<f64>| value.map(|ms| ms.round() as i64);
     Activity {
         id: u64::try_from(id).unwrap_or(0),
@@ -69,6 +73,7 @@ fn from_row(row: Row) -> Activity {
         ends_at_ms: ms(ends),
         per_user_limit: u32::try_from(limit).unwrap_or(1),
         ended_at_ms: ms(ended),
+        payment_window_ms: u64::try_from(window).unwrap_or(0),
     }
 }
 
@@ -78,8 +83,9 @@ pub async fn insert(
     activity: &Activity,
 ) -> Result<bool, PostgresError> {
     let inserted = sqlx::query(
-        "INSERT INTO activities (id, name, stock, starts_at, ends_at, per_user_limit)
-         VALUES ($1, $2, $3, to_timestamp($4 / 1000.0), to_timestamp($5 / 1000.0), $6)
+        "INSERT INTO activities (id, name, stock, starts_at, ends_at, per_user_limit,
+             payment_window_ms)
+         VALUES ($1, $2, $3, to_timestamp($4 / 1000.0), to_timestamp($5 / 1000.0), $6, $7)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(id(activity.id))
@@ -88,6 +94,7 @@ pub async fn insert(
     .bind(activity.starts_at_ms)
     .bind(activity.ends_at_ms)
     .bind(i32::try_from(activity.per_user_limit).unwrap_or(i32::MAX))
+    .bind(id(activity.payment_window_ms))
     .execute(executor)
     .await?
     .rows_affected();

@@ -37,6 +37,8 @@ pub enum AdminError {
     NoLiveState(u64),
     #[error("activity {0} has live state in Redis: restore refuses to overwrite it")]
     RestoreRefused(u64),
+    #[error("activity {0} has a payment window: restore rebuilds only sales without one (the reservations' deadlines and the payments are not rebuilt)")]
+    RestoreWindowed(u64),
     #[error("activity {0}: records wait in Redis, not yet stored in PostgreSQL: run log_worker (it stores them), then restore")]
     RecordsQueued(u64),
     #[error("activity {activity_id}: Redis has the change ({what}) but PostgreSQL did not record it (its commit failed); `seckill_admin activity show {activity_id}` shows both sides")]
@@ -66,7 +68,12 @@ pub struct NewActivity {
     pub starts_at_ms: Option<i64>,
     pub ends_at_ms: Option<i64>,
     pub per_user_limit: u32,
+    /// 0: purchases are final.
+    pub payment_window_ms: u64,
 }
+
+/// The longest payment window accepted: a week.
+pub const MAX_PAYMENT_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl NewActivity {
     /// Checks what the flags' types alone do not.
@@ -89,6 +96,12 @@ impl NewActivity {
             return Err(AdminError::Invalid(
                 "--per-user-limit must be at least 1".into(),
             ));
+        }
+        if self.payment_window_ms > MAX_PAYMENT_WINDOW_MS {
+            return Err(AdminError::Invalid(format!(
+                "--payment-window-ms {} is above a week ({MAX_PAYMENT_WINDOW_MS})",
+                self.payment_window_ms
+            )));
         }
         if let (Some(starts), Some(ends)) = (self.starts_at_ms, self.ends_at_ms) {
             if ends <= starts {
@@ -138,6 +151,7 @@ impl Admin {
             ends_at_ms: new.ends_at_ms,
             per_user_limit: new.per_user_limit,
             ended_at_ms: None,
+            payment_window_ms: new.payment_window_ms,
         };
         let mut transaction = self.pool.begin().await?;
         if !activities::insert(&mut *transaction, &activity).await? {
@@ -242,6 +256,9 @@ impl Admin {
         let activity = activities::get(&self.pool, activity_id)
             .await?
             .ok_or(AdminError::Unknown(activity_id))?;
+        if activity.payment_window_ms > 0 {
+            return Err(AdminError::RestoreWindowed(activity_id));
+        }
         let purchases = activities::purchases(&self.pool, activity_id).await?;
         match self
             .redis
@@ -254,14 +271,26 @@ impl Admin {
         }
     }
 
-    async fn rows(&self, activity_id: u64) -> Result<i64, AdminError> {
-        Ok(
+    async fn rows(&self, activity_id: u64) -> Result<Stored, AdminError> {
+        let activity = i64::try_from(activity_id).unwrap_or(i64::MAX);
+        let records =
             sqlx::query_scalar("SELECT count(*) FROM seckill_records WHERE activity_id = $1")
-                .bind(i64::try_from(activity_id).unwrap_or(i64::MAX))
+                .bind(activity)
                 .fetch_one(&self.pool)
-                .await?,
-        )
+                .await?;
+        let orders =
+            crate::seckill::orders::store::orders_by_state(&self.pool, activity_id).await?;
+        Ok(Stored { records, orders })
     }
+}
+
+/// What PostgreSQL holds of a sale's purchases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// Purchase rows (`seckill_records`).
+    pub records: i64,
+    /// Order rows by state: reserved, paid, expired.
+    pub orders: [i64; 3],
 }
 
 /// A sale's definition with its live figures.
@@ -269,8 +298,7 @@ impl Admin {
 pub struct ActivityView {
     pub activity: Activity,
     pub live: ActivitySnapshot,
-    /// Purchases stored in PostgreSQL.
-    pub rows: i64,
+    pub rows: Stored,
 }
 
 impl ActivityView {
@@ -323,6 +351,9 @@ impl fmt::Display for ActivityView {
             writeln!(f, "  ended by admin   {}", format_ms(ended))?;
         }
         writeln!(f, "  per-user limit   {}", a.per_user_limit)?;
+        if a.payment_window_ms > 0 {
+            writeln!(f, "  payment window   {} ms", a.payment_window_ms)?;
+        }
         writeln!(
             f,
             "  stock            {} + {} added (PostgreSQL); Redis: {} + {}",
@@ -338,6 +369,33 @@ impl fmt::Display for ActivityView {
                 .map_or("- (no live state)".into(), |v| v.to_string())
         )?;
         writeln!(f, "  sold             {}", live.success)?;
+        if a.payment_window_ms > 0 {
+            let total = live.total_stock();
+            let stock = live.stock.unwrap_or(0);
+            writeln!(
+                f,
+                "  orders           {} reserved, {} paid, {} expired (Redis); {} + {} added = {} remaining + {} reserved + {} paid: {}",
+                live.reserved,
+                live.paid,
+                live.expired,
+                live.initial_stock.unwrap_or(0),
+                live.added_stock,
+                stock,
+                live.reserved,
+                live.paid,
+                if total == stock + live.reserved + live.paid { "holds" } else { "DOES NOT HOLD" }
+            )?;
+            writeln!(
+                f,
+                "  stored orders    {} reserved, {} paid, {} expired (PostgreSQL)",
+                self.rows.orders[0], self.rows.orders[1], self.rows.orders[2]
+            )?;
+            writeln!(
+                f,
+                "  payments         {} paid, {} late, {} unknown, {} already paid",
+                live.payments[0], live.payments[1], live.payments[2], live.payments[3]
+            )?;
+        }
         writeln!(f, "  buyers           {}", live.buyers)?;
         writeln!(
             f,
@@ -349,7 +407,7 @@ impl fmt::Display for ActivityView {
             "  queued records   {} (waiting for log_worker)",
             live.queued_records + live.processing_records
         )?;
-        write!(f, "  stored rows      {}", self.rows)
+        write!(f, "  stored rows      {}", self.rows.records)
     }
 }
 
@@ -383,12 +441,22 @@ mod tests {
             starts_at_ms: None,
             ends_at_ms: None,
             per_user_limit: 1,
+            payment_window_ms: 0,
         }
     }
 
     #[test]
     fn bad_definitions_are_refused_with_a_reason() {
         assert!(new().validate().is_ok());
+        let too_long = NewActivity {
+            payment_window_ms: MAX_PAYMENT_WINDOW_MS + 1,
+            ..new()
+        };
+        assert!(too_long
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--payment-window-ms"));
         let backwards = NewActivity {
             starts_at_ms: Some(2_000),
             ends_at_ms: Some(1_000),

@@ -11,6 +11,7 @@ use crate::config::{ClientKafkaConfig, Config, KafkaConfig, SeckillConfig};
 use crate::kafka::sink::{Compression, KafkaMessage, KafkaSink, SinkConfig, SinkError};
 use crate::pace::Pacer;
 use crate::report::Report;
+use crate::seckill::orders::buyer::{Buyers, OrdersReport, PaySettings};
 use crate::seckill::results::{PlannedRequests, ResultsReader, ResultsReport, SendingDone};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -35,6 +36,8 @@ pub enum ClientError {
     Task(#[from] tokio::task::JoinError),
     #[error("reading the results topic failed")]
     Results(#[from] crate::seckill::results::ResultsError),
+    #[error("client_kafka.pay_delay_ms: {0}")]
+    PayDelay(String),
     #[error("no activity to send to: set client_kafka.activity_ids (--activity-ids 101,102) or seckill.activity_id (--activity-id 101)")]
     NoActivity,
 }
@@ -73,6 +76,8 @@ pub struct ClientSummary {
     pub last_error: Option<String>,
     /// With `await_results`: what the results topic said.
     pub results: Option<ResultsReport>,
+    /// With `pay_ratio`: what became of the reservations.
+    pub orders: Option<OrdersReport>,
 }
 
 impl ClientSummary {
@@ -98,6 +103,9 @@ impl fmt::Display for ClientSummary {
         }
         if let Some(results) = &self.results {
             write!(f, "\n{results}")?;
+        }
+        if let Some(orders) = &self.orders {
+            write!(f, "\n{orders}")?;
         }
         Ok(())
     }
@@ -183,6 +191,21 @@ pub async fn run_client(
     // Positioned at the results topic's end before the first request goes out, and reading
     // while they go out.
     let sending_done = Arc::new(SendingDone::default());
+    let buyers = if settings.await_results && settings.pay_ratio > 0.0 {
+        let pay = PaySettings {
+            kafka: config.kafka.clone(),
+            payments_topic: config.seckill.payments_topic.clone(),
+            order_events_topic: config.seckill.order_events_topic.clone(),
+            ratio: settings.pay_ratio,
+            delay_ms: settings.pay_delay().map_err(ClientError::PayDelay)?,
+            seed,
+            timeout: Duration::from_millis(settings.results_timeout_ms),
+        };
+        Some(Buyers::start(pay, shutdown.clone()).await?)
+    } else {
+        None
+    };
+    let reservations = buyers.as_ref().map(Buyers::sender);
     let results = if settings.await_results {
         let reader = {
             let (kafka, topic) = (config.kafka.clone(), config.seckill.results_topic.clone());
@@ -192,7 +215,17 @@ pub async fn run_client(
         let timeout = Duration::from_millis(settings.results_timeout_ms);
         let (sending_done, shutdown) = (sending_done.clone(), shutdown.clone());
         Some(tokio::task::spawn_blocking(move || {
-            reader.collect(planned_requests, &sending_done, timeout, &shutdown)
+            reader.collect(
+                planned_requests,
+                &sending_done,
+                timeout,
+                &shutdown,
+                |reservation| {
+                    if let Some(buyers) = &reservations {
+                        let _ = buyers.send(reservation.clone());
+                    }
+                },
+            )
         }))
     } else {
         None
@@ -217,6 +250,10 @@ pub async fn run_client(
         Some(collecting) => Some(collecting.await??),
         None => None,
     };
+    let orders = match buyers {
+        Some(buyers) => Some(buyers.finish().await?),
+        None => None,
+    };
     let summary = ClientSummary {
         planned,
         sent: report.metrics.messages_sent,
@@ -225,6 +262,7 @@ pub async fn run_client(
         elapsed: started.elapsed(),
         last_error: report.metrics.last_error.map(|last| last.message),
         results,
+        orders,
     };
     tracing::info!(
         sent = summary.sent,

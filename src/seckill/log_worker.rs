@@ -19,14 +19,23 @@
 //! a blocking command would hold up the shared connection); a queue found empty is looked at
 //! again after 10 ms, doubling up to 2 s while it stays empty. It registers in an
 //! activity's queue (with a lease) the first time it takes from it.
+//!
+//! In sales with a payment window the same list carries order and payment events (queued by
+//! the scripts that reserve, pay and expire): each batch's events are written to the
+//! `orders` table (an upsert that never moves a state back) and published to
+//! `seckill.order_events_topic` before the batch leaves the processing list, so an event is
+//! published at least once, whichever process died when.
 
 use crate::backoff::{self, RetryError};
 use crate::common::SeckillRecord;
-use crate::config::{Config, LogWorkerConfig, PostgresConfig, RedisConfig};
+use crate::config::{Config, KafkaConfig, LogWorkerConfig, PostgresConfig, RedisConfig};
 use crate::postgres::{self, PostgresError};
 use crate::redis_state::{LogQueue, RedisState, RedisStateError};
 use crate::report::Report;
 use crate::seckill::activities::KnownError;
+use crate::seckill::orders::publisher::{EventPublisher, PublishError};
+use crate::seckill::orders::store::OrderChanges;
+use crate::seckill::orders::OrderEvent;
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -45,6 +54,8 @@ pub enum LogWorkerError {
     Redis(#[from] RedisStateError),
     #[error("cannot list the activities")]
     Activities(#[from] KnownError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     /// Shutdown came while a service was being retried; the source is its last error.
     #[error("stopped while {service} was unreachable")]
     Interrupted {
@@ -69,6 +80,10 @@ pub struct LogWorkerSummary {
     pub already_stored: u64,
     /// Undecodable records moved to the dead-letter list.
     pub malformed: u64,
+    /// Order and payment events published (a batch published again counts again).
+    pub events: u64,
+    /// Order rows inserted or moved on (reserved, paid, expired).
+    pub order_rows: u64,
     pub batches: u64,
     pub elapsed: Duration,
     /// From the start of the first batch to the end of the last: the busy part of the run.
@@ -90,6 +105,8 @@ impl LogWorkerSummary {
         self.inserted += other.inserted;
         self.already_stored += other.already_stored;
         self.malformed += other.malformed;
+        self.events += other.events;
+        self.order_rows += other.order_rows;
         self.batches += other.batches;
         if let Some(first) = other.first_batch_started {
             let earliest = self
@@ -125,7 +142,11 @@ impl fmt::Display for LogWorkerSummary {
             self.active.as_secs_f64(),
             self.elapsed.as_secs_f64(),
             self.rows_per_sec()
-        )
+        )?;
+        if self.events + self.order_rows > 0 {
+            write!(f, " events={} order_rows={}", self.events, self.order_rows)?;
+        }
+        Ok(())
     }
 }
 
@@ -143,6 +164,9 @@ const INSERT_RECORDS: &str = "
 pub struct LogWorkerSettings {
     pub redis: RedisConfig,
     pub postgres: PostgresConfig,
+    /// Where order events go (`seckill.order_events_topic`).
+    pub kafka: KafkaConfig,
+    pub order_events_topic: String,
     /// The one activity to serve; `None`: the `worker.activity_ids`, or every activity
     /// when that is empty.
     pub activity_id: Option<u64>,
@@ -154,6 +178,8 @@ impl From<&Config> for LogWorkerSettings {
         Self {
             redis: config.redis.clone(),
             postgres: config.postgres.clone(),
+            kafka: config.kafka.clone(),
+            order_events_topic: config.seckill.order_events_topic.clone(),
             activity_id: config.seckill.activity_id,
             worker: config.log_worker.clone(),
         }
@@ -241,19 +267,23 @@ pub async fn run_log_worker(
     );
     // Each loop is a worker of its own (own processing lists and leases), so PostgreSQL
     // inserts of several batches overlap; they share the process's pools.
+    let events = EventPublisher::new(settings.kafka.clone(), settings.order_events_topic.clone());
     let loops = (0..worker_settings.concurrency).map(|index| {
-        let worker = format!("{base_id}-{index}");
-        run_loop(
-            &redis,
-            worker,
-            &activities,
-            &pool,
-            worker_settings,
-            settings.activity_id.is_some(),
-            &shutdown,
-        )
+        let worker = Worker {
+            redis: &redis,
+            worker: format!("{base_id}-{index}"),
+            pool: &pool,
+            queues: Arc::new(std::sync::Mutex::new(Vec::new())),
+            events: &events,
+            activities: &activities,
+            shutdown: &shutdown,
+            batch_size: worker_settings.batch_size,
+            single: settings.activity_id.is_some(),
+        };
+        run_loop(worker, worker_settings)
     });
     let results = futures::future::join_all(loops).await;
+    events.close().await;
     if let Some(watcher) = watcher {
         watcher.abort();
     }
@@ -304,27 +334,11 @@ async fn watch_activities(
 /// (registering with a lease in each the first time), keeps the leases, and on a clean stop
 /// leaves every workers set.
 async fn run_loop(
-    redis: &RedisState,
-    worker: String,
-    activities: &ActivityList,
-    pool: &PgPool,
+    worker: Worker<'_>,
     settings: &LogWorkerConfig,
-    single: bool,
-    shutdown: &CancellationToken,
 ) -> Result<LogWorkerSummary, LogWorkerError> {
     let lease = Duration::from_millis(settings.lease_ms);
-    let queues: Queues = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let keeper = tokio::spawn(keep_leases(queues.clone(), lease));
-    let worker = Worker {
-        redis,
-        worker,
-        pool,
-        queues: &queues,
-        activities,
-        shutdown,
-        batch_size: settings.batch_size,
-        single,
-    };
+    let keeper = tokio::spawn(keep_leases(worker.queues.clone(), lease));
     let mut summary = LogWorkerSummary::default();
     let result = worker.run(settings, lease, &mut summary).await;
     keeper.abort();
@@ -490,7 +504,9 @@ struct Worker<'a> {
     redis: &'a RedisState,
     worker: String,
     pool: &'a PgPool,
-    queues: &'a Queues,
+    queues: Queues,
+    /// Publishes the order events of the batches.
+    events: &'a EventPublisher,
     activities: &'a ActivityList,
     shutdown: &'a CancellationToken,
     batch_size: usize,
@@ -887,9 +903,35 @@ impl Worker<'_> {
         let started = Instant::now();
         let mut columns = Columns::with_capacity(batch.len());
         let mut malformed = Vec::new();
+        let mut orders = OrderChanges::default();
+        let mut events: Vec<(u64, &str)> = Vec::new();
         for raw in batch {
+            if OrderEvent::is_event(raw.as_bytes()) {
+                match OrderEvent::from_json(raw.as_bytes()) {
+                    Ok(event) if event.activity_id == activity_id => {
+                        orders.changed(&event);
+                        events.push((event.user_id, raw.as_str()));
+                    }
+                    Ok(event) => {
+                        tracing::error!(
+                            event_activity = event.activity_id,
+                            activity_id,
+                            "order event of another activity in this activity's list"
+                        );
+                        malformed.push(raw.clone());
+                    }
+                    Err(error) => {
+                        tracing::error!(event = "dlq", error = %Report(&error), "undecodable order event moved to the dead-letter list");
+                        malformed.push(raw.clone());
+                    }
+                }
+                continue;
+            }
             match SeckillRecord::from_json(raw.as_bytes()) {
-                Ok(record) if record.activity_id == activity_id => columns.push(record),
+                Ok(record) if record.activity_id == activity_id => {
+                    orders.reserved(&record);
+                    columns.push(record);
+                }
                 Ok(record) => {
                     tracing::error!(
                         record_activity = record.activity_id,
@@ -927,6 +969,20 @@ impl Worker<'_> {
             )
             .await?
         };
+        let order_rows = if orders.is_empty() {
+            0
+        } else {
+            retry(
+                "PostgreSQL",
+                shutdown,
+                || orders.upsert(pool),
+                PostgresError::is_transient,
+            )
+            .await?
+        };
+        self.events.publish(&events, shutdown).await?;
+        summary.events += events.len() as u64;
+        summary.order_rows += order_rows;
         if let Err(error) = self.retry_redis(|| held.queue.ack(batch, &malformed)).await {
             // Stored but still listed: stored again (a no-op) at the next read back.
             held.reread.store(true, Ordering::SeqCst);

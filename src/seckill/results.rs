@@ -195,12 +195,58 @@ impl SendingDone {
 /// A consumer of the results topic, positioned at its end when created.
 pub struct ResultsReader {
     consumer: BaseConsumer<StatisticsContext>,
+    /// A topic that did not exist yet when the reader was made (see
+    /// [`ResultsReader::at_end_or_start`]): read from its start once it appears.
+    awaited: Option<String>,
 }
 
 impl ResultsReader {
     /// Assigns every partition of `seckill.results_topic` at its current end (no group, no
     /// commits), waiting up to 30 s for the topic to exist.
     pub fn at_end(kafka: &KafkaConfig, topic: &str) -> Result<Self, ResultsError> {
+        Self::positioned(kafka, topic, TOPIC_WAIT)
+    }
+
+    /// As [`ResultsReader::at_end`], but a topic that does not exist yet (a broker that
+    /// creates topics when first written to) is read from its start once it appears: all
+    /// of it is newer than the reader.
+    pub fn at_end_or_start(kafka: &KafkaConfig, topic: &str) -> Result<Self, ResultsError> {
+        match Self::positioned(kafka, topic, Duration::ZERO) {
+            Err(ResultsError::NoTopic { .. }) => {
+                let mut reader = Self::positioned(kafka, topic, Duration::MAX)?;
+                reader.awaited = Some(topic.to_string());
+                Ok(reader)
+            }
+            other => other,
+        }
+    }
+
+    /// Assigns the partitions of a topic that appeared since, at their start.
+    fn assign_when_created(&mut self) -> Result<(), ResultsError> {
+        let Some(topic) = self.awaited.as_deref() else {
+            return Ok(());
+        };
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(1))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()) as i32;
+        if partitions == 0 {
+            return Ok(());
+        }
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+        self.consumer.assign(&assignment)?;
+        self.awaited = None;
+        Ok(())
+    }
+
+    /// `wait`: how long for the topic to exist (`Duration::MAX`: do not look for it).
+    fn positioned(kafka: &KafkaConfig, topic: &str, wait: Duration) -> Result<Self, ResultsError> {
         let mut consumer_config = client_config(
             kafka,
             ClientRole::Consumer {
@@ -215,6 +261,12 @@ impl ResultsReader {
             .set("socket.nagle.disable", "true");
         let consumer: BaseConsumer<StatisticsContext> =
             consumer_config.create_with_context(StatisticsContext)?;
+        if wait == Duration::MAX {
+            return Ok(Self {
+                consumer,
+                awaited: None,
+            });
+        }
         let waited = Instant::now();
         let partitions = loop {
             let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
@@ -225,7 +277,7 @@ impl ResultsReader {
             if partitions > 0 {
                 break partitions;
             }
-            if waited.elapsed() > TOPIC_WAIT {
+            if waited.elapsed() >= wait {
                 return Err(ResultsError::NoTopic {
                     topic: topic.to_string(),
                 });
@@ -238,18 +290,59 @@ impl ResultsReader {
             assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
         }
         consumer.assign(&assignment)?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer,
+            awaited: None,
+        })
+    }
+
+    /// Hands every payload read to `each` until it returns `false` or `stop` fires (for other
+    /// topics read from their end the same way: the order events).
+    pub fn for_each_payload(
+        &mut self,
+        stop: &CancellationToken,
+        mut each: impl FnMut(Option<&[u8]>) -> bool,
+    ) -> Result<(), ResultsError> {
+        while !stop.is_cancelled() {
+            if self.awaited.is_some() {
+                self.assign_when_created()?;
+                if self.awaited.is_some() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if !each(None) {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {
+                    if !each(None) {
+                        break;
+                    }
+                }
+                Some(received) => {
+                    let message = received?;
+                    if !each(Some(message.payload().unwrap_or_default())) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads results until every planned request has one, or `timeout` after `sent` says
     /// the last request went out, or `stop` fires. Run it while the requests are sent (a
     /// broker may not keep results for long) on a thread that may block.
+    /// Each first answer that is a reservation (SUCCESS with `pay_by`) is handed to
+    /// `on_reservation`.
     pub fn collect(
         &self,
         planned: PlannedRequests,
         sent: &SendingDone,
         timeout: Duration,
         stop: &CancellationToken,
+        mut on_reservation: impl FnMut(&SeckillResult),
     ) -> Result<ResultsReport, ResultsError> {
         let count = planned.count();
         let mut answered_bits = vec![0_u64; count.div_ceil(64) as usize];
@@ -298,6 +391,9 @@ impl ResultsReader {
             }
             answered_bits[word] |= bit;
             answered += 1;
+            if result.outcome == SeckillOutcome::Success && result.pay_by.is_some() {
+                on_reservation(&result);
+            }
             repeats += u64::from(result.repeat);
             outcomes_of_user[user as usize] |= 1 << (result.outcome as u8);
             if let Some(activity) = activities

@@ -7,6 +7,7 @@ use crate::common::SeckillOutcome;
 use crate::config::{PostgresConfig, RedisConfig};
 use crate::postgres::{self, PostgresError};
 use crate::redis_state::{ActivitySnapshot, RedisState, RedisStateError};
+use crate::seckill::orders::store as orders;
 use sqlx::PgPool;
 use std::fmt;
 
@@ -33,7 +34,10 @@ pub struct VerifyReport {
     pub activity_id: u64,
     pub redis: ActivitySnapshot,
     pub rows: i64,
-    /// Users holding more rows than the sale's per-user limit.
+    /// Order rows by state (reserved, paid, expired): sales with a payment window.
+    pub orders: [i64; 3],
+    /// Users holding more rows (with a payment window: live or paid orders) than the sale's
+    /// per-user limit.
     pub users_over_limit: i64,
     /// Distinct users who asked, when the caller knows it (`--expect-buyers`; a sale of
     /// one purchase per user).
@@ -72,16 +76,31 @@ impl VerifyReport {
                 holds: stock >= 0,
                 figures: format!("remaining {stock}"),
             },
-            Check {
-                name: "initial + added - remaining = success",
-                holds: total - stock == r.success,
-                figures: format!(
-                    "{} + {} - {stock} = {} vs {}",
-                    r.initial_stock.unwrap_or(0),
-                    r.added_stock,
-                    total - stock,
-                    r.success
-                ),
+            if r.payment_window_ms > 0 {
+                Check {
+                    name: "initial + added = remaining + reserved + paid",
+                    holds: total == stock + r.reserved + r.paid,
+                    figures: format!(
+                        "{} + {} = {total} vs {stock} + {} + {} = {}",
+                        r.initial_stock.unwrap_or(0),
+                        r.added_stock,
+                        r.reserved,
+                        r.paid,
+                        stock + r.reserved + r.paid
+                    ),
+                }
+            } else {
+                Check {
+                    name: "initial + added - remaining = success",
+                    holds: total - stock == r.success,
+                    figures: format!(
+                        "{} + {} - {stock} = {} vs {}",
+                        r.initial_stock.unwrap_or(0),
+                        r.added_stock,
+                        total - stock,
+                        r.success
+                    ),
+                }
             },
             Check {
                 name: "each request decided once, counted once",
@@ -108,12 +127,41 @@ impl VerifyReport {
                 name: "no user above the per-user limit",
                 holds: self.users_over_limit == 0,
                 figures: format!(
-                    "{} users with more than {} rows",
-                    self.users_over_limit, r.per_user_limit
+                    "{} users with more than {} {}",
+                    self.users_over_limit,
+                    r.per_user_limit,
+                    if r.payment_window_ms > 0 {
+                        "live or paid orders"
+                    } else {
+                        "rows"
+                    }
                 ),
             },
         ];
-        if let Some(buyers) = self.expected_buyers {
+        if r.payment_window_ms > 0 {
+            checks.push(Check {
+                name: "success = reserved + paid + expired",
+                holds: r.success == r.reserved + r.paid + r.expired,
+                figures: format!(
+                    "{} vs {} + {} + {}",
+                    r.success, r.reserved, r.paid, r.expired
+                ),
+            });
+            checks.push(Check {
+                name: "every reservation has its deadline",
+                holds: i64::try_from(r.deadlines).unwrap_or(-1) == r.reserved,
+                figures: format!("{} deadlines, {} reserved", r.deadlines, r.reserved),
+            });
+            checks.push(Check {
+                name: "orders in PostgreSQL = Redis, by state",
+                holds: self.orders == [r.reserved, r.paid, r.expired],
+                figures: format!(
+                    "reserved {} / {}, paid {} / {}, expired {} / {}",
+                    self.orders[0], r.reserved, self.orders[1], r.paid, self.orders[2], r.expired
+                ),
+            });
+        }
+        if let Some(buyers) = self.expected_buyers.filter(|_| r.payment_window_ms == 0) {
             let sold = total - stock;
             let expected = total.min(i64::try_from(buyers).unwrap_or(i64::MAX));
             checks.push(Check {
@@ -139,11 +187,16 @@ impl VerifyReport {
         } else {
             format!("FAIL: {}", failing.join("; "))
         };
+        let orders = if r.payment_window_ms > 0 {
+            format!(" orders {}r/{}p/{}e", r.reserved, r.paid, r.expired)
+        } else {
+            String::new()
+        };
         format!(
-            "activity {:<10} {:<11} sold {}/{} rows {} requests {} limit {}  {verdict}",
+            "activity {:<10} {:<11} sold {}/{} rows {} requests {} limit {}{orders}  {verdict}",
             self.activity_id,
             r.state().as_str(),
-            r.success,
+            r.held_units(),
             r.total_stock(),
             self.rows,
             r.requests_seen,
@@ -231,18 +284,27 @@ async fn report_of(
             .bind(activity)
             .fetch_one(pool)
             .await?;
-    let users_over_limit: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT user_id FROM seckill_records WHERE activity_id = $1
-             GROUP BY user_id HAVING count(*) > $2) AS over_limit",
-    )
-    .bind(activity)
-    .bind(i64::from(snapshot.per_user_limit))
-    .fetch_one(pool)
-    .await?;
+    let (users_over_limit, orders) = if snapshot.payment_window_ms > 0 {
+        (
+            orders::users_over_limit(pool, activity_id, snapshot.per_user_limit).await?,
+            orders::orders_by_state(pool, activity_id).await?,
+        )
+    } else {
+        let over: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT user_id FROM seckill_records WHERE activity_id = $1
+                 GROUP BY user_id HAVING count(*) > $2) AS over_limit",
+        )
+        .bind(activity)
+        .bind(i64::from(snapshot.per_user_limit))
+        .fetch_one(pool)
+        .await?;
+        (over, [0; 3])
+    };
     Ok(VerifyReport {
         activity_id,
         redis: snapshot,
         rows,
+        orders,
         users_over_limit,
         expected_buyers,
     })
@@ -333,6 +395,7 @@ mod tests {
                 ..ActivitySnapshot::default()
             },
             rows,
+            orders: [0; 3],
             users_over_limit: 0,
             expected_buyers: Some(25),
         }

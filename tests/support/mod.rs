@@ -344,6 +344,9 @@ pub struct Pipeline {
     pub group: String,
     /// Where server_kafka answers (`<topic>-results`).
     pub results_topic: String,
+    /// Payments (`<topic>-payments`) and order events (`<topic>-events`).
+    pub payments_topic: String,
+    pub events_topic: String,
     pub brokers: String,
     /// The stack's single Redis unless [`Pipeline::with_redis`] or [`Pipeline::on`] named
     /// another.
@@ -361,22 +364,35 @@ impl Pipeline {
         let topic = unique_name(prefix);
         let group = format!("{topic}-group");
         let results_topic = format!("{topic}-results");
+        let payments_topic = format!("{topic}-payments");
+        let events_topic = format!("{topic}-events");
         let config_path = std::env::temp_dir().join(format!("{topic}.yaml"));
         // Offsets commit every 0.5 s (server_kafka notices a killed member within seconds
         // by itself: its session defaults are short).
         let yaml = format!(
             "seckill:\n  activity_id: {activity_id}\n  requests_topic: {topic}\n  results_topic: {results_topic}\n\
+             \x20 payments_topic: {payments_topic}\n  order_events_topic: {events_topic}\n\
              server_kafka:\n  group_id: {group}\n  status_interval_secs: 1\n  timeout_ms: 0\n\
              log_worker:\n  flush_interval_ms: 100\n  lease_ms: 2000\n\
              kafka:\n  properties:\n    auto.commit.interval.ms: '500'\n"
         );
         std::fs::write(&config_path, yaml).unwrap();
-        create_topics(&brokers, &[(&topic, 4), (&results_topic, 4)]);
+        create_topics(
+            &brokers,
+            &[
+                (&topic, 4),
+                (&results_topic, 4),
+                (&payments_topic, 4),
+                (&events_topic, 4),
+            ],
+        );
         Self {
             activity_id,
             topic,
             group,
             results_topic,
+            payments_topic,
+            events_topic,
             brokers,
             backend: Backend::single(),
             config_path,
@@ -492,40 +508,88 @@ pub fn results_of(
     activity_id: u64,
 ) -> std::collections::BTreeMap<String, Vec<seckill_kafka::common::SeckillResult>> {
     use rdkafka::message::Message;
+    let mut results: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    read_all(brokers, topic, |message| {
+        let result =
+            seckill_kafka::common::SeckillResult::from_json(message.payload().unwrap_or_default())
+                .expect("a result");
+        assert_eq!(
+            message.key(),
+            Some(result.user_id.to_string().as_bytes()),
+            "keyed by user id"
+        );
+        if result.activity_id == activity_id {
+            results
+                .entry(result.request_id.clone())
+                .or_default()
+                .push(result);
+        }
+    });
+    results
+}
+
+/// Hands every message of `topic`, from its oldest record to its end now, to `each`.
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) {
     use seckill_kafka::kafka::topic_reader::{read_ranges, retained_ranges};
     let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", unique_name("results-reader"))
+        .set("group.id", unique_name("topic-reader"))
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
     let ranges = retained_ranges(&consumer, topic, Duration::from_secs(10)).unwrap();
-    let mut results: std::collections::BTreeMap<String, Vec<_>> = Default::default();
-    read_ranges(
-        &consumer,
-        topic,
-        &ranges,
-        Duration::from_secs(30),
-        |message| {
-            let result = seckill_kafka::common::SeckillResult::from_json(
-                message.payload().unwrap_or_default(),
-            )
-            .expect("a result");
-            assert_eq!(
-                message.key(),
-                Some(result.user_id.to_string().as_bytes()),
-                "keyed by user id"
-            );
-            if result.activity_id == activity_id {
-                results
-                    .entry(result.request_id.clone())
-                    .or_default()
-                    .push(result);
-            }
-        },
-    )
-    .unwrap();
-    results
+    read_ranges(&consumer, topic, &ranges, Duration::from_secs(30), each).unwrap();
+}
+
+/// One message of a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The `seckill.error` and `seckill.source` headers.
+    pub reason: String,
+    pub source: String,
+}
+
+/// The first `count` messages of the dead-letter topic `topic` (waiting up to a minute).
+pub async fn dead_letters(brokers: &str, topic: &str, count: usize) -> Vec<DeadLetter> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    use seckill_kafka::seckill::server::{DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut dead = Vec::new();
+    while dead.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("dead letters")
+            .unwrap();
+        let headers = message.headers().expect("DLQ headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        dead.push(DeadLetter {
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            reason: header(DLQ_ERROR_HEADER),
+            source: header(DLQ_SOURCE_HEADER),
+        });
+    }
+    dead
 }
 
 /// Creates topics through the Admin API (any broker; on the dev broker, which cannot, they are

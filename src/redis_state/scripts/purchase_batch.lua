@@ -4,19 +4,26 @@
 -- one HSET per hash, one RPUSH, the counters once) and what the batch itself adds is
 -- tracked here, so a batch of n requests costs about a dozen Redis commands, not 3n to 6n.
 -- The sale window is judged by Redis's clock (TIME), the same for every server.
--- KEYS: 1 stock, 2 over, 3 holdings, 4 decided, 5 success, 6 logs, 7 outcome counts, 8 meta
+-- In a sale with a payment window a SUCCESS is a reservation: the order (its id is the
+-- request id) goes into the orders hash as `R:<user>:<pay_by>` and into the deadlines set,
+-- and its record carries pay_by (= Redis time + window).
+-- KEYS: 1 stock, 2 over, 3 holdings, 4 decided, 5 success, 6 logs, 7 outcome counts, 8 meta,
+--       9 orders, 10 deadlines, 11 order counts
 -- ARGV: 1 activity_id, 2 processed_time, then per request:
 --       request_id, user_id, request_initiation_time, cost_ms
--- Returns {Redis time in ms, a code per request} (codes as purchase.lua), or -1 for the
+-- Returns {Redis time in ms, a code per request} (codes as purchase.lua) and, in a sale with
+-- a payment window, then a pay_by per request (0 unless it is a SUCCESS); or -1 for the
 -- whole batch when the activity has no live state (no stock key).
 local stock = redis.call('GET', KEYS[1])
 if not stock then
   return -1
 end
 stock = tonumber(stock)
-local meta = redis.call('HMGET', KEYS[8], 'starts_at_ms', 'ends_at_ms', 'limit')
+local meta = redis.call('HMGET', KEYS[8], 'starts_at_ms', 'ends_at_ms', 'limit',
+  'payment_window_ms')
 local starts, ends = tonumber(meta[1]) or 0, tonumber(meta[2]) or 0
 local limit = tonumber(meta[3]) or 1
+local window = tonumber(meta[4]) or 0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
@@ -74,13 +81,27 @@ local sold, over = 0, false
 local not_started, ended = now < starts, ends > 0 and now >= ends
 local head = ',"activity_id":' .. ARGV[1]
 local tail = ',"processed_time":' .. ARGV[2] .. ',"cost_ms":'
+local pay_by = now + window
+local pay_by_tail = ''
+if window > 0 then
+  pay_by_tail = ',"pay_by":' .. pay_by
+end
+local orders, deadlines, pay_bys = {}, {}, {}
 for i = 1, #ids do
   local request_id, user_id = ids[i], users[i]
   local code
   if priors[i] then
     code = 10 + tonumber(string.match(priors[i], '^%d+'))
+    if code == 10 and window > 0 then
+      -- A reservation's deadline, as its first answer gave it.
+      local order = redis.call('HGET', KEYS[9], request_id)
+      pay_bys[i] = tonumber(order and string.match(order, '(%d+)$')) or 0
+    end
   elseif decided_now[request_id] then
     code = 10 + decided_now[request_id]
+    if code == 10 and window > 0 then
+      pay_bys[i] = pay_by
+    end
   else
     if held[user_id] == nil then
       held[user_id] = tonumber(held_before[i]) or 0
@@ -102,7 +123,14 @@ for i = 1, #ids do
       local first = 4 * i - 1
       records[#records + 1] = '{"request_id":' .. cjson.encode(request_id) ..
         ',"user_id":' .. user_id .. head .. ',"request_initiation_time":' ..
-        ARGV[first + 2] .. tail .. ARGV[first + 3] .. '}'
+        ARGV[first + 2] .. tail .. ARGV[first + 3] .. pay_by_tail .. '}'
+      if window > 0 then
+        orders[#orders + 1] = request_id
+        orders[#orders + 1] = 'R:' .. user_id .. ':' .. pay_by
+        deadlines[#deadlines + 1] = pay_by
+        deadlines[#deadlines + 1] = request_id
+        pay_bys[i] = pay_by
+      end
       if stock <= 0 then
         over = true
       end
@@ -129,8 +157,18 @@ if sold > 0 then
   each_chunk(records, function(...) redis.call('RPUSH', KEYS[6], ...) end)
   redis.call('DECRBY', KEYS[1], sold)
   redis.call('INCRBY', KEYS[5], sold)
+  if window > 0 then
+    each_chunk(orders, function(...) redis.call('HSET', KEYS[9], ...) end)
+    each_chunk(deadlines, function(...) redis.call('ZADD', KEYS[10], ...) end)
+    redis.call('HINCRBY', KEYS[11], 'reserved', sold)
+  end
 end
 if over then
   redis.call('SET', KEYS[2], '1')
+end
+if window > 0 then
+  for i = 1, #ids do
+    codes[#codes + 1] = pay_bys[i] or 0
+  end
 end
 return codes

@@ -36,13 +36,17 @@ pub(super) async fn publish_results(
                 pending,
                 costs,
                 decisions,
+                pay_by,
                 decided_at,
                 result,
                 ..
             } = &mut *batch;
             let mut id_start = 0;
-            for ((request, decision), cost_ms) in
-                pending.iter().zip(decisions.iter()).zip(costs.iter())
+            for (((request, decision), cost_ms), pay_by) in pending
+                .iter()
+                .zip(decisions.iter())
+                .zip(costs.iter())
+                .zip(pay_by.iter())
             {
                 let value = &mut result.value;
                 value.request_id.clear();
@@ -55,6 +59,7 @@ pub(super) async fn publish_results(
                 value.request_initiation_time = request.initiated;
                 value.decided_at = *decided_at;
                 value.cost_ms = *cost_ms;
+                value.pay_by = (*pay_by > 0).then_some(*pay_by);
                 if let Some(key) = result.key.as_mut() {
                     key.clear();
                     let _ = std::io::Write::write_fmt(key, format_args!("{}", request.user_id));

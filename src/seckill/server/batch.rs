@@ -18,7 +18,7 @@
 use crate::backoff::Backoff;
 use crate::common::{now_ms, Decision, RequestView, SeckillOutcome, SeckillResult};
 use crate::kafka::sink::KafkaMessage;
-use crate::redis_state::{PurchaseBatch, RedisState};
+use crate::redis_state::{BatchDecisions, PurchaseBatch, RedisState};
 use crate::report::Report;
 use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::HashMap;
@@ -57,6 +57,8 @@ pub(super) struct Batch {
     pub costs: Vec<u64>,
     /// Each pending request's answer: TIMEOUT set when sealed, the others from the script.
     pub decisions: Vec<Decision>,
+    /// Each pending request's deadline to pay, when its answer is a reservation; else 0.
+    pub pay_by: Vec<i64>,
     /// Which pending requests were sent to the script, in the order of its answers.
     pub sent: Vec<usize>,
     /// When the requests were decided (ms since the epoch): Redis's clock for those sent
@@ -86,6 +88,7 @@ impl Batch {
             request_initiation_time: 0,
             decided_at: 0,
             cost_ms: 0,
+            pay_by: None,
         });
         result.key = Some(Vec::with_capacity(24));
         Self {
@@ -96,6 +99,7 @@ impl Batch {
             pending: Vec::new(),
             costs: Vec::new(),
             decisions: Vec::new(),
+            pay_by: Vec::new(),
             sent: Vec::new(),
             decided_at: 0,
             earlier: None,
@@ -120,6 +124,7 @@ impl Batch {
         self.pending.clear();
         self.costs.clear();
         self.decisions.clear();
+        self.pay_by.clear();
         self.sent.clear();
         self.earlier = None;
         self.attempts = 0;
@@ -153,6 +158,7 @@ impl Batch {
             // TIMEOUT, or replaced by the script's answer.
             self.decisions
                 .push(Decision::first(SeckillOutcome::Timeout));
+            self.pay_by.push(0);
             if timeout_ms == 0 || cost_ms <= timeout_ms {
                 purchase.push(request_id, request.user_id, request.initiated, cost_ms);
                 self.sent.push(index);
@@ -163,10 +169,17 @@ impl Batch {
     /// Takes the script's decisions for the requests sent. A request this batch decided in
     /// an earlier attempt (whose replicas fell behind) comes back as a repeat of its own
     /// decision: it is answered as the first decision it is.
-    pub fn decided(&mut self, decided_at: i64, decisions: Vec<Decision>) {
-        self.decided_at = decided_at;
+    pub fn decided(&mut self, decided: BatchDecisions) {
+        self.decided_at = decided.decided_at_ms;
         let earlier = self.earlier.take();
-        for (position, (decision, &index)) in decisions.into_iter().zip(&self.sent).enumerate() {
+        for (position, (decision, &index)) in decided
+            .decisions
+            .iter()
+            .copied()
+            .zip(&self.sent)
+            .enumerate()
+        {
+            self.pay_by[index] = decided.pay_by(position).unwrap_or(0);
             let own = earlier
                 .as_ref()
                 .and_then(|earlier| earlier.get(position))

@@ -96,7 +96,7 @@ async fn attempt_call(shared: &Shared, batch: &mut Batch) -> Step {
                 .counters
                 .called_requests
                 .fetch_add(purchase.len() as u64, Ordering::Relaxed);
-            batch.decided(decided.decided_at_ms, decided.decisions);
+            batch.decided(decided);
             Step::Decided
         }
         Err(RedisStateError::NotInitialised(activity_id)) => {

@@ -163,6 +163,12 @@ pub struct ServerSummary {
     pub latency: LatencySummary,
     /// The figures of the one activity served.
     pub redis: Option<ActivitySnapshot>,
+    /// Payments applied, by answer (`PaymentAnswer::ALL` order).
+    pub payments: [u64; 4],
+    /// Reservations this server expired.
+    pub expired: u64,
+    /// Its longest expiry call, µs (round trip included).
+    pub longest_expiry_call_us: u64,
 }
 
 impl ServerSummary {
@@ -203,6 +209,15 @@ impl fmt::Display for ServerSummary {
             c.calls,
             c.called_requests as f64 / c.calls.max(1) as f64
         )?;
+        if self.payments.iter().sum::<u64>() + self.expired > 0 {
+            let p = &self.payments;
+            writeln!(
+                f,
+                "  orders          payments paid={} late={} unknown={} already_paid={}; expired={} (longest expiry call {:.1} ms)",
+                p[0], p[1], p[2], p[3], self.expired,
+                self.longest_expiry_call_us as f64 / 1000.0
+            )?;
+        }
         let l = &self.latency;
         write!(
             f,

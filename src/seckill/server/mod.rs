@@ -19,6 +19,10 @@
 //! answers or shutdown; an abandoned batch's offsets are never stored, so its messages are
 //! delivered again.
 //!
+//! Beside the requests, each server runs the two halves of orders in sales with a payment
+//! window ([`crate::seckill::orders`]): a payments consumer (its own group,
+//! `<group_id>-payments`) and an expirer of unpaid reservations.
+//!
 //! `/ready` (telemetry) answers 200 once the state is prepared and every consumer has its
 //! assignment; static membership (`server_kafka.instance_id`) lets a restarted server take
 //! its partitions back without a rebalance on Apache Kafka.
@@ -41,6 +45,8 @@ use crate::kafka::sink::{
 use crate::kafka::KafkaError;
 use crate::redis_state::{LiveActivity, RedisState, RedisStateError};
 use crate::report::Report;
+use crate::seckill::orders::expirer::{self, ExpirerCounters, ExpirerSettings};
+use crate::seckill::orders::payments::{self, PaymentCounters, PaymentSettings};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -85,6 +91,8 @@ pub enum ServerError {
     Histogram(#[from] hdrhistogram::CreationError),
     #[error("a consumer task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("the payments consumer failed")]
+    Payments(#[from] crate::seckill::orders::payments::PaymentsError),
 }
 
 impl From<rdkafka::error::KafkaError> for ServerError {
@@ -106,6 +114,8 @@ struct Shared {
     /// Consumers that hold an assignment now: all of them (the state is prepared before
     /// any starts) means ready.
     assigned: AtomicUsize,
+    payments: Arc<PaymentCounters>,
+    expirer: Arc<ExpirerCounters>,
 }
 
 impl Shared {
@@ -159,6 +169,22 @@ pub async fn run_server(
     } else {
         None
     };
+    // Orders' topics: created where the broker has the Admin API (the dev broker creates a
+    // topic when it is first written to).
+    let order_topics = [
+        (settings.seckill.payments_topic.clone(), 8),
+        (format!("{}.dlq", settings.seckill.payments_topic), 1),
+        (settings.seckill.order_events_topic.clone(), 8),
+    ];
+    let specs: Vec<(&str, i32)> = order_topics
+        .iter()
+        .map(|(topic, partitions)| (topic.as_str(), *partitions))
+        .collect();
+    if let Err(error) =
+        crate::kafka::admin::ensure_topics(&settings.kafka, "server_kafka-admin", &specs).await
+    {
+        tracing::warn!(error = %Report(&error), "cannot check the orders' topics; relying on auto-creation");
+    }
     let counters = Arc::new(ServerCounters::default());
     let broker = BrokerKind::detect_for(&settings.kafka, "server_kafka").await;
     tracing::info!(
@@ -183,11 +209,56 @@ pub async fn run_server(
         results,
         counters: counters.clone(),
         assigned: AtomicUsize::new(0),
+        payments: Arc::default(),
+        expirer: Arc::default(),
     });
 
     // A signal or the first failing consumer stops every task.
     let stop = shutdown.child_token();
     let status = tokio::spawn(status_loop(shared.clone(), stop.clone(), started));
+    let orders_stop = stop.child_token();
+    let expirer = tokio::spawn(expirer::run_expirer(
+        redis.clone(),
+        ExpirerSettings {
+            slice: shared.settings.server.expiry_slice,
+            interval: Duration::from_millis(shared.settings.server.expiry_interval_ms),
+            only: activity_id,
+        },
+        shared.expirer.clone(),
+        orders_stop.clone(),
+    ));
+    let payments = {
+        // The request consumers' settings, in a group of its own.
+        let server = &shared.settings.server;
+        let payment_group = ServerKafkaConfig {
+            group_id: format!("{}-payments", server.group_id),
+            instance_id: server
+                .instance_id
+                .as_ref()
+                .map(|id| format!("{id}-payments")),
+            ..server.clone()
+        };
+        let mut consumer =
+            rebalance::consumer_config(&shared.settings.kafka, &payment_group, 0, broker)?;
+        consumer.set(
+            "client.id",
+            format!("{}-server_kafka-payments", shared.settings.kafka.client_id),
+        );
+        let settings = PaymentSettings {
+            kafka: shared.settings.kafka.clone(),
+            consumer,
+            topic: shared.settings.seckill.payments_topic.clone(),
+            only: activity_id,
+        };
+        let (redis, counters, stop) = (redis.clone(), shared.payments.clone(), stop.clone());
+        tokio::spawn(async move {
+            let result = payments::run_payments(redis, settings, counters, stop.clone()).await;
+            if result.is_err() {
+                stop.cancel();
+            }
+            result
+        })
+    };
     let mut tasks = Vec::new();
     for index in 0..shared.settings.server.consumers {
         let shared = shared.clone();
@@ -223,6 +294,17 @@ pub async fn run_server(
     crate::telemetry::set_ready(false);
     stop.cancel();
     let _ = status.await;
+    let _ = expirer.await;
+    match payments.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(error = %Report(&error), "payments consumer failed");
+            first_error.get_or_insert(error.into());
+        }
+        Err(join_error) => {
+            first_error.get_or_insert(join_error.into());
+        }
+    }
     // Dead-letter messages were awaited one by one; nothing should be left, and close()
     // itself logs anything that is.
     if let Err(error) = shared.dlq.close(Duration::from_secs(10)).await {
@@ -244,6 +326,9 @@ pub async fn run_server(
     let summary = ServerSummary {
         activity_id,
         activities: activities.len(),
+        payments: shared.payments.snapshot(),
+        expired: shared.expirer.expired.load(Ordering::Relaxed),
+        longest_expiry_call_us: shared.expirer.longest_call_us.load(Ordering::Relaxed),
         counts: counters.snapshot(),
         elapsed: started.elapsed(),
         active: counters.active(),
@@ -402,6 +487,8 @@ async fn status_loop(shared: Arc<Shared>, stop: CancellationToken, started: Inst
             malformed = counts.malformed,
             other_activity = counts.other_activity,
             retried_calls = counts.retried_calls,
+            payments_paid = shared.payments.snapshot()[0],
+            orders_expired = shared.expirer.expired.load(Ordering::Relaxed),
             rate_per_sec = rate.round() as u64,
             uptime_secs = started.elapsed().as_secs(),
             "status"
