@@ -18,7 +18,12 @@
 #   (f) a small sale's answer times (send to result read, p50/p99) while a hot sale takes 95%
 #       of the traffic at half of (b)'s rate, next to the small sale alone at its own rate;
 #   (g) what durability costs: on a private master with one replica, (b) with
-#       redis.wait_replicas auto (WAIT for it behind every batch) and 0, twice each.
+#       redis.wait_replicas auto (WAIT for it behind every batch) and 0, twice each;
+#   (h) orders: as (b), a backlog of BENCH_ORDER_REQUESTS requests on a sale whose 50,000
+#       buyers (just before) pay 70% of their reservations during the backlog and leave the
+#       rest to expire during it (5 s window), next to a sale without a window, A B x 3,
+#       results on; then 100,000 reservations left to expire while purchases go on: the
+#       longest any Redis command took meanwhile (Redis's latency monitor).
 # Each phase uses new activities and a new consumer group on the shared requests topic,
 # starting at its end (offset_reset latest, after /ready), so earlier runs' history costs
 # nothing; the run's sales are removed from Redis and PostgreSQL at the end (BENCH_KEEP=1
@@ -31,7 +36,8 @@ REQUESTS=${BENCH_REQUESTS:-200000}
 LATENCY_SECONDS=${BENCH_LATENCY_SECONDS:-5}
 ACTIVITIES=${BENCH_ACTIVITIES:-100}
 # BENCH_PHASES="b e" runs only those phases (default: every one).
-PHASES=${BENCH_PHASES:-a b c d e f g}
+PHASES=${BENCH_PHASES:-a b c d e f g h}
+ORDER_REQUESTS=${BENCH_ORDER_REQUESTS:-1000000}
 phase() { [[ " $PHASES " == *" $1 "* ]]; }
 
 say() { printf '\n== %s\n' "$*" >&2; }
@@ -90,12 +96,16 @@ forget_run() {
         redis-cli -p "$port" --scan --pattern "seckill:{$RUN*" 2>/dev/null \
             | while read -r key; do printf 'UNLINK %s\n' "$key"; done \
             | redis-cli -p "$port" >/dev/null 2>&1 || true
-        redis-cli -p "$port" SMEMBERS seckill:activities 2>/dev/null | grep "^$RUN" \
-            | while read -r id; do printf 'SREM seckill:activities %s\n' "$id"; done \
-            | redis-cli -c -p "$port" >/dev/null 2>&1 || true
+        local registry
+        for registry in seckill:activities seckill:activities:windowed; do
+            redis-cli -p "$port" SMEMBERS "$registry" 2>/dev/null | grep "^$RUN" \
+                | while read -r id; do printf 'SREM %s %s\n' "$registry" "$id"; done \
+                | redis-cli -c -p "$port" >/dev/null 2>&1 || true
+        done
     done
     if command -v psql >/dev/null; then
         psql -q "$DATABASE_URL" -c "DELETE FROM seckill_records WHERE activity_id::text LIKE '$RUN%'" \
+            -c "DELETE FROM orders WHERE activity_id::text LIKE '$RUN%'" \
             -c "DELETE FROM activities WHERE id::text LIKE '$RUN%'" >/dev/null 2>&1 || true
     fi
 }
@@ -331,6 +341,92 @@ w1, n1, w2, n2 = map(int, sys.argv[1:])
 print(f"with a replica: WAIT behind every batch {w1}/s and {w2}/s, no wait {n1}/s and {n2}/s: "
       f"{w1 / n1:.2f}x and {w2 / n2:.2f}x")
 EOF2
+fi
+if phase h; then
+say "(h) orders: a backlog of $ORDER_REQUESTS requests on a sale with a 5 s payment window, its payments and expiries due during it, next to a sale without, A B A B"
+# orders_run NAME WINDOW_MS: as (b), on one sale of 50,000 units that buyers took just
+# before: they pay 70% of their reservations 2-3 s later (client_kafka --pay-ratio, in the
+# background); the server is stopped while the payments and a backlog of ORDER_REQUESTS
+# requests are written, then continued, so it applies the payments and expires the unpaid
+# reservations (deadlines 5 s after the purchase) while it works through the backlog. No
+# log_worker meanwhile (as in (b): the events wait in Redis); it starts after, and the
+# buyers' client checks that every order was settled. Sets BUSY_RATE (backlog requests
+# over the time from the continue to the last answer).
+orders_run() {
+    local name=$1 window=$2 id=$((RUN * 1000 + 700 + ${#H_RATES[@]})) buyers=50000
+    "$BIN/seckill_admin" activity create --id "$id" --stock "$buyers" \
+        --payment-window-ms "$window" >/dev/null 2>>"$LOGS/admin.log" || die "cannot create $id"
+    # Only this sale: a fleet for every activity would also expire an earlier run's leftovers.
+    start_fleet "$name" --activity-id "$id"
+    "$BIN/client_kafka" --activity-id "$id" --users "$buyers" --seed "$RUN" --await-results \
+        --pay-ratio 0.7 --pay-delay-ms 2000..3000 2>>"$LOGS/client.log" >"$LOGS/$name.client" &
+    local buyers_pid=$!
+    wait_answered "$METRICS_PORT" "$buyers" 120
+    sleep 0.5 # the buyers read their answers
+    kill -STOP "$SERVER_PID"
+    "$BIN/client_kafka" --activity-id "$id" --users "$ORDER_REQUESTS" --seed $((RUN + 1)) \
+        2>>"$LOGS/client.log" >/dev/null
+    kill -CONT "$SERVER_PID"
+    BUSY_RATE=$(python3 - "$METRICS_PORT" $((buyers + ORDER_REQUESTS)) "$ORDER_REQUESTS" <<'PY'
+import sys, time, urllib.request
+port, count, backlog = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+started = time.monotonic()
+while time.monotonic() - started < 300:
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    if sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+           if line.startswith("seckill_requests_total{")) >= count:
+        print(round(backlog / (time.monotonic() - started)))
+        sys.exit(0)
+    time.sleep(0.02)
+sys.exit(1)
+PY
+) || die "timed out waiting for the backlog; logs in $LOGS"
+    "$BIN/log_worker" --activity-ids "$id" >"$LOGS/$name-worker.out" 2>"$LOGS/$name-worker.log" &
+    WORKER_PID=$!
+    wait "$buyers_pid" || die "the buyers' client_kafka failed; logs in $LOGS"
+    stop_server
+    kill -TERM "$WORKER_PID"; wait "$WORKER_PID" || die "log_worker exited $?"; WORKER_PID=
+    grep -h "orders:" "$LOGS/$name.client" | sed 's/^/  /' || true
+    grep -h "orders " "$LOGS/$name.out" || true
+    echo "  backlog of $ORDER_REQUESTS answered at $BUSY_RATE/s"
+    H_RATES+=("$BUSY_RATE")
+}
+H_RATES=()
+for round in 1 2 3; do
+    orders_run "orders-plain-$round" 0
+    orders_run "orders-window-$round" 5000
+done
+python3 - "${H_RATES[@]}" <<'EOF2'
+import statistics, sys
+rates = list(map(int, sys.argv[1:]))
+plain, window = rates[0::2], rates[1::2]
+ratios = [w / p for p, w in zip(plain, window)]
+print(f"backlog rate without a window {plain}/s, with payments and expiries {window}/s: "
+      f"ratios {', '.join(f'{r:.2f}x' for r in ratios)}, median {statistics.median(ratios):.2f}x")
+EOF2
+
+say "(h) 100,000 reservations expiring while purchases go on (expiry_slice 500)"
+EXPIRING=$((RUN * 1000 + 790)) BESIDE=$((RUN * 1000 + 791))
+"$BIN/seckill_admin" activity create --id "$EXPIRING" --stock 100000 --payment-window-ms 3000 >/dev/null 2>>"$LOGS/admin.log"
+"$BIN/seckill_admin" activity create --id "$BESIDE" --stock 1000 >/dev/null 2>>"$LOGS/admin.log"
+start_fleet orders-expiry
+"$BIN/client_kafka" --activity-id "$EXPIRING" --users 100000 --seed "$RUN" 2>>"$LOGS/client.log" >/dev/null
+wait_answered "$METRICS_PORT" 100000 120
+# From here on, only the expiry and the purchases beside it run scripts.
+rcli CONFIG SET latency-monitor-threshold 1 >/dev/null
+rcli LATENCY RESET >/dev/null
+"$BIN/client_kafka" --activity-id "$BESIDE" --users 200000 --rate 20000 --seed "$RUN" \
+    --await-results 2>>"$LOGS/client.log" >"$LOGS/orders-beside.client" &
+BESIDE_PID=$!
+EKEY() { echo "seckill:{$EXPIRING}:$1"; }
+wait_until 120 "100,000 reservations expired" sh -c "[ \"\$(redis-cli -p $REDIS_PORT HGET $(EKEY order_counts) expired)\" = 100000 ]"
+wait "$BESIDE_PID" || die "client_kafka beside the expiry failed"
+LONGEST=$(rcli LATENCY LATEST | python3 -c 'import sys; v = sys.stdin.read().split(); print(max([int(x) for x in v[3::4]] or [0]))')
+rcli CONFIG SET latency-monitor-threshold 0 >/dev/null
+stop_server
+grep -h "orders " "$LOGS/orders-expiry.out"
+grep -h "results:" "$LOGS/orders-beside.client" | sed 's/^/  purchases beside the expiry: /'
+echo "longest Redis command while 100,000 reservations expired (latency monitor, 1 ms resolution): $LONGEST ms"
 fi
 echo "logs: $LOGS"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The flash-sale demo on the local stack: twenty sales at once on one server fleet.
+# The flash-sale demo on the local stack: twenty sales at once on one server fleet, and a
+# twenty-first whose buyers must pay within 3 s.
 #   1. install what the machine lacks (scripts/dev-stack.sh deps), then build the programs
 #      (the dev profile the tests use too, see Cargo.toml) while the dev stack (Redis, a Redis
 #      Cluster, PostgreSQL, dev broker) starts
@@ -10,7 +11,10 @@
 #   4. client_kafka sends DEMO_USERS users x DEMO_REQUESTS_PER_USER requests spread over 19
 #      sales (each user asks several), and a second run has users ask the limited sale three
 #      times each; both wait for every answer on the results topic (--await-results)
-#   5. wait until every record is in PostgreSQL, SIGTERM both programs (they drain and
+#   5. sale 21 has a 3 s payment window: a first wave of buyers takes its whole stock and pays
+#      for about two thirds of it; the unpaid reservations expire, their units go back on
+#      sale, and a second wave of buyers takes them and pays (client_kafka --pay-ratio)
+#   6. wait until every record is in PostgreSQL, SIGTERM both programs (they drain and
 #      commit), verify the invariants of every sale, print a report
 # DEMO_REDIS=cluster (make demo-cluster) runs it on the local Redis Cluster instead of the
 # single node. Each run uses new activity ids and a new consumer group, so runs do not
@@ -70,7 +74,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "20 sales on the Redis $REDIS_MODE: activities $((RUN * 100 + 1))..$((RUN * 100 + 20))"
+say "21 sales on the Redis $REDIS_MODE: activities $((RUN * 100 + 1))..$((RUN * 100 + 21))"
 IDS=()
 STARTS_LATER=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).isoformat(timespec="seconds"))')
 for k in $(seq 1 20); do
@@ -85,8 +89,14 @@ for k in $(seq 1 20); do
     "$BIN/seckill_admin" activity create "${flags[@]}" > "$LOGS/create-$id.out" 2>"$LOGS/admin.log" \
         || { cat "$LOGS/admin.log" >&2; echo "demo: seckill_admin could not create sale $id" >&2; exit 1; }
 done
+PAY_SALE=$((RUN * 100 + 21))
+PAY_STOCK=${DEMO_PAY_STOCK:-300}
+IDS+=("$PAY_SALE")
+"$BIN/seckill_admin" activity create --id "$PAY_SALE" --stock "$PAY_STOCK" --payment-window-ms 3000 \
+    --name "demo sale 21 (pay within 3 s)" > "$LOGS/create-$PAY_SALE.out" 2>>"$LOGS/admin.log" \
+    || { cat "$LOGS/admin.log" >&2; echo "demo: seckill_admin could not create sale $PAY_SALE" >&2; exit 1; }
 LIMITED=${IDS[6]}
-SPREAD=$(printf '%s\n' "${IDS[@]}" | grep -vx "$LIMITED" | paste -sd, -)
+SPREAD=$(printf '%s\n' "${IDS[@]}" | grep -vx "$LIMITED" | grep -vx "$PAY_SALE" | paste -sd, -)
 IDS_LIST=$(printf '%s\n' "${IDS[@]}" | paste -sd, -)
 "$BIN/seckill_admin" activity list 2>>"$LOGS/admin.log" | grep -E "^id|^$RUN" | sed 's/^/  /'
 
@@ -115,17 +125,29 @@ started=$(date +%s.%N)
 "$BIN/client_kafka" --activity-id "$LIMITED" --users "$LIMITED_USERS" --requests-per-user 3 \
     --seed 7 --await-results 2>"$LOGS/client-limited.log" | tee "$LOGS/client-limited.out"
 
+# Polls `log_worker --verify` over the sales $1 until every invariant holds.
+wait_verified() {
+    local deadline=$((SECONDS + 90))
+    until "$BIN/log_worker" --verify --activity-ids "$1" >"$LOGS/verify.out" 2>"$LOGS/verify.log"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            cat "$LOGS/verify.out"
+            echo "demo: the records did not reach PostgreSQL in 90 s; logs in $LOGS" >&2
+            exit 1
+        fi
+        sleep 0.3
+    done
+}
 say "waiting for every record to reach PostgreSQL"
-deadline=$((SECONDS + 90))
-until "$BIN/log_worker" --verify --activity-ids "$IDS_LIST" >"$LOGS/verify.out" 2>"$LOGS/verify.log"; do
-    if [ "$SECONDS" -ge "$deadline" ]; then
-        cat "$LOGS/verify.out"
-        echo "demo: the records did not reach PostgreSQL in 90 s; logs in $LOGS" >&2
-        exit 1
-    fi
-    sleep 0.3
-done
+wait_verified "$(printf '%s\n' "${IDS[@]}" | grep -vx "$PAY_SALE" | paste -sd, -)"
 drained=$(date +%s.%N)
+
+say "sale $PAY_SALE: $((PAY_STOCK * 3)) buyers, a third of the winners never pay; then a second wave"
+# Each wave waits until every reservation it made is paid or expired (order events).
+"$BIN/client_kafka" --activity-id "$PAY_SALE" --users $((PAY_STOCK * 3)) --seed 21 --await-results \
+    --pay-ratio 0.67 --pay-delay-ms 200..1500 2>"$LOGS/client-pay-1.log" | tee "$LOGS/client-pay-1.out"
+"$BIN/client_kafka" --activity-id "$PAY_SALE" --users $((PAY_STOCK * 3)) --seed 22 --await-results \
+    --pay-ratio 1 --pay-delay-ms 200..800 2>"$LOGS/client-pay-2.log" | tee "$LOGS/client-pay-2.out"
+wait_verified "$PAY_SALE"
 
 say "stopping server_kafka and log_worker (SIGTERM: drain, commit, exit)"
 kill -TERM "$SERVER_PID" "$WORKER_PID"
@@ -141,7 +163,9 @@ say "verifying the invariants of every sale"
 verify_status=0
 "$BIN/log_worker" --verify --activity-ids "$IDS_LIST" 2>>"$LOGS/verify.log" || verify_status=$?
 echo
-"$BIN/seckill_admin" activity show "$LIMITED" 2>>"$LOGS/admin.log" | sed 's/^/  /'
+for id in "$LIMITED" "$PAY_SALE"; do
+    "$BIN/seckill_admin" activity show "$id" 2>>"$LOGS/admin.log" | sed 's/^/  /'
+done
 
 say "report"
 TOTAL=$((USERS * PER_USER + LIMITED_USERS * 3))
@@ -151,6 +175,7 @@ started, drained, total = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3
 print(f"{total} requests over 20 sales, from the first send to the last row in PostgreSQL in "
       f"{drained - started:.2f} s ({total / (drained - started):.0f} requests/s end to end)")
 EOF
-grep -h "results:\|processed\|rows/s" "$LOGS/client.out" "$LOGS/client-limited.out" "$LOGS/server.out" "$LOGS/log_worker.out" | sed "s/^ */  /"
+grep -h "results:\|orders:\|processed\|rows/s" "$LOGS/client.out" "$LOGS/client-limited.out" \
+    "$LOGS/client-pay-1.out" "$LOGS/client-pay-2.out" "$LOGS/server.out" "$LOGS/log_worker.out" | sed "s/^ */  /"
 echo "  logs: $LOGS"
 exit "$verify_status"

@@ -694,9 +694,10 @@ async fn malformed_messages_go_to_the_dead_letter_topic() {
     assert_eq!(success, 60);
     // At least once: when a consumer joins late, the records its partitions' first owner
     // read since the last commit are read again (the dev broker refuses a commit during a
-    // rebalance), so a bad or foreign record may be counted twice; never less than once.
+    // rebalance), so a bad or foreign record may be counted again at each of the group's
+    // rebalances while its two consumers join (up to three reads); never less than once.
     assert!(
-        (6..=12).contains(&malformed) && (1..=2).contains(&other),
+        (6..=18).contains(&malformed) && (1..=3).contains(&other),
         "malformed={malformed} (6 bad records) other_activity={other} (1)"
     );
 
@@ -718,8 +719,8 @@ async fn malformed_messages_go_to_the_dead_letter_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_loses_nothing() {
     let cluster = MockCluster::new(1).unwrap();
+    // Its topics are made by Pipeline::with_brokers (the mock's default of 4 partitions).
     let pipeline = Pipeline::with_brokers("outage", cluster.bootstrap_servers());
-    cluster.create_topic(&pipeline.topic, 4, 1).unwrap();
     let first: Vec<_> = (0..500u64)
         .map(|n| {
             (

@@ -55,7 +55,8 @@ fn find_missing(
 }
 
 /// Creates those of `topics` (name, partitions) that do not exist yet, with the broker's
-/// default replication factor. Returns the names it created.
+/// default replication factor (on the dev broker: with its default partition count). Returns
+/// the names it created.
 pub async fn ensure_topics(
     kafka: &KafkaConfig,
     program: &str,
@@ -73,13 +74,26 @@ pub async fn ensure_topics(
         return Ok(Vec::new());
     }
     if broker.is_mock() {
-        // It has no CreateTopics (a request would wait for its timeout); it creates a topic
-        // with its default partition count when a producer first writes to it.
-        tracing::debug!(
-            topics = missing.len(),
-            "the dev broker creates topics on first use"
-        );
-        return Ok(Vec::new());
+        // The dev broker has no CreateTopics (a request would wait for its timeout); it
+        // creates a topic, with its default partition count, when a producer asks for the
+        // topic's metadata. A consumer subscribed to a topic that does not exist yet only
+        // looks for it again at the next metadata refresh (5 minutes by default), so the
+        // topic is made now.
+        let kafka = kafka.clone();
+        let names: Vec<String> = missing.iter().map(|(topic, _)| topic.to_string()).collect();
+        let program = program.to_string();
+        return tokio::task::spawn_blocking(move || {
+            let producer: rdkafka::producer::BaseProducer =
+                client_config(&kafka, ClientRole::Producer, &program)?.create()?;
+            for topic in &names {
+                rdkafka::producer::Producer::client(&producer)
+                    .fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+            }
+            tracing::debug!(topics = names.len(), "topics made on the dev broker");
+            Ok(names)
+        })
+        .await
+        .map_err(|_| KafkaError::from(rdkafka::error::KafkaError::Canceled))?;
     }
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka, ClientRole::Admin, program)?.create()?;

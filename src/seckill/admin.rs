@@ -319,7 +319,7 @@ impl ActivityView {
             live.state().as_str(),
             live.stock
                 .map_or("-".to_string(), |stock| stock.to_string()),
-            live.success,
+            live.held_units(),
             a.stock + a.added_stock,
             a.per_user_limit,
             a.name
@@ -368,7 +368,15 @@ impl fmt::Display for ActivityView {
             live.stock
                 .map_or("- (no live state)".into(), |v| v.to_string())
         )?;
-        writeln!(f, "  sold             {}", live.success)?;
+        if a.payment_window_ms > 0 {
+            writeln!(
+                f,
+                "  sold             {} (paid) + {} reserved; {} reservations made in all",
+                live.paid, live.reserved, live.success
+            )?;
+        } else {
+            writeln!(f, "  sold             {}", live.success)?;
+        }
         if a.payment_window_ms > 0 {
             let total = live.total_stock();
             let stock = live.stock.unwrap_or(0);

@@ -16,10 +16,11 @@ use crate::report::Report;
 use crate::seckill::client::ClientError;
 use crate::seckill::orders::{EventKind, OrderEvent, OrderState, PaymentRequest};
 use crate::seckill::results::ResultsReader;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -113,6 +114,9 @@ impl Buyers {
     }
 }
 
+/// A payment waiting for its time: (due ms, payment id, order id, user id, activity id).
+type DuePayment = (i64, String, String, u64, u64);
+
 /// A number from the order id and the seed, the same in every run of that seed.
 fn draw(seed: u64, order_id: &str, salt: u64) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -153,8 +157,9 @@ async fn settle(
     // Events that came before their reservation was read.
     let mut early_orders: HashMap<String, OrderState> = HashMap::new();
     let mut early_answers: HashMap<String, PaymentAnswer> = HashMap::new();
-    let sent = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
+    let mut due_payments: BinaryHeap<Reverse<DuePayment>> = BinaryHeap::new();
+    let mut failed = 0_u64;
+    let mut paying = tokio::time::interval(Duration::from_millis(5));
     let mut last_due = now_ms();
     let mut all_reserved = false;
     let mut ticker = tokio::time::interval(Duration::from_millis(100));
@@ -171,27 +176,18 @@ async fn settle(
                     let pays = share < settings.ratio * 1_000_000.0;
                     if pays {
                         let delay = low + draw(settings.seed, &order_id, 1) % (high - low + 1);
-                        last_due = last_due.max(now_ms() + delay as i64);
-                        let payment = PaymentRequest {
-                            payment_id: format!("pay-{order_id}"),
+                        let due = now_ms() + delay as i64;
+                        last_due = last_due.max(due);
+                        let payment_id = format!("pay-{order_id}");
+                        let answer = early_answers.remove(&payment_id);
+                        payments.insert(payment_id.clone(), answer);
+                        due_payments.push(Reverse((
+                            due,
+                            payment_id,
                             order_id,
-                            user_id: result.user_id,
-                            activity_id: result.activity_id,
-                        };
-                        let answer = early_answers.remove(&payment.payment_id);
-                        payments.insert(payment.payment_id.clone(), answer);
-                        let (sink, sent, failed) = (sink.clone(), sent.clone(), failed.clone());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(delay)).await;
-                            let key = payment.user_id.to_string();
-                            match sink.send(KafkaMessage::new(payment).key(key)).await {
-                                Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
-                                Err(error) => {
-                                    tracing::warn!(error = %Report(&error), "a payment could not be sent");
-                                    failed.fetch_add(1, Ordering::Relaxed)
-                                }
-                            };
-                        });
+                            result.user_id,
+                            result.activity_id,
+                        )));
                     }
                 }
                 None => all_reserved = true,
@@ -210,9 +206,32 @@ async fn settle(
                     _ => {}
                 }
             }
+            _ = paying.tick() => {
+                // Every payment due now, through the producer's fast path (its delivery
+                // reports are counted by the sink).
+                while due_payments.peek().is_some_and(|Reverse(next)| next.0 <= now_ms()) {
+                    let Some(Reverse((_, payment_id, order_id, user_id, activity_id))) =
+                        due_payments.pop()
+                    else {
+                        break;
+                    };
+                    let message = KafkaMessage::new(PaymentRequest {
+                        payment_id,
+                        order_id,
+                        user_id,
+                        activity_id,
+                    })
+                    .key(user_id.to_string());
+                    if let Err(error) = sink.enqueue(&message) {
+                        tracing::warn!(error = %Report(&error), "a payment could not be sent");
+                        failed += 1;
+                    }
+                }
+            }
             _ = ticker.tick() => {
                 let settled = orders.values().all(Option::is_some)
-                    && payments.values().all(Option::is_some);
+                    && payments.values().all(Option::is_some)
+                    && due_payments.is_empty();
                 let timeout = i64::try_from(settings.timeout.as_millis()).unwrap_or(i64::MAX);
                 if all_reserved && (settled || now_ms() > last_due.saturating_add(timeout)) {
                     break;
@@ -223,9 +242,9 @@ async fn settle(
     }
     reading.cancel();
     reader_thread.await??;
-    if let Err(error) = sink.close(Duration::from_secs(10)).await {
-        tracing::warn!(error = %Report(&error), "closing the payments sink");
-    }
+    let closed = sink.close(Duration::from_secs(10)).await?;
+    let sent = closed.metrics.messages_sent;
+    failed += closed.metrics.messages_failed + closed.undelivered;
     let count = |state: OrderState| orders.values().filter(|s| **s == Some(state)).count() as u64;
     let mut answers = [0; 4];
     for answer in payments.values().flatten() {
@@ -238,8 +257,8 @@ async fn settle(
         paid: count(OrderState::Paid),
         expired: count(OrderState::Expired),
         unsettled: orders.values().filter(|s| s.is_none()).count() as u64,
-        payments_sent: sent.load(Ordering::Relaxed),
-        payments_failed: failed.load(Ordering::Relaxed),
+        payments_sent: sent,
+        payments_failed: failed,
         answers,
         unanswered: payments.values().filter(|a| a.is_none()).count() as u64,
     })

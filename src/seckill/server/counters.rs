@@ -213,7 +213,7 @@ impl fmt::Display for ServerSummary {
             let p = &self.payments;
             writeln!(
                 f,
-                "  orders          payments paid={} late={} unknown={} already_paid={}; expired={} (longest expiry call {:.1} ms)",
+                "  orders          payments paid={} late={} unknown={} already_paid={}; expired={} (longest expiry round trip {:.1} ms)",
                 p[0], p[1], p[2], p[3], self.expired,
                 self.longest_expiry_call_us as f64 / 1000.0
             )?;
