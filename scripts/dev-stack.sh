@@ -273,10 +273,17 @@ postgres_up() {
         return
     fi
     pg_home_make
+    # PG_HOME outlives a checkout that was deleted and cloned again at the same path: its
+    # data is there, the password (kept in the checkout) is gone. A new one is set below.
+    local new_password=0
+    if [ ! -s "$DEV/pg.password" ]; then
+        python3 -c 'import secrets; print(secrets.token_hex(12))' > "$DEV/pg.password"
+        new_password=1
+    fi
+    chmod 600 "$DEV/pg.password"
     if [ ! -f "$PG_HOME/data/PG_VERSION" ]; then
         rm -rf "$PG_HOME/data"
-        [ -s "$DEV/pg.password" ] || python3 -c 'import secrets; print(secrets.token_hex(12))' > "$DEV/pg.password"
-        chmod 600 "$DEV/pg.password"
+        new_password=0
         # initdb reads the password from a file the postgres user can read; it goes at once.
         install -m 600 "$DEV/pg.password" "$PG_HOME/pwfile"
         [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_HOME/pwfile"
@@ -295,6 +302,11 @@ postgres_up() {
         start >/dev/null || { tail -20 "$PG_HOME/postgres.log" >&2; die "postgres did not start"; }
     log "postgres on 127.0.0.1:$port is ready"
     local psql=("$bin/psql" -h "$PG_HOME/sock" -p "$port" -U "$PG_USER" -d postgres -qAt)
+    if [ "$new_password" = 1 ]; then
+        # Local connections are trusted (initdb --auth-local=trust): set this checkout's.
+        as_pg "${psql[@]}" -c "ALTER ROLE $PG_USER PASSWORD '$(cat "$DEV/pg.password")'" >/dev/null
+        log "postgres: the data in $PG_HOME outlived its checkout's password; set a new one"
+    fi
     if [ "$(as_pg "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]; then
         as_pg "${psql[@]}" -c "CREATE DATABASE $PG_DB" >/dev/null
         log "created database $PG_DB"
