@@ -502,3 +502,92 @@ async fn dead_letters(pipeline: &support::Pipeline, count: usize) -> HashMap<Vec
     }
     dead
 }
+
+/// server_kafka and log_worker SIGKILLed while payments are applied, and again while
+/// reservations expire, and restarted: every order is settled once, every event published,
+/// every figure holds.
+#[tokio::test]
+async fn orders_survive_kills_during_payments_and_expiries() {
+    let pipeline = support::Pipeline::new("orders-crash");
+    create_windowed(&pipeline, 300, 4_000);
+    let mut server = pipeline.spawn("server_kafka", &[]);
+    let mut worker = pipeline.spawn("log_worker", &[]);
+    // Payments spread over 0 to 6 s: some land before the deadline, some after it.
+    let client = pipeline.spawn(
+        "client_kafka",
+        &[
+            "--users",
+            "600",
+            "--await-results",
+            "--pay-ratio",
+            "0.5",
+            "--pay-delay-ms",
+            "0..6000",
+            "--seed",
+            "3",
+        ],
+    );
+    // Killed once payments are being applied, and again once reservations are expiring.
+    type Reached = fn(&ActivitySnapshot) -> bool;
+    let stages: [(&str, Reached); 2] = [
+        ("payments applied", |s| s.payments.iter().sum::<u64>() > 0),
+        ("reservations expiring", |s| s.expired > 0),
+    ];
+    for (what, reached) in stages {
+        pipeline
+            .wait_for(what, Duration::from_secs(60), reached)
+            .await;
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        worker.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server = pipeline.spawn("server_kafka", &[]);
+        worker = pipeline.spawn("log_worker", &[]);
+    }
+    let finished = client.wait(Duration::from_secs(120));
+    finished.assert_success("client_kafka");
+    assert_eq!(finished.figure("reserved"), 300, "{}", finished.stdout);
+    assert_eq!(finished.figure("unsettled"), 0);
+    assert_eq!(finished.figure("unanswered"), 0);
+
+    drained(&pipeline).await;
+    let s = redis_figures(&pipeline).await;
+    assert_figures_hold(&s);
+    assert_eq!(s.reserved, 0);
+    assert_eq!(s.paid + s.expired, 300);
+    assert!(s.paid > 0 && s.expired > 0 && s.payments[1] > 0, "{s:?}");
+    pipeline
+        .run("log_worker", &["--verify"])
+        .assert_success("verify");
+
+    // Each order settled once (a publish repeated after a kill repeats the same event) and
+    // each payment answered once; all of them published.
+    let mut settled: HashMap<String, OrderState> = HashMap::new();
+    let mut answered: HashMap<String, PaymentAnswer> = HashMap::new();
+    for event in published_events(&pipeline) {
+        match event.kind {
+            EventKind::Order => {
+                let state = event.state.unwrap();
+                let first = *settled.entry(event.id.clone()).or_insert(state);
+                assert_eq!(first, state, "{}", event.id);
+            }
+            EventKind::Payment => {
+                let answer = event.answer.unwrap();
+                assert_eq!(*answered.entry(event.id.clone()).or_insert(answer), answer);
+            }
+        }
+    }
+    let paid = settled.values().filter(|s| **s == OrderState::Paid).count() as i64;
+    assert_eq!((paid, settled.len() as i64 - paid), (s.paid, s.expired));
+    assert_eq!(answered.len() as u64, s.payments.iter().sum::<u64>());
+    // The rows agree too, one per order.
+    let pool = seckill_kafka::postgres::connect(&support::postgres_config())
+        .await
+        .unwrap();
+    let rows = seckill_kafka::seckill::orders::store::orders_by_state(&pool, pipeline.activity_id)
+        .await
+        .unwrap();
+    assert_eq!(rows, [0, s.paid, s.expired]);
+    server.terminate().assert_success("server_kafka");
+    worker.terminate().assert_success("log_worker");
+}
