@@ -17,6 +17,7 @@
 //! | [`postgres`]    | PostgreSQL pool and the embedded `migrations/`                       |
 //! | [`kafka`]       | Kafka settings and client config, error taxonomy, `KafkaSink<T>`;    |
 //! |                 | depends on no application module                                     |
+//! | [`gateway`]     | seckill_gateway: buyers over HTTP (axum), tokens, limits, outcomes   |
 //! | [`dev_broker`]  | the local test broker: librdkafka's mock cluster with the suite topics |
 //! | [`seckill`]     | the flash-sale programs: client, server, log worker, verification    |
 //! | [`backoff`]     | exponential backoff with jitter for unreachable services             |
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod common;
 pub mod config;
 pub mod dev_broker;
+pub mod gateway;
 pub mod kafka;
 pub mod pace;
 pub mod postgres;

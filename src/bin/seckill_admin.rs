@@ -2,11 +2,12 @@
 
 use clap::{Parser, Subcommand};
 use seckill_kafka::cli::{self, CommonArgs};
+use seckill_kafka::gateway::auth::{issue, TokenSecret};
 use seckill_kafka::seckill::admin::{parse_time, ActivityView, Admin, NewActivity};
 use seckill_kafka::secret::SecretUrl;
 use std::process::ExitCode;
 
-/// Manages the sales: create, list, show, add stock, end, restore.
+/// Manages the sales: create, list, show, add stock, end, restore; issues gateway tokens.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -37,6 +38,16 @@ enum Command {
     /// The sales
     #[command(subcommand)]
     Activity(ActivityCommand),
+    /// Print a bearer token for seckill_gateway (JWT HS256, signed with the secret in
+    /// GATEWAY_JWT_SECRET or gateway.jwt_secret_file), for tests and demos
+    Token {
+        /// The user the token names
+        #[arg(long)]
+        user: u64,
+        /// Valid for this long, seconds
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,7 +101,19 @@ async fn main() -> ExitCode {
         &args.common,
         flags,
         |config, _shutdown| async move {
-            let Command::Activity(command) = args.command;
+            let command = match args.command {
+                Command::Activity(command) => command,
+                Command::Token { user, ttl_secs } => {
+                    anyhow::ensure!(
+                        i64::try_from(user).is_ok(),
+                        "--user {user} is above the largest id {}",
+                        i64::MAX
+                    );
+                    let secret = TokenSecret::load(&config.gateway)?;
+                    println!("{}", issue(&secret, user, ttl_secs)?);
+                    return anyhow::Ok(());
+                }
+            };
             // Input is checked before any store is contacted: bad input changes nothing.
             let create = match &command {
                 ActivityCommand::Create {

@@ -99,6 +99,7 @@ pub struct Config {
     pub log_worker: LogWorkerConfig,
     pub stream_sum: StreamSumConfig,
     pub zstd_producer: ZstdProducerConfig,
+    pub gateway: GatewayConfig,
 }
 
 /// Where a configuration value came from; part of every error message.

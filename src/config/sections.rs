@@ -387,3 +387,57 @@ impl Default for ZstdProducerConfig {
         }
     }
 }
+
+/// seckill_gateway: buyers over HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where it listens (`--listen`).
+    pub listen: String,
+    /// A file holding the token secret (HS256); `GATEWAY_JWT_SECRET` is read when
+    /// unset. Never in this file: secrets do not belong in config files.
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+    /// How long a purchase waits for its outcome when the client does not say (`wait_ms`).
+    pub default_wait_ms: u64,
+    /// The longest `wait_ms` a client may ask for (purchase and long-poll).
+    pub max_wait_ms: u64,
+    /// Requests waiting for their outcome at most; beyond it, 503 with Retry-After.
+    pub max_pending: usize,
+    /// Outcomes kept for `GET /requests/{id}` after they arrived (the newest).
+    pub recent_outcomes: usize,
+    /// Purchases per second one user may make (token bucket), and its burst.
+    pub user_rate_per_sec: u32,
+    pub user_burst: u32,
+    /// Requests per second one client address may make, and its burst.
+    pub ip_rate_per_sec: u32,
+    pub ip_burst: u32,
+    /// Largest request body, bytes (413 above).
+    pub max_body_bytes: usize,
+    /// How long a sale's state is cached for `GET /activities/{id}` and the door answers.
+    pub activity_cache_ms: u64,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// A client must send its request headers within this, ms.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            jwt_secret_file: None,
+            default_wait_ms: 1_000,
+            max_wait_ms: 10_000,
+            max_pending: 100_000,
+            recent_outcomes: 1_000_000,
+            user_rate_per_sec: 5,
+            user_burst: 10,
+            ip_rate_per_sec: 1_000,
+            ip_burst: 2_000,
+            max_body_bytes: 4_096,
+            activity_cache_ms: 200,
+            max_connections: 10_000,
+            header_read_timeout_ms: 5_000,
+        }
+    }
+}

@@ -219,6 +219,7 @@ pub fn binary(name: &str) -> &'static str {
         "stream_sum" => env!("CARGO_BIN_EXE_stream_sum"),
         "zstd_producer" => env!("CARGO_BIN_EXE_zstd_producer"),
         "seckill_admin" => env!("CARGO_BIN_EXE_seckill_admin"),
+        "seckill_gateway" => env!("CARGO_BIN_EXE_seckill_gateway"),
         other => panic!("unknown program {other}"),
     }
 }
