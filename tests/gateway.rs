@@ -172,6 +172,29 @@ async fn buyers_get_their_outcome_over_http_and_only_theirs() {
         3
     );
 
+    // A restarted gateway reads the recent answers back: the owner still gets theirs.
+    gateway.terminate().assert_success("seckill_gateway");
+    let (gateway, port) = start_gateway(&pipeline, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = http(
+            port,
+            "GET",
+            "/requests/gw-1-click-1",
+            &[("Authorization", &bearer(&first))],
+            b"",
+        );
+        if status == 200 {
+            assert_eq!(json(&body)["outcome"], outcomes[0].as_str());
+            break;
+        }
+        assert_eq!(status, 404, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the restarted gateway never knew the request"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     gateway.terminate().assert_success("seckill_gateway");
     server.terminate().assert_success("server_kafka");
 }

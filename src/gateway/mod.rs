@@ -112,7 +112,10 @@ pub async fn run_gateway(
     let outcomes = Arc::new(Outcomes::new(config.max_pending, config.recent_outcomes));
     let ready = Arc::new(AtomicBool::new(false));
     let reader_stop = shutdown.child_token();
+    let broker =
+        crate::kafka::broker::BrokerKind::detect_for(&settings.kafka, "seckill_gateway").await;
     let reader = results::start(
+        broker,
         settings.kafka.clone(),
         settings.seckill.results_topic.clone(),
         outcomes.clone(),

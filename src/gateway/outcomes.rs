@@ -94,19 +94,29 @@ impl Outcomes {
         }
     }
 
-    /// An outcome arrived (the first one counts; a result read twice changes nothing).
+    /// An outcome arrived (the first one counts; a result read twice changes nothing). One
+    /// of a request not pending here (accepted by another gateway, or before a restart) is
+    /// kept too, so its owner may ask any gateway.
     pub fn complete(&self, result: SeckillResult) {
         let mut table = self.lock();
-        let Some(entry) = table.entries.get_mut(&result.request_id) else {
-            return; // Not accepted here (another gateway's), or long forgotten.
-        };
-        if entry.result.is_some() {
-            return;
-        }
         let id = result.request_id.clone();
-        entry.result = Some(result);
-        entry.arrived.notify_waiters();
-        table.pending -= 1;
+        match table.entries.get_mut(&id) {
+            Some(entry) if entry.result.is_some() => return,
+            Some(entry) => {
+                entry.result = Some(result);
+                entry.arrived.notify_waiters();
+                table.pending -= 1;
+            }
+            None => {
+                table.entries.insert(
+                    id.clone(),
+                    Entry {
+                        result: Some(result),
+                        arrived: Arc::new(Notify::new()),
+                    },
+                );
+            }
+        }
         table.completed.push_back(id);
         while table.completed.len() > self.recent {
             if let Some(old) = table.completed.pop_front() {
@@ -199,7 +209,9 @@ mod tests {
         outcomes.complete(result("c"));
         // Only the two newest outcomes are kept.
         assert_eq!(outcomes.lookup("a"), Lookup::Unknown);
-        assert!(matches!(outcomes.lookup("c"), Lookup::Decided(_)));
+        // One accepted elsewhere (or before a restart) is kept as well.
+        outcomes.complete(result("elsewhere"));
+        assert!(matches!(outcomes.lookup("elsewhere"), Lookup::Decided(_)));
         outcomes.abandon("c");
         assert!(matches!(outcomes.lookup("c"), Lookup::Decided(_)));
         assert_eq!(outcomes.pending(), 0);

@@ -1,28 +1,42 @@
-//! The gateway's reader of the results topic: every partition, from the end it found at
-//! start, on a thread of its own; each answer to a request this gateway accepted (ids
-//! `gw-<user>-...`) completes its entry in [`Outcomes`]. Every gateway reads every answer:
-//! N gateways read the results topic N times, a cost that grows with the gateways (each
-//! keeps only its own).
+//! The gateway's reader of the results topic: every partition, from [`REPLAY`] before its
+//! start (so a restarted gateway still answers `GET /requests/{id}` for recent requests),
+//! on a thread of its own; each answer to a request made through a gateway (ids
+//! `gw-<user>-...`) completes or fills its entry in [`Outcomes`]. Every gateway reads every
+//! answer: N gateways read the results topic N times, a cost that grows with the gateways;
+//! in exchange a buyer may poll any of them.
 
 use super::outcomes::Outcomes;
 use crate::common::SeckillResult;
 use crate::config::KafkaConfig;
-use crate::seckill::results::{ResultsError, ResultsReader};
+use crate::kafka::broker::BrokerKind;
+use crate::seckill::results::{ResultsError, ResultsReader, Start};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How far back the results topic is read at start.
+pub const REPLAY: Duration = Duration::from_secs(600);
 
 /// Positions on the results topic now (before the first request is accepted), then reads
 /// on a blocking thread until `stop`. `ready` turns true once positioned.
 pub async fn start(
+    broker: BrokerKind,
     kafka: KafkaConfig,
     topic: String,
     outcomes: Arc<Outcomes>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), ResultsError>>, ResultsError> {
+    // The dev broker finds no offset by time (librdkafka's mock answers the end): there the
+    // reader starts at the oldest record it keeps (it keeps a few MB per partition).
+    let start = if broker.is_mock() {
+        Start::Beginning
+    } else {
+        Start::Since(crate::common::now_ms() - REPLAY.as_millis() as i64)
+    };
     let mut reader =
-        tokio::task::spawn_blocking(move || ResultsReader::at_end_or_start(&kafka, &topic))
+        tokio::task::spawn_blocking(move || ResultsReader::from_or_start(&kafka, &topic, start))
             .await
             .map_err(|_| ResultsError::Kafka(rdkafka::error::KafkaError::Canceled.into()))??;
     ready.store(true, Ordering::SeqCst);

@@ -192,6 +192,17 @@ impl SendingDone {
     }
 }
 
+/// Where a reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the end when created: only what comes after.
+    End,
+    /// At the first record written at or after this time (ms since the epoch).
+    Since(i64),
+    /// At the oldest record kept.
+    Beginning,
+}
+
 /// A consumer of the results topic, positioned at its end when created.
 pub struct ResultsReader {
     consumer: BaseConsumer<StatisticsContext>,
@@ -204,16 +215,25 @@ impl ResultsReader {
     /// Assigns every partition of `seckill.results_topic` at its current end (no group, no
     /// commits), waiting up to 30 s for the topic to exist.
     pub fn at_end(kafka: &KafkaConfig, topic: &str) -> Result<Self, ResultsError> {
-        Self::positioned(kafka, topic, TOPIC_WAIT)
+        Self::positioned(kafka, topic, TOPIC_WAIT, Start::End)
     }
 
     /// As [`ResultsReader::at_end`], but a topic that does not exist yet (a broker that
     /// creates topics when first written to) is read from its start once it appears: all
     /// of it is newer than the reader.
     pub fn at_end_or_start(kafka: &KafkaConfig, topic: &str) -> Result<Self, ResultsError> {
-        match Self::positioned(kafka, topic, Duration::ZERO) {
+        Self::from_or_start(kafka, topic, Start::End)
+    }
+
+    /// As [`ResultsReader::at_end_or_start`], positioned at `start`.
+    pub fn from_or_start(
+        kafka: &KafkaConfig,
+        topic: &str,
+        start: Start,
+    ) -> Result<Self, ResultsError> {
+        match Self::positioned(kafka, topic, Duration::ZERO, start) {
             Err(ResultsError::NoTopic { .. }) => {
-                let mut reader = Self::positioned(kafka, topic, Duration::MAX)?;
+                let mut reader = Self::positioned(kafka, topic, Duration::MAX, Start::End)?;
                 reader.awaited = Some(topic.to_string());
                 Ok(reader)
             }
@@ -246,7 +266,12 @@ impl ResultsReader {
     }
 
     /// `wait`: how long for the topic to exist (`Duration::MAX`: do not look for it).
-    fn positioned(kafka: &KafkaConfig, topic: &str, wait: Duration) -> Result<Self, ResultsError> {
+    fn positioned(
+        kafka: &KafkaConfig,
+        topic: &str,
+        wait: Duration,
+        start: Start,
+    ) -> Result<Self, ResultsError> {
         let mut consumer_config = client_config(
             kafka,
             ClientRole::Consumer {
@@ -286,8 +311,20 @@ impl ResultsReader {
         };
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
-            let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
-            assignment.add_partition_offset(topic, partition, Offset::Offset(high))?;
+            let offset = match start {
+                // offsets_for_times takes the time in the offset's place.
+                Start::Since(ms) => Offset::Offset(ms),
+                Start::Beginning => Offset::Beginning,
+                Start::End => {
+                    let (_, high) =
+                        consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+                    Offset::Offset(high)
+                }
+            };
+            assignment.add_partition_offset(topic, partition, offset)?;
+        }
+        if let Start::Since(_) = start {
+            assignment = consumer.offsets_for_times(assignment, METADATA_TIMEOUT)?;
         }
         consumer.assign(&assignment)?;
         Ok(Self {
