@@ -20,6 +20,7 @@ TEST_RUNNER = $(if $(NEXTEST),cargo nextest run,cargo test) --all-targets --no-f
 
 test: ## Start the dev stack (installing what is missing), check the schemas, run every test
 	@$(STACK) up
+	@$(STACK) browser
 	@$(MAKE) --no-print-directory -C schemas validate sync
 	@$(STACK_ENV) && $(TEST_RUNNER) || { \
 	  echo; echo "make test: FAILED. Where the services' logs are:"; $(STACK) status; \

@@ -9,6 +9,7 @@
 #
 # usage: scripts/dev-stack.sh deps | up | down | status | env | clean
 #   deps    install with apt-get what the build and the stack need and the machine lacks
+#   browser install Debian's chromium when missing (the live page's test; make test runs it)
 #   up      deps, then start what is not running (idempotent) and print what runs
 #   down    stop what `up` started (found by pid files); data stays
 #   status  show what runs and where its files and logs are, exit 1 if something is down
@@ -79,6 +80,13 @@ missing_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     pg_bin >/dev/null || missing+=(postgresql)
     echo "${missing[@]}"
+}
+
+# The live page's test drives a real browser: Debian's chromium, headless (make test only).
+browser() {
+    command -v chromium >/dev/null && return
+    apt_install chromium
+    command -v chromium >/dev/null || die "still no chromium after apt-get"
 }
 
 deps() {
@@ -403,6 +411,7 @@ clean() {
 
 case "${1:-}" in
     deps) deps ;;
+    browser) browser ;;
     up)
         deps
         tls_cert

@@ -370,3 +370,68 @@ async fn hostile_requests_get_a_4xx_and_the_gateway_keeps_serving() {
     assert!(gateway.stderr.matches("request refused").count() >= cases.len());
     server.terminate().assert_success("server_kafka");
 }
+
+/// The live page in a real browser (Debian's chromium, headless): the DOM it renders after
+/// its scripts ran, as (state, remaining, answered) of `activity`'s row.
+fn page_row(port: u16, activity: u64) -> (String, i64, u64) {
+    let url = format!("http://127.0.0.1:{port}/?ids={activity}");
+    let output = std::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .expect("chromium runs (make test installs it: scripts/dev-stack.sh browser)");
+    let dom = String::from_utf8_lossy(&output.stdout).into_owned();
+    let row_start = dom
+        .find(&format!("id=\"sale-{activity}\""))
+        .unwrap_or_else(|| panic!("no row for sale {activity} in the page:\n{dom}"));
+    let row = &dom[row_start..];
+    let attribute = |name: &str| {
+        let start = row.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        row[start..start + row[start..].find('"').unwrap()].to_string()
+    };
+    (
+        attribute("data-state"),
+        attribute("data-remaining").parse().unwrap(),
+        attribute("data-answered").parse().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_follows_a_sale_in_a_real_browser() {
+    let pipeline = Pipeline::new("gateway-page");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "40"]);
+    let (gateway, port) = start_gateway(&pipeline, &[]);
+    let activity = pipeline.activity_id;
+    let (status, headers, page) = http(port, "GET", "/", &[], b"");
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(name, value)| name == "content-type" && value.starts_with("text/html")));
+    assert!(
+        page.contains("<script>") && !page.contains("http://") && !page.contains("https://"),
+        "assets in the binary, no CDN"
+    );
+
+    assert_eq!(page_row(port, activity), ("open".to_string(), 40, 0));
+    // 100 buyers through Kafka: the page shows the sale sold out and every answer read.
+    pipeline
+        .run("client_kafka", &["--users", "100", "--await-results"])
+        .assert_success("client_kafka");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = page_row(port, activity);
+        if row == ("sold_out".to_string(), 0, 100) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the page shows {row:?}");
+    }
+    gateway.terminate().assert_success("seckill_gateway");
+    server.terminate().assert_success("server_kafka");
+}

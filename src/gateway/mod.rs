@@ -81,6 +81,8 @@ pub struct Gateway {
     verifier: Verifier,
     limits: Limits,
     outcomes: Arc<Outcomes>,
+    /// Answers per sale, for the live page.
+    answered: Arc<results::Answered>,
     sales: Sales,
     requests: KafkaSink<SeckillRequest>,
     /// Positioned on the results topic: requests may be accepted.
@@ -114,11 +116,13 @@ pub async fn run_gateway(
     let reader_stop = shutdown.child_token();
     let broker =
         crate::kafka::broker::BrokerKind::detect_for(&settings.kafka, "seckill_gateway").await;
+    let answered = Arc::new(results::Answered::default());
     let reader = results::start(
         broker,
         settings.kafka.clone(),
         settings.seckill.results_topic.clone(),
         outcomes.clone(),
+        answered.clone(),
         ready.clone(),
         reader_stop.clone(),
     )
@@ -132,6 +136,7 @@ pub async fn run_gateway(
             config.ip_burst,
         ),
         outcomes,
+        answered,
         sales: Sales::new(
             RedisState::connect(&settings.redis)?,
             Duration::from_millis(config.activity_cache_ms),

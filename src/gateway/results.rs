@@ -25,6 +25,7 @@ pub async fn start(
     kafka: KafkaConfig,
     topic: String,
     outcomes: Arc<Outcomes>,
+    answered: Arc<Answered>,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), ResultsError>>, ResultsError> {
@@ -43,6 +44,7 @@ pub async fn start(
     Ok(tokio::task::spawn_blocking(move || {
         reader.for_each_payload(&stop, |payload| {
             if let Some(result) = payload.and_then(|p| SeckillResult::from_json(p).ok()) {
+                answered.count(result.activity_id);
                 if result.request_id.starts_with("gw-") {
                     outcomes.complete(result);
                 }
@@ -50,4 +52,26 @@ pub async fn start(
             true
         })
     }))
+}
+
+/// Answers read per sale, every answer on the results topic (the live page's figures).
+#[derive(Debug, Default)]
+pub struct Answered {
+    counts: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl Answered {
+    fn count(&self, activity_id: u64) {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(activity_id).or_default() += 1;
+        }
+    }
+
+    /// Answers read for `activity_id` since this gateway started reading.
+    pub fn of(&self, activity_id: u64) -> u64 {
+        self.counts
+            .lock()
+            .map(|counts| counts.get(&activity_id).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
 }

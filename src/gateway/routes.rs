@@ -6,6 +6,8 @@
 //! | `POST /activities/{id}/purchase[?wait_ms=]` | 200 the outcome (decided, or `door`), 202 pending with the request's URL |
 //! | `GET /requests/{id}[?wait_ms=]` | 200 the outcome or `pending`; 404 unknown or another user's |
 //! | `GET /activities/{id}` | 200 the sale's state (cached briefly); 404 unknown |
+//! | `GET /activities[?ids=1,2]` | 200 those sales (default: the newest 50), with the answers read for each |
+//! | `GET /` | the live page (in the binary: no build step, no CDN) |
 //! | `GET /health`, `GET /ready` | 200 / 503 |
 
 use super::auth::AuthError;
@@ -36,6 +38,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/activities/{id}/purchase", post(purchase))
         .route("/activities/{id}", get(activity))
+        .route("/activities", get(activities))
+        .route("/", get(page))
         .route("/requests/{id}", get(request))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
@@ -280,6 +284,79 @@ async fn activity(
             )
         }
     }
+}
+
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Ids {
+    ids: Option<String>,
+}
+
+/// Most sales one `GET /activities` shows.
+const MAX_LISTED: usize = 50;
+
+async fn activities(
+    State(gateway): State<Arc<Gateway>>,
+    ids: Result<Query<Ids>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(ids)) = ids else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "ids is a comma-separated list of sale ids",
+        );
+    };
+    let listed: Result<Vec<u64>, _> = match ids.ids.as_deref().map(str::trim) {
+        Some(list) if !list.is_empty() => {
+            list.split(',').map(|id| id.trim().parse::<u64>()).collect()
+        }
+        _ => match gateway.sales.registered().await {
+            Ok(mut all) => {
+                all.sort_unstable_by(|a, b| b.cmp(a));
+                Ok(all)
+            }
+            Err(error) => {
+                tracing::warn!(error = %Report(&error), "Redis unreachable");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the sales cannot be read now",
+                );
+            }
+        },
+    };
+    let Ok(listed) = listed else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "ids is a comma-separated list of sale ids",
+        );
+    };
+    let mut sales = Vec::new();
+    for activity_id in listed.into_iter().take(MAX_LISTED) {
+        match gateway.sales.view(activity_id).await {
+            Ok(Some(sale)) => {
+                let mut sale = json!(sale);
+                sale["answered"] = json!(gateway.answered.of(activity_id));
+                // Ids past 2^53 lose digits as JavaScript numbers: the page uses this.
+                sale["id"] = json!(activity_id.to_string());
+                sales.push(sale);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(error = %Report(&error), "Redis unreachable");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the sales cannot be read now",
+                );
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        Json(json!({ "at": now_ms(), "sales": sales })),
+    )
+        .into_response()
 }
 
 async fn ready(State(gateway): State<Arc<Gateway>>) -> StatusCode {

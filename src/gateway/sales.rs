@@ -60,6 +60,11 @@ impl Sales {
         }
     }
 
+    /// Every sale with live state written (the Redis registry).
+    pub async fn registered(&self) -> Result<Vec<u64>, RedisStateError> {
+        self.redis.registered_activities().await
+    }
+
     /// The sale, or `None` when it was never created (or its state is gone).
     pub async fn view(&self, activity_id: u64) -> Result<Option<SaleView>, RedisStateError> {
         if let Ok(cache) = self.cache.lock() {
