@@ -20,7 +20,7 @@ COPY benches benches
 COPY examples examples
 RUN mkdir -p src/bin \
     && touch src/lib.rs \
-    && for bin in client_kafka server_kafka log_worker seckill_admin stream_sum zstd_producer schema_tool dev_broker; do \
+    && for bin in client_kafka server_kafka log_worker seckill_admin seckill_gateway stream_sum zstd_producer schema_tool dev_broker; do \
          echo 'fn main() {}' > "src/bin/$bin.rs"; \
        done \
     && cargo build --release --bins \
@@ -31,7 +31,7 @@ COPY src src
 RUN touch src/lib.rs build.rs \
     && cargo build --release \
          --bin client_kafka --bin server_kafka --bin log_worker --bin seckill_admin \
-         --bin stream_sum --bin zstd_producer
+         --bin seckill_gateway --bin stream_sum --bin zstd_producer
 
 # ---- runtime: the shared libraries the programs link (tests/deploy.rs checks the list
 # against the built binaries) ----
@@ -41,7 +41,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin seckill
 WORKDIR /app
-COPY --from=builder /build/target/release/client_kafka /build/target/release/server_kafka /build/target/release/log_worker /build/target/release/seckill_admin /build/target/release/stream_sum /build/target/release/zstd_producer /usr/local/bin/
+COPY --from=builder /build/target/release/client_kafka /build/target/release/server_kafka /build/target/release/log_worker /build/target/release/seckill_admin /build/target/release/seckill_gateway /build/target/release/stream_sum /build/target/release/zstd_producer /usr/local/bin/
 COPY config.yaml /app/config.yaml
 USER seckill
 # Programs read /app/config.yaml (the working directory's config.yaml); the environment

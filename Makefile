@@ -5,7 +5,7 @@ STACK := scripts/dev-stack.sh
 STACK_ENV = eval "$$($(STACK) env)"
 
 .DEFAULT_GOAL := help
-.PHONY: help build test test-kafka lint fmt demo demo-cluster bench bench-server run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
+.PHONY: help build test test-kafka lint fmt demo demo-cluster bench bench-server bench-gateway run-server run-client run-log-worker run-stream bench-stream run-zstd docker-build docker-run compose-up compose-demo compose-down stack-up stack-down stack-status clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench: ## Criterion benches: serializers, and sink send throughput to the dev br
 
 bench-server: ## server_kafka vs redis-benchmark on its own script, latency at half load, log_worker pace
 	@scripts/bench-server.sh
+
+bench-gateway: ## purchases through seckill_gateway: accepted/s (wrk), click-to-outcome p99 at half rate
+	@scripts/bench-gateway.sh
 
 run-server: ## server_kafka on the dev stack until Ctrl-C (resets the activity's stock to 1,000)
 	@$(STACK) up

@@ -68,9 +68,9 @@ METRICS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.
 LOGS=.dev/demo/$RUN
 mkdir -p "$LOGS"
 
-SERVER_PID= WORKER_PID=
+SERVER_PID= WORKER_PID= GATEWAY_PID=
 cleanup() {
-    for pid in $SERVER_PID $WORKER_PID; do kill "$pid" 2>/dev/null || true; done
+    for pid in $SERVER_PID $WORKER_PID $GATEWAY_PID; do kill "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT
 
@@ -117,6 +117,20 @@ until ready; do
     [ "$SECONDS" -lt "$deadline" ] || { echo "demo: server_kafka not ready in 60 s; logs in $LOGS" >&2; exit 1; }
     sleep 0.1
 done
+
+# The front door and its live page, beside the demo's clients.
+export GATEWAY_JWT_SECRET=${GATEWAY_JWT_SECRET:-$(openssl rand -hex 32)}
+GATEWAY_PORT=${DEMO_GATEWAY_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+"$BIN/seckill_gateway" --listen "127.0.0.1:$GATEWAY_PORT" >"$LOGS/gateway.out" 2>"$LOGS/gateway.log" &
+GATEWAY_PID=$!
+deadline=$((SECONDS + 60))
+until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$GATEWAY_PORT/ready', timeout=1)" 2>/dev/null; do
+    kill -0 "$GATEWAY_PID" 2>/dev/null || { cat "$LOGS/gateway.log" >&2; echo "demo: seckill_gateway exited; logs in $LOGS" >&2; exit 1; }
+    [ "$SECONDS" -lt "$deadline" ] || { echo "demo: seckill_gateway not ready in 60 s; logs in $LOGS" >&2; exit 1; }
+    sleep 0.1
+done
+PAGE="http://127.0.0.1:$GATEWAY_PORT/?ids=$IDS_LIST"
+say "the live page: $PAGE"
 
 say "$USERS users x $PER_USER requests over 19 sales, and $LIMITED_USERS users x 3 on sale $LIMITED (2 per user)"
 started=$(date +%s.%N)
@@ -178,4 +192,14 @@ EOF
 grep -h "results:\|orders:\|processed\|rows/s" "$LOGS/client.out" "$LOGS/client-limited.out" \
     "$LOGS/client-pay-1.out" "$LOGS/client-pay-2.out" "$LOGS/server.out" "$LOGS/log_worker.out" | sed "s/^ */  /"
 echo "  logs: $LOGS"
+echo "  the live page was at $PAGE"
+if [ "${DEMO_KEEP:-0}" = 1 ]; then
+    # The page stays up, the sales served again, until Ctrl-C.
+    "$BIN/server_kafka" >>"$LOGS/server.out" 2>>"$LOGS/server.log" &
+    SERVER_PID=$!
+    "$BIN/log_worker" --activity-ids "$IDS_LIST" >>"$LOGS/log_worker.out" 2>>"$LOGS/log_worker.log" &
+    WORKER_PID=$!
+    say "DEMO_KEEP=1: the page stays at $PAGE until Ctrl-C (a token: GATEWAY_JWT_SECRET=$GATEWAY_JWT_SECRET $BIN/seckill_admin token --user 1)"
+    wait "$GATEWAY_PID" || true
+fi
 exit "$verify_status"

@@ -85,7 +85,7 @@ fn every_program_service_runs_a_built_program_that_accepts_its_command_and_envir
             all.sort();
             all
         },
-        "compose runs each of the five programs"
+        "compose runs each of the programs"
     );
     let binaries = cargo_binaries();
     let dockerfile = repo_file("Dockerfile");
@@ -101,7 +101,9 @@ fn every_program_service_runs_a_built_program_that_accepts_its_command_and_envir
             "{service}: the Dockerfile does not build and copy {program}"
         );
         for name in environment.keys() {
-            if name == "RUST_LOG" {
+            // Not configuration: the log filter, and the gateway's token secret (read
+            // straight from the environment, never a config key).
+            if name == "RUST_LOG" || name == seckill_kafka::gateway::auth::SECRET_ENV {
                 continue;
             }
             let key = key_of_env_var(name)
@@ -142,8 +144,10 @@ fn program_services_publish_only_the_port_their_metrics_listen_on() {
             .iter()
             .position(|part| part == "--metrics-addr")
             .map(|i| command[i + 1].clone());
+        // seckill_gateway's listener is its HTTP address.
         let listens = flag
             .or_else(|| environment.get("SECKILL_TELEMETRY_METRICS_ADDR").cloned())
+            .or_else(|| environment.get("SECKILL_GATEWAY_LISTEN").cloned())
             .map(|addr| addr.rsplit(':').next().unwrap().to_string());
         let definition = &compose["services"][service.as_str()];
         let mut ports: Vec<String> = Vec::new();

@@ -426,8 +426,10 @@ async fn the_live_page_follows_a_sale_in_a_real_browser() {
         .assert_success("client_kafka");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        // Answers read: at least one per request (a result published again after a
+        // redelivery is read again).
         let row = page_row(port, activity);
-        if row == ("sold_out".to_string(), 0, 100) {
+        if row.0 == "sold_out" && row.1 == 0 && row.2 >= 100 {
             break;
         }
         assert!(Instant::now() < deadline, "the page shows {row:?}");

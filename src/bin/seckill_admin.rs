@@ -5,6 +5,7 @@ use seckill_kafka::cli::{self, CommonArgs};
 use seckill_kafka::gateway::auth::{issue, TokenSecret};
 use seckill_kafka::seckill::admin::{parse_time, ActivityView, Admin, NewActivity};
 use seckill_kafka::secret::SecretUrl;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// Manages the sales: create, list, show, add stock, end, restore; issues gateway tokens.
@@ -47,6 +48,9 @@ enum Command {
         /// Valid for this long, seconds
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+        /// Tokens for this many users from --user on, one a line (benchmarks)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        count: u64,
     },
 }
 
@@ -103,14 +107,23 @@ async fn main() -> ExitCode {
         |config, _shutdown| async move {
             let command = match args.command {
                 Command::Activity(command) => command,
-                Command::Token { user, ttl_secs } => {
+                Command::Token {
+                    user,
+                    ttl_secs,
+                    count,
+                } => {
+                    let last = user.saturating_add(count - 1);
                     anyhow::ensure!(
-                        i64::try_from(user).is_ok(),
-                        "--user {user} is above the largest id {}",
+                        i64::try_from(last).is_ok(),
+                        "--user {user} --count {count} goes above the largest id {}",
                         i64::MAX
                     );
                     let secret = TokenSecret::load(&config.gateway)?;
-                    println!("{}", issue(&secret, user, ttl_secs)?);
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    for user in user..=last {
+                        writeln!(out, "{}", issue(&secret, user, ttl_secs)?)?;
+                    }
+                    out.flush()?;
                     return anyhow::Ok(());
                 }
             };

@@ -53,9 +53,25 @@ pub const PROGRAM_SECTIONS: &[(&str, &[&str])] = &[
     ),
     (
         "log_worker",
-        &["telemetry", "seckill", "redis", "postgres", "log_worker"],
+        // kafka: it publishes the order events.
+        &[
+            "kafka",
+            "telemetry",
+            "seckill",
+            "redis",
+            "postgres",
+            "log_worker",
+        ],
     ),
-    ("seckill_admin", &["telemetry", "redis", "postgres"]),
+    // gateway: `token` signs with the gateway's secret.
+    (
+        "seckill_admin",
+        &["telemetry", "redis", "postgres", "gateway"],
+    ),
+    (
+        "seckill_gateway",
+        &["kafka", "telemetry", "seckill", "redis", "gateway"],
+    ),
     ("stream_sum", &["kafka", "telemetry", "stream_sum"]),
     ("zstd_producer", &["kafka", "telemetry", "zstd_producer"]),
 ];

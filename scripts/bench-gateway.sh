@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# make bench-gateway: purchases through seckill_gateway on the local stack, in one run
+# (docs/BENCHMARKS.md has the figures):
+#   (a) closed loop: wrk, 2 threads x BENCH_CONNECTIONS connections for BENCH_SECONDS, each
+#       request a purchase by the next of BENCH_USERS users (tokens made up front) with a new
+#       Idempotency-Key and wait_ms=0: the purchases/s the gateway accepts (each produced to
+#       Kafka and acknowledged before its 202), and the gateway's peak RSS;
+#   (b) the same sale driven by client_kafka (its send rate, straight into Kafka);
+#   (c) open loop at half of (a)'s rate (benches/gateway_open_loop.rs), each purchase waiting
+#       for its outcome (wait_ms=5000): click-to-outcome p50/p99, from each purchase's
+#       scheduled time.
+# Limits for the run: the per-user and per-address buckets are raised out of the way (every
+# request comes from 127.0.0.1) and stated here; server_kafka serves the sale meanwhile.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+SECONDS_RUN=${BENCH_SECONDS:-10}
+CONNECTIONS=${BENCH_CONNECTIONS:-128}
+USERS=${BENCH_USERS:-20000}
+say() { printf '\n== %s\n' "$*" >&2; }
+die() { printf 'bench-gateway: %s\n' "$*" >&2; exit 1; }
+
+scripts/dev-stack.sh up >/dev/null
+eval "$(scripts/dev-stack.sh env)"
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+say "building (release)"
+cargo build --release --quiet --bin server_kafka --bin seckill_gateway --bin seckill_admin --bin client_kafka
+cargo bench --quiet --bench gateway_open_loop --no-run 2>/dev/null
+BIN=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
+RUN=$(date +%s)
+LOGS=.dev/bench-gateway/$RUN
+mkdir -p "$LOGS"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+GATEWAY_JWT_SECRET=$(openssl rand -hex 32)
+export GATEWAY_JWT_SECRET
+SALE=$((RUN * 10 + 1))
+"$BIN/seckill_admin" activity create --id "$SALE" --stock 100000000 --per-user-limit 1000000 >/dev/null 2>"$LOGS/admin.log"
+"$BIN/seckill_admin" token --user 1 --count "$USERS" --ttl-secs 3600 >"$LOGS/tokens" 2>>"$LOGS/admin.log"
+
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+METRICS=$(free_port)
+SECKILL_SERVER_KAFKA_GROUP_ID=bench-gateway-$RUN SECKILL_SERVER_KAFKA_OFFSET_RESET=latest \
+    "$BIN/server_kafka" --metrics-addr "127.0.0.1:$METRICS" --status-interval-secs 60 \
+    >"$LOGS/server.out" 2>"$LOGS/server.log" &
+PIDS+=($!)
+until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$METRICS/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+PORT=$(free_port)
+SECKILL_GATEWAY_USER_RATE_PER_SEC=1000000 SECKILL_GATEWAY_USER_BURST=1000000 \
+SECKILL_GATEWAY_IP_RATE_PER_SEC=10000000 SECKILL_GATEWAY_IP_BURST=10000000 \
+    "$BIN/seckill_gateway" --listen "127.0.0.1:$PORT" >"$LOGS/gateway.out" 2>"$LOGS/gateway.log" &
+GATEWAY=$!
+PIDS+=("$GATEWAY")
+until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+echo "limits for the run: per user 1,000,000/s, per address 10,000,000/s (all requests come from 127.0.0.1); $USERS users, each sale purchase by the next user"
+
+say "(a) closed loop: wrk -t2 -c$CONNECTIONS -d${SECONDS_RUN}s, wait_ms=0"
+TOKENS="$LOGS/tokens" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s scripts/bench-gateway.wrk.lua \
+    "http://127.0.0.1:$PORT/activities/$SALE/purchase?wait_ms=0" | tee "$LOGS/wrk.out"
+ACCEPTED=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$LOGS/wrk.out" | python3 -c 'import sys; print(round(float(sys.stdin.read())))')
+grep -q "Non-2xx" "$LOGS/wrk.out" && echo "  (non-2xx answers above: not accepted)"
+echo "accepted: $ACCEPTED purchases/s; gateway peak RSS $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GATEWAY/status") MiB"
+
+say "(b) the same sale through client_kafka ($((ACCEPTED * SECONDS_RUN)) requests straight into Kafka)"
+SECKILL_SECKILL_ACTIVITY_ID=$SALE "$BIN/client_kafka" --users $((ACCEPTED * SECONDS_RUN)) --seed "$RUN" \
+    2>>"$LOGS/client.log" | tee "$LOGS/client.out"
+
+HALF=$((ACCEPTED / 2))
+say "(c) open loop at $HALF purchases/s (half of (a)) for ${SECONDS_RUN}s, each waiting for its outcome"
+cargo bench --quiet --bench gateway_open_loop -- "http://127.0.0.1:$PORT/activities/$SALE/purchase?wait_ms=5000" \
+    "$LOGS/tokens" "$HALF" "$SECONDS_RUN" 2>>"$LOGS/open-loop.log" | tee "$LOGS/open-loop.out"
+echo "gateway peak RSS $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GATEWAY/status") MiB"
+echo "logs: $LOGS"
