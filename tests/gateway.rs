@@ -437,3 +437,66 @@ async fn the_live_page_follows_a_sale_in_a_real_browser() {
     gateway.terminate().assert_success("seckill_gateway");
     server.terminate().assert_success("server_kafka");
 }
+
+/// With a certificate and key the gateway speaks TLS only (rustls); half a configuration is
+/// one clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_a_certificate_is_configured() {
+    let pipeline = Pipeline::new("gateway-tls");
+    let ca = support::stack_var("DEV_TLS_CA");
+    let dir = std::path::Path::new(&ca).parent().unwrap();
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let port = support::free_port();
+    let mut env = pipeline.env();
+    env.push(("GATEWAY_JWT_SECRET".into(), SECRET.into()));
+    env.push(("SECKILL_GATEWAY_LISTEN".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "SECKILL_GATEWAY_TLS_CERT_FILE".into(),
+        cert.display().to_string(),
+    ));
+    let half = Program::spawn("seckill_gateway", &[], &env).wait(Duration::from_secs(30));
+    assert_eq!(half.status.code(), Some(1), "{}", half.stderr);
+    assert!(half
+        .stderr
+        .contains("gateway.tls_cert_file and gateway.tls_key_file go together"));
+
+    env.push((
+        "SECKILL_GATEWAY_TLS_KEY_FILE".into(),
+        key.display().to_string(),
+    ));
+    let gateway = Program::spawn("seckill_gateway", &[], &env);
+    let url = format!(
+        "https://127.0.0.1:{port}/activities/{}",
+        pipeline.activity_id
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let output = std::process::Command::new("curl")
+            .args(["-s", "--cacert", &ca, "-w", "\n%{http_code}", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if text.ends_with("\n404") || text.ends_with("\n200") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no TLS answer: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The sale was never created here: a 404 over TLS, verified against the dev CA.
+    assert!(body.ends_with("\n404"), "{body}");
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP was served on the TLS port"
+    );
+    gateway.terminate().assert_success("seckill_gateway");
+}

@@ -419,6 +419,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// A client must send its request headers within this, ms.
     pub header_read_timeout_ms: u64,
+    /// TLS: a PEM certificate chain and its private key; both set turn TLS on (rustls).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -438,6 +441,8 @@ impl Default for GatewayConfig {
             activity_cache_ms: 200,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! | [`limits`]   | per-user and per-address token buckets                              |
 //! | [`sales`]    | a sale's live state, cached briefly; the door answers               |
 //! | [`serve`]    | connections: header-read timeout, a cap, a graceful drain           |
+//! | [`tls`]      | TLS through rustls when a certificate and key are configured        |
 //!
 //! A purchase becomes a request on the requests topic (through KafkaSink, keyed by user id,
 //! its time stamped here), answered by server_kafka like any other; the gateway waits for the
@@ -21,6 +22,7 @@ pub mod results;
 pub mod routes;
 pub mod sales;
 pub mod serve;
+pub mod tls;
 
 use crate::common::SeckillRequest;
 use crate::config::{Config, GatewayConfig, KafkaConfig, RedisConfig, SeckillConfig};
@@ -61,6 +63,8 @@ impl From<&Config> for GatewaySettings {
 pub enum GatewayError {
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("gateway.listen: cannot listen on {addr}")]
     Listen {
         addr: String,
@@ -97,6 +101,7 @@ pub async fn run_gateway(
 ) -> Result<(), GatewayError> {
     let config = settings.gateway.clone();
     let secret = TokenSecret::load(&config)?;
+    let tls = tls::acceptor(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|source| GatewayError::Listen {
@@ -159,10 +164,11 @@ pub async fn run_gateway(
     };
     let app = routes::router(gateway.clone())
         .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes));
-    tracing::info!(listen = %config.listen, requests = %settings.seckill.requests_topic, results = %settings.seckill.results_topic, "seckill_gateway serving");
+    tracing::info!(listen = %config.listen, tls = config.tls_cert_file.is_some(), requests = %settings.seckill.requests_topic, results = %settings.seckill.results_topic, "seckill_gateway serving");
     serve::serve(
         listener,
         app,
+        tls,
         serve::ConnectionLimits {
             max_connections: config.max_connections,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),

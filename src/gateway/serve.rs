@@ -1,5 +1,5 @@
-//! The gateway's connections: HTTP/1.1 through hyper, each with a deadline for its request
-//! headers (`gateway.header_read_timeout_ms`: a slow client, slowloris-style, is cut off
+//! The gateway's connections: HTTP/1.1 through hyper (over TLS when configured: the
+//! handshake has the same deadline), each with a deadline for its request headers (`gateway.header_read_timeout_ms`: a slow client, slowloris-style, is cut off
 //! rather than holding a connection), at most `gateway.max_connections` open (more wait in
 //! the listen backlog), and a graceful stop: no new connections, the open ones finish the
 //! request in hand (each waits at most `max_wait_ms`), then return.
@@ -8,11 +8,13 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -29,6 +31,7 @@ pub struct ConnectionLimits {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
     stop: CancellationToken,
 ) {
@@ -56,17 +59,21 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => serve_one(stream, app, peer, limits, watcher).await,
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => serve_one(stream, app, peer, limits, watcher).await,
+                        Ok(Err(error)) => Err(format!("TLS handshake: {error}")),
+                        Err(_) => Err("TLS handshake took too long".to_string()),
+                    }
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             drop(permit);
@@ -79,4 +86,29 @@ pub async fn serve(
             tracing::warn!("connections still open after the drain; closing them");
         }
     }
+}
+
+/// One connection, plain or TLS, until it closes (or the drain ends it).
+async fn serve_one<S>(
+    stream: S,
+    app: Router,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+    watcher: Watcher,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    watcher
+        .watch(connection)
+        .await
+        .map_err(|error| error.to_string())
 }
