@@ -438,6 +438,48 @@ async fn the_live_page_follows_a_sale_in_a_real_browser() {
     server.terminate().assert_success("server_kafka");
 }
 
+/// A flood from one address, each request a different user: the address's bucket answers
+/// 429 with Retry-After, whatever the tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_is_limited() {
+    let pipeline = Pipeline::new("gateway-address");
+    let server = pipeline.spawn("server_kafka", &["--initial-stock", "100"]);
+    let (gateway, port) = start_gateway(
+        &pipeline,
+        &[
+            ("SECKILL_GATEWAY_IP_RATE_PER_SEC", "2"),
+            ("SECKILL_GATEWAY_IP_BURST", "4"),
+        ],
+    );
+    let purchase = format!(
+        "/activities/{}/purchase?wait_ms=10000",
+        pipeline.activity_id
+    );
+    let mut limited = 0;
+    for user in 1..=12 {
+        let token = token(&pipeline, user);
+        let (status, headers, body) = http(
+            port,
+            "POST",
+            &purchase,
+            &[("Authorization", &bearer(&token))],
+            b"",
+        );
+        match status {
+            429 => {
+                limited += 1;
+                assert!(body.contains("this address"), "{body}");
+                assert!(headers.iter().any(|(name, _)| name == "retry-after"));
+            }
+            200 => {}
+            other => panic!("user {user}: {other} {body}"),
+        }
+    }
+    assert!(limited >= 6, "{limited} of 12 limited");
+    gateway.terminate().assert_success("seckill_gateway");
+    server.terminate().assert_success("server_kafka");
+}
+
 /// With a certificate and key the gateway speaks TLS only (rustls); half a configuration is
 /// one clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
