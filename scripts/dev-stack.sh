@@ -31,6 +31,31 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# A free port for a Redis Cluster node: at most 55535 (its cluster bus listens on the port
+# plus 10000), with that bus port free too. The kernel's ephemeral range reaches 60999, so
+# a port picked by bind(0) is above the limit about one time in five.
+free_cluster_port() {
+    python3 - <<'PY'
+import random, socket
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(1000):
+    port = random.randint(20000, 55535)
+    if free(port) and free(port + 10000):
+        print(port)
+        break
+else:
+    raise SystemExit("no free port pair for a cluster node")
+PY
+}
+
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds, at most SECONDS
@@ -179,7 +204,7 @@ cluster_up() {
         # A free port can be taken by another process before the node binds it: try another.
         started=
         for attempt in 1 2 3; do
-            port=$(free_port)
+            port=$(free_cluster_port)
             mkdir -p "$CLUSTER_DIR/$port"
             redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
                 --pidfile "$CLUSTER_DIR/$port/redis.pid" --logfile "$CLUSTER_DIR/$port/redis.log" \
