@@ -492,11 +492,18 @@ async fn redis_figures(pipeline: &support::Pipeline) -> ActivitySnapshot {
     }
 }
 
-/// `count` messages of `<payments topic>.dlq`: key -> reason header.
+/// Messages of `<payments topic>.dlq` until `count` distinct keys came: key -> reason.
 async fn dead_letters(pipeline: &support::Pipeline, count: usize) -> HashMap<Vec<u8>, String> {
     let dlq = format!("{}.dlq", pipeline.payments_topic);
     let mut dead = HashMap::new();
-    for letter in support::dead_letters(&pipeline.brokers, &dlq, count).await {
+    let enough = |read: &[support::DeadLetter]| {
+        read.iter()
+            .map(|d| d.key.clone())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= count
+    };
+    for letter in support::dead_letters(&pipeline.brokers, &dlq, enough).await {
         assert!(letter.source.starts_with(&pipeline.payments_topic));
         dead.insert(letter.key.unwrap_or_default(), letter.reason);
     }

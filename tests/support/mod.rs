@@ -556,8 +556,14 @@ pub struct DeadLetter {
     pub source: String,
 }
 
-/// The first `count` messages of the dead-letter topic `topic` (waiting up to a minute).
-pub async fn dead_letters(brokers: &str, topic: &str, count: usize) -> Vec<DeadLetter> {
+/// Messages of the dead-letter topic `topic`, from its start, until `done` says the ones
+/// read so far are enough (waiting up to a minute for each). At least once: a message may
+/// come twice, so `done` should look at what it needs, not at a count.
+pub async fn dead_letters(
+    brokers: &str,
+    topic: &str,
+    done: impl Fn(&[DeadLetter]) -> bool,
+) -> Vec<DeadLetter> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     use seckill_kafka::seckill::server::{DLQ_ERROR_HEADER, DLQ_SOURCE_HEADER};
@@ -569,7 +575,7 @@ pub async fn dead_letters(brokers: &str, topic: &str, count: usize) -> Vec<DeadL
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut dead = Vec::new();
-    while dead.len() < count {
+    while !done(&dead) {
         let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
             .await
             .expect("dead letters")
