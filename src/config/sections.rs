@@ -432,7 +432,7 @@ impl Default for GatewayConfig {
             default_wait_ms: 1_000,
             max_wait_ms: 10_000,
             max_pending: 100_000,
-            recent_outcomes: 1_000_000,
+            recent_outcomes: 200_000,
             user_rate_per_sec: 5,
             user_burst: 10,
             ip_rate_per_sec: 1_000,
