@@ -348,6 +348,24 @@ fn published_events(pipeline: &support::Pipeline) -> Vec<OrderEvent> {
     events
 }
 
+/// A server_kafka whose consumers all have their partitions: requests sent now are decided
+/// together (on the dev broker a consumer that joins late waits out a session first, and a
+/// reservation could expire before the last requests are decided).
+fn ready_server(pipeline: &support::Pipeline) -> support::Program {
+    let port = support::free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = pipeline.spawn("server_kafka", &["--metrics-addr", &metrics]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !support::is_ready(port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server_kafka never ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
 fn create_windowed(pipeline: &support::Pipeline, stock: u64, window_ms: u64) {
     let id = pipeline.activity_id.to_string();
     let (stock, window) = (stock.to_string(), window_ms.to_string());
@@ -383,7 +401,7 @@ async fn drained(pipeline: &support::Pipeline) -> ActivitySnapshot {
 async fn unpaid_units_return_and_a_later_wave_buys_them() {
     let pipeline = support::Pipeline::new("orders");
     create_windowed(&pipeline, 60, 5_000);
-    let server = pipeline.spawn("server_kafka", &[]);
+    let server = ready_server(&pipeline);
     let worker = pipeline.spawn("log_worker", &[]);
     let client = |seed: &str, ratio: &str| {
         let finished = pipeline.run(
@@ -517,7 +535,7 @@ async fn dead_letters(pipeline: &support::Pipeline, count: usize) -> HashMap<Vec
 async fn orders_survive_kills_during_payments_and_expiries() {
     let pipeline = support::Pipeline::new("orders-crash");
     create_windowed(&pipeline, 300, 4_000);
-    let mut server = pipeline.spawn("server_kafka", &[]);
+    let mut server = ready_server(&pipeline);
     let mut worker = pipeline.spawn("log_worker", &[]);
     // Payments spread over 0 to 6 s: some land before the deadline, some after it.
     let client = pipeline.spawn(
@@ -553,7 +571,10 @@ async fn orders_survive_kills_during_payments_and_expiries() {
     }
     let finished = client.wait(Duration::from_secs(120));
     finished.assert_success("client_kafka");
-    assert_eq!(finished.figure("reserved"), 300, "{}", finished.stdout);
+    // 300 units, and more reservations when the server was slow enough for some to expire
+    // before the last requests were decided (their units sold again).
+    let reserved = finished.figure("reserved");
+    assert!(reserved >= 300, "{}", finished.stdout);
     assert_eq!(finished.figure("unsettled"), 0);
     assert_eq!(finished.figure("unanswered"), 0);
 
@@ -561,7 +582,8 @@ async fn orders_survive_kills_during_payments_and_expiries() {
     let s = redis_figures(&pipeline).await;
     assert_figures_hold(&s);
     assert_eq!(s.reserved, 0);
-    assert_eq!(s.paid + s.expired, 300);
+    assert_eq!(s.paid + s.expired, s.success);
+    assert_eq!(s.success as u64, reserved);
     assert!(s.paid > 0 && s.expired > 0 && s.payments[1] > 0, "{s:?}");
     pipeline
         .run("log_worker", &["--verify"])
