@@ -26,19 +26,13 @@ if #due > 0 then
       users[user] = (users[user] or 0) + 1
     end
   end
-  redis.call('ZREM', KEYS[5], unpack(due))
+  each_chunk(due, function(...) redis.call('ZREM', KEYS[5], ...) end)
   if expired > 0 then
-    redis.call('HSET', KEYS[4], unpack(changes))
-    for user, count in pairs(users) do
-      if redis.call('HINCRBY', KEYS[3], user, -count) <= 0 then
-        redis.call('HDEL', KEYS[3], user)
-      end
-    end
-    redis.call('INCRBY', KEYS[1], expired)
-    redis.call('DEL', KEYS[2])
+    each_chunk(changes, function(...) redis.call('HSET', KEYS[4], ...) end)
+    return_units(users, expired)
     redis.call('HINCRBY', KEYS[6], 'reserved', -expired)
     redis.call('HINCRBY', KEYS[6], 'expired', expired)
-    redis.call('RPUSH', KEYS[7], unpack(events))
+    each_chunk(events, function(...) redis.call('RPUSH', KEYS[7], ...) end)
   end
 end
 local next_due = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')

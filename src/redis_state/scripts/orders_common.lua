@@ -1,7 +1,8 @@
 -- Shared by the scripts that change orders (payment_batch.lua, order_expire.lua): prepended
 -- to each when it is loaded. An order lives in the activity's orders hash as
 -- `<state>:<user id>:<pay_by ms>`, state R (reserved), P (paid) or E (expired); a live
--- reservation is also in the deadlines sorted set, scored by its pay_by.
+-- reservation is also in the deadlines sorted set, scored by its pay_by. Both scripts put
+-- the sale's stock, over flag and holdings in KEYS[1], KEYS[2] and KEYS[3].
 local function redis_now()
   local time = redis.call('TIME')
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -22,4 +23,25 @@ local function order_event(activity_id, order_id, user, state, at, pay_by, payme
   return '{"kind":"order","id":' .. cjson.encode(order_id) .. ',"activity_id":' ..
     activity_id .. ',"user_id":' .. user .. ',"state":"' .. state .. '","at":' .. at ..
     ',"pay_by":' .. pay_by .. paid_with .. '}'
+end
+
+-- Lua's unpack is bounded by its C stack: a command gets at most this many arguments.
+local CHUNK = 1000
+local function each_chunk(list, call)
+  for first = 1, #list, CHUNK do
+    call(unpack(list, first, math.min(first + CHUNK - 1, #list)))
+  end
+end
+
+-- The units of `count` expired orders go back: each user in `held_by` (user -> orders)
+-- holds that many fewer (none left: out of the holdings), the stock grows, and a sold-out
+-- sale re-opens.
+local function return_units(held_by, count)
+  for user, held in pairs(held_by) do
+    if redis.call('HINCRBY', KEYS[3], user, -held) <= 0 then
+      redis.call('HDEL', KEYS[3], user)
+    end
+  end
+  redis.call('INCRBY', KEYS[1], count)
+  redis.call('DEL', KEYS[2])
 end

@@ -80,13 +80,6 @@ for order_id, value in pairs(orders_now) do
   order_writes[#order_writes + 1] = order_id
   order_writes[#order_writes + 1] = value
 end
--- Lua's unpack is bounded by its C stack: at most this many arguments a command.
-local CHUNK = 1000
-local function each_chunk(list, call)
-  for first = 1, #list, CHUNK do
-    call(unpack(list, first, math.min(first + CHUNK - 1, #list)))
-  end
-end
 each_chunk(order_writes, function(...) redis.call('HSET', KEYS[5], ...) end)
 each_chunk(paid_ids, function(...) redis.call('ZREM', KEYS[6], ...) end)
 each_chunk(payment_writes, function(...) redis.call('HSET', KEYS[8], ...) end)
@@ -95,12 +88,6 @@ for field, by in pairs(counts) do
   redis.call('HINCRBY', KEYS[7], field, by)
 end
 if expired > 0 then
-  for user, held in pairs(expired_users) do
-    if redis.call('HINCRBY', KEYS[3], user, -held) <= 0 then
-      redis.call('HDEL', KEYS[3], user)
-    end
-  end
-  redis.call('INCRBY', KEYS[1], expired)
-  redis.call('DEL', KEYS[2])
+  return_units(expired_users, expired)
 end
 return codes
