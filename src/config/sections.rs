@@ -415,6 +415,9 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// How long a sale's state is cached for `GET /activities/{id}` and the door answers.
     pub activity_cache_ms: u64,
+    /// How long the requests producer waits to fill a batch (librdkafka `linger.ms`): a
+    /// longer one makes fewer, larger produce requests at the cost of that much latency.
+    pub linger_ms: u64,
     /// Open connections at most.
     pub max_connections: usize,
     /// A client must send its request headers within this, ms.
@@ -439,6 +442,7 @@ impl Default for GatewayConfig {
             ip_burst: 2_000,
             max_body_bytes: 4_096,
             activity_cache_ms: 200,
+            linger_ms: 1,
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
             tls_cert_file: None,

@@ -113,7 +113,7 @@ pub async fn run_gateway(
         settings.seckill.requests_topic.clone(),
     );
     sink.client_id = "seckill_gateway".into();
-    sink.linger = Duration::from_millis(1);
+    sink.linger = Duration::from_millis(config.linger_ms);
     sink.content_type_header = false;
     let requests = KafkaSink::new(sink)?;
     let outcomes = Arc::new(Outcomes::new(config.max_pending, config.recent_outcomes));
