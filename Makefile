@@ -79,19 +79,21 @@ run-log-worker: ## log_worker on the dev stack until Ctrl-C (Redis log list -> P
 	cargo build --release --bin log_worker
 	@$(STACK_ENV) && ./target/release/log_worker
 
-# stream_sum bench size and workers (the dev broker's benchmark topics have 12 partitions).
-RECORDS ?= 2000000
+# stream_sum bench size, workers and alternating rounds (the dev broker's benchmark topics
+# have 12 partitions).
+RECORDS ?= 1000000
 WORKERS ?= 3
+ROUNDS ?= 7
 
 run-stream: ## stream_sum run on the dev broker until Ctrl-C (integer-list-input-avro -> integer-sum-output-avro)
 	@$(STACK) up
 	cargo build --release --bin stream_sum
 	@$(STACK_ENV) && ./target/release/stream_sum run
 
-bench-stream: ## stream_sum bench: load RECORDS lists, process them with WORKERS workers, verify
+bench-stream: ## stream_sum bench: RECORDS lists, WORKERS workers, ROUNDS rounds against plain librdkafka
 	@$(STACK) up
 	cargo build --release --bin stream_sum
-	@$(STACK_ENV) && RUST_LOG=$${RUST_LOG:-warn} ./target/release/stream_sum bench --records $(RECORDS) --workers $(WORKERS)
+	@$(STACK_ENV) && RUST_LOG=$${RUST_LOG:-warn} ./target/release/stream_sum bench --records $(RECORDS) --workers $(WORKERS) --rounds $(ROUNDS)
 
 EVENTS ?= 1000000
 

@@ -26,7 +26,8 @@
 //! | [`proto`]       | protobuf types generated from `schemas/proto/` (`UserEvent`)          |
 //! | [`schemas`]     | validation of `schemas/` and the ConfigMap that ships it              |
 //! | [`zstd_producer`] | realistic protobuf `UserEvent`s with zstd; the read-back check      |
-//! | [`stream_sum`]  | the streaming-sum processor (at least once / exactly once) and bench  |
+//! | [`stream_sum`]  | the streaming-sum processor (at least once / exactly once)            |
+//! | [`stream_sum_bench`] | `stream_sum bench`: the processor against plain librdkafka loops |
 //!
 //! The programs in `src/bin/` are thin: they parse flags and hand [`cli::run`] one function
 //! of this library to run with the loaded configuration and a shutdown token.
@@ -48,5 +49,6 @@ pub mod schemas;
 pub mod seckill;
 pub mod secret;
 pub mod stream_sum;
+pub mod stream_sum_bench;
 pub mod telemetry;
 pub mod zstd_producer;

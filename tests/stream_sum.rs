@@ -572,11 +572,16 @@ fn small_bench_run_verifies_its_output() {
         .find(|line| line.trim_start().starts_with("baseline"))
         .expect("a baseline line");
     assert!(baseline.contains("msg_per_sec="), "{baseline}");
-    assert!(
-        finished.stdout.contains("stream_sum / baseline = "),
-        "{}",
-        finished.stdout
-    );
+    // Both durability settings: the C program's acks=1 and stream_sum's own.
+    for kind in ["(acks=1) = ", "(acks=all idempotent) = "] {
+        assert!(
+            finished
+                .stdout
+                .contains(&format!("stream_sum / baseline {kind}")),
+            "{}",
+            finished.stdout
+        );
+    }
 }
 
 /// `stream_sum bench --exactly-once` processes its backlog with the transactional workers

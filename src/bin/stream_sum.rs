@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 use seckill_kafka::cli::{self, CommonArgs};
-use seckill_kafka::stream_sum::bench::{
+use seckill_kafka::stream_sum::run_stream_sum;
+use seckill_kafka::stream_sum_bench::{
     run_bench, BenchOptions, BENCH_INPUT_TOPIC, BENCH_OUTPUT_TOPIC,
 };
-use seckill_kafka::stream_sum::run_stream_sum;
 use std::process::ExitCode;
 
 /// Streaming sum: binary-Avro IntegerList in, SumResult out.
@@ -54,10 +54,14 @@ enum Command {
         input_topic: String,
         #[arg(long, default_value = BENCH_OUTPUT_TOPIC)]
         output_topic: String,
-        /// Skip the baseline (the same work as a minimal loop on librdkafka's batch API,
-        /// into <output-topic>.baseline)
+        /// Skip the baselines (the same work as plain loops on librdkafka's batch API, as
+        /// many threads as workers, into <output-topic>.baseline)
         #[arg(long)]
         no_baseline: bool,
+        /// Rounds on the same backlog, stream_sum and the baselines in turn (min / median /
+        /// max reported)
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Process the backlog with the exactly-once workers (transactions) instead
         #[arg(long)]
         exactly_once: bool,
@@ -89,6 +93,7 @@ async fn main() -> ExitCode {
                     output_topic,
                     no_baseline,
                     exactly_once,
+                    rounds,
                 } => {
                     let options = BenchOptions {
                         records,
@@ -97,6 +102,7 @@ async fn main() -> ExitCode {
                         output_topic,
                         baseline: !no_baseline,
                         exactly_once,
+                        rounds,
                         workers: workers.unwrap_or(config.stream_sum.workers),
                     };
                     println!("{}", run_bench(&config, options, shutdown).await?);

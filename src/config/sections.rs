@@ -345,6 +345,11 @@ pub struct StreamSumConfig {
     /// Results each worker's producer may queue before it waits for acknowledgements (with
     /// `channel_capacity`, what bounds a worker's memory).
     pub producer_queue_messages: usize,
+    /// Workers take fixed shares of the input partitions (worker i of n: those with
+    /// `partition % n == i`) from the group's committed offsets, without joining the group:
+    /// no rebalances, as Flink's and Spark's Kafka sources do; a dead worker's partitions
+    /// wait for its restart.
+    pub static_assignment: bool,
 }
 
 impl Default for StreamSumConfig {
@@ -358,6 +363,7 @@ impl Default for StreamSumConfig {
             exactly_once: false,
             transaction_records: 100_000,
             producer_queue_messages: 100_000,
+            static_assignment: false,
         }
     }
 }

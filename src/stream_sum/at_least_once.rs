@@ -14,8 +14,8 @@
 
 use super::batch_queue::{BatchQueue, Popped};
 use super::{dead_letter, sum_of, StreamOutputSerializer};
-use super::{output_sink, worker_consumer, Counters, StreamOutput, StreamSumError};
-use super::{RangeEnds, Source};
+use super::{known_partitions, output_sink, worker_consumer, Counters, Membership};
+use super::{StreamOutput, StreamSumError};
 use crate::config::Config;
 use crate::kafka::fetch_queue::FetchQueue;
 use crate::kafka::sink::{KafkaMessage, KafkaSink};
@@ -214,13 +214,13 @@ impl ConsumerContext for HandoffContext {
     }
 }
 
-/// Runs one worker until `stop` is cancelled or, for [`Source::Ranges`], its ranges are read.
-/// Drains, flushes and commits before returning.
+/// Runs one worker of `group_id` until `stop` is cancelled. Drains, flushes and commits
+/// before returning.
 pub fn run_worker(
     index: usize,
     config: &Config,
     group_id: &str,
-    source: Source,
+    membership: Membership,
     counters: &Counters,
     stop: &CancellationToken,
 ) -> Result<(), StreamSumError> {
@@ -235,21 +235,13 @@ pub fn run_worker(
         worker: index,
         handoff: handoff.clone(),
     };
-    let reading_ranges = matches!(source, Source::Ranges(_));
-    let consumer = worker_consumer(config, group_id, context, |consumer| {
-        if reading_ranges {
-            // A range that retention removed must fail the run, not restart elsewhere.
-            consumer.set("auto.offset.reset", "error");
-        }
-    })?;
-    // Routed before the group or the ranges assign them: from their first fetch on, these
-    // partitions' records come in batches (see FetchQueue).
+    let consumer = worker_consumer(config, group_id, context, |_| {})?;
+    // Routed before they are assigned: from their first fetch on, these partitions'
+    // records come in batches (see FetchQueue); others come one by one through the poll.
     let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
-    match &source {
-        Source::Ranges(list) => fetch.route(list.iter().map(|range| range.partition)),
-        Source::Group => fetch.route(0..known_partitions(&consumer, &settings.input_topic)),
-    }
-    let ranges = RangeEnds::attach(&consumer, &settings.input_topic, &source)?;
+    let partitions = known_partitions(&consumer, &settings.input_topic);
+    fetch.route(0..partitions);
+    membership.attach(&consumer, &settings.input_topic, partitions)?;
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
     let dlq_topic = format!("{}.dlq", settings.input_topic);
     let queue = &handoff.queue;
@@ -260,7 +252,7 @@ pub fn run_worker(
                 let outcome = produce(
                     queue,
                     &sink,
-                    (!reading_ranges).then_some(&consumer),
+                    &consumer,
                     &settings.input_topic,
                     &dlq_topic,
                     counters,
@@ -277,8 +269,6 @@ pub fn run_worker(
             consumer: &consumer,
             handoff: &handoff,
             stop,
-            reading_ranges,
-            ranges,
             paused: false,
             paused_partitions: TopicPartitionList::new(),
         }
@@ -301,9 +291,6 @@ struct Consuming<'a> {
     consumer: &'a BaseConsumer<HandoffContext>,
     handoff: &'a Handoff,
     stop: &'a CancellationToken,
-    reading_ranges: bool,
-    /// For [`Source::Ranges`]: the end offset of each partition still being read.
-    ranges: RangeEnds,
     paused: bool,
     /// Every partition paused for back-pressure and not resumed since. librdkafka keeps a
     /// partition paused across a rebalance, so resuming only the current assignment would
@@ -316,7 +303,7 @@ impl Consuming<'_> {
         let batch_len = self.handoff.queue.batch_len();
         let mut routed_at = Instant::now();
         loop {
-            if self.stop.is_cancelled() || (self.reading_ranges && self.ranges.is_empty()) {
+            if self.stop.is_cancelled() {
                 break;
             }
             // A partition whose fetching stopped (revoked, maybe assigned again) lost its
@@ -347,16 +334,11 @@ impl Consuming<'_> {
             };
             let taken = self.fetch.take(timeout, batch_len - staged_records)?;
             let took = taken.len();
-            if took > 0 && self.reading_ranges {
-                self.counters.first_consumed.get_or_init(Instant::now);
-            }
             let handoff = self.handoff;
             let mut staged = handoff.staged();
             for record in taken.iter() {
                 match record.error() {
                     None => {
-                        self.ranges
-                            .read(self.consumer, record.partition(), record.offset());
                         staged.current.push(item_of(
                             record.partition(),
                             record.offset(),
@@ -367,7 +349,6 @@ impl Consuming<'_> {
                     Some(RDKafkaErrorCode::PartitionEOF) => {}
                     Some(code) => consume_error(
                         self.index,
-                        self.reading_ranges,
                         Some(record.partition()),
                         rdkafka::error::KafkaError::MessageConsumption(code).into(),
                     )?,
@@ -389,11 +370,6 @@ impl Consuming<'_> {
         loop {
             match self.consumer.poll(Duration::ZERO) {
                 Some(Ok(message)) => {
-                    self.ranges
-                        .read(self.consumer, message.partition(), message.offset());
-                    if self.reading_ranges {
-                        self.counters.first_consumed.get_or_init(Instant::now);
-                    }
                     let mut staged = self.handoff.staged();
                     staged.current.push(item(&message));
                     let full = staged.current.len() >= batch_len;
@@ -402,9 +378,7 @@ impl Consuming<'_> {
                         self.hand_over()?;
                     }
                 }
-                Some(Err(error)) => {
-                    consume_error(self.index, self.reading_ranges, None, error.into())?
-                }
+                Some(Err(error)) => consume_error(self.index, None, error.into())?,
                 None => return Ok(()),
             }
         }
@@ -459,10 +433,7 @@ impl Consuming<'_> {
         } else {
             let mut resume = TopicPartitionList::new();
             for element in self.paused_partitions.elements() {
-                // Ranges already read stay paused.
-                if !self.reading_ranges || self.ranges.contains(element.partition()) {
-                    resume.add_partition(element.topic(), element.partition());
-                }
+                resume.add_partition(element.topic(), element.partition());
             }
             self.paused_partitions = TopicPartitionList::new();
             self.consumer.resume(&resume)
@@ -479,7 +450,7 @@ impl Consuming<'_> {
 fn produce(
     queue: &BatchQueue<Item>,
     sink: &KafkaSink<StreamOutput, StreamOutputSerializer>,
-    consumer: Option<&BaseConsumer<HandoffContext>>,
+    consumer: &BaseConsumer<HandoffContext>,
     input_topic: &str,
     dlq_topic: &str,
     counters: &Counters,
@@ -541,9 +512,7 @@ fn produce(
             }
             Popped::Closed => return checkpoint.run(Urgency::Final).map(drop),
         }
-        // Without a group there is nothing to commit: only the final flush matters, and a
-        // periodic one would stall this thread for nothing.
-        if consumer.is_some() && checkpoint.last.elapsed() >= CHECKPOINT_INTERVAL {
+        if checkpoint.last.elapsed() >= CHECKPOINT_INTERVAL {
             checkpoint.run(Urgency::Periodic)?;
         }
     }
@@ -578,7 +547,7 @@ enum Urgency {
 /// The offsets behind what was enqueued, and how to make them durable.
 struct Checkpoint<'a> {
     sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
-    consumer: Option<&'a BaseConsumer<HandoffContext>>,
+    consumer: &'a BaseConsumer<HandoffContext>,
     input_topic: &'a str,
     /// The highest offset per partition enqueued since the last checkpoint.
     highest: HashMap<i32, i64>,
@@ -640,29 +609,30 @@ impl Checkpoint<'_> {
             );
             return Ok(false);
         }
-        if let Some(consumer) = self.consumer {
-            for (&partition, &offset) in &self.highest {
-                // `store_offset` commits offset + 1: the next record to read.
-                if let Err(error) = consumer.store_offset(self.input_topic, partition, offset) {
-                    // Revoked meanwhile: its next owner re-reads from the last commit.
-                    tracing::debug!(partition, offset, error = %Report(&error), "offset not stored");
-                }
+        for (&partition, &offset) in &self.highest {
+            // `store_offset` commits offset + 1: the next record to read.
+            if let Err(error) = self
+                .consumer
+                .store_offset(self.input_topic, partition, offset)
+            {
+                // Revoked meanwhile: its next owner re-reads from the last commit.
+                tracing::debug!(partition, offset, error = %Report(&error), "offset not stored");
             }
-            let mode = if urgent {
-                CommitMode::Sync
-            } else {
-                CommitMode::Async
-            };
-            match consumer.commit_consumer_state(mode) {
-                Ok(())
-                | Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(error) => {
-                    // The offsets stay stored and `pending` stays set: the next checkpoint
-                    // commits them again.
-                    tracing::warn!(event = "commit", error = %Report(&error), "offset commit failed; the next one retries");
-                    self.highest.clear();
-                    return Ok(false);
-                }
+        }
+        let mode = if urgent {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        match self.consumer.commit_consumer_state(mode) {
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                // The offsets stay stored and `pending` stays set: the next checkpoint
+                // commits them again.
+                tracing::warn!(event = "commit", error = %Report(&error), "offset commit failed; the next one retries");
+                self.highest.clear();
+                return Ok(false);
             }
         }
         self.highest.clear();
@@ -671,31 +641,13 @@ impl Checkpoint<'_> {
     }
 }
 
-/// How many partitions `topic` has now, as far as `consumer` can tell (0 when it cannot: its
-/// partitions then come through the consumer's poll, one record at a time).
-fn known_partitions<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> i32 {
-    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-        Ok(metadata) => metadata
-            .topics()
-            .first()
-            .map_or(0, |topic| topic.partitions().len() as i32),
-        Err(error) => {
-            tracing::warn!(%topic, error = %Report(&error), "no partition count; records will be polled one by one");
-            0
-        }
-    }
-}
-
-/// A consume error ends the worker when fatal, or when reading a benchmark's ranges (a range
-/// that is gone, removed by retention, will never complete); librdkafka recovers from the
-/// others by itself.
+/// A consume error ends the worker when fatal; librdkafka recovers from the others by itself.
 fn consume_error(
     worker: usize,
-    reading_ranges: bool,
     partition: Option<i32>,
     error: KafkaError,
 ) -> Result<(), StreamSumError> {
-    if error.is_fatal() || reading_ranges {
+    if error.is_fatal() {
         return Err(error.into());
     }
     tracing::warn!(event = "retry", worker, partition, error = %Report(&error), "consume error (retrying)");

@@ -12,8 +12,8 @@
 //! partition's new owner.
 
 use super::{dead_letter, sum_of, StreamOutputSerializer, StreamSumError};
-use super::{output_sink, worker_consumer, Counters, StreamContext, StreamOutput};
-use super::{RangeEnds, Source};
+use super::{known_partitions, output_sink, worker_consumer, Counters, Membership};
+use super::{StreamContext, StreamOutput};
 use crate::config::Config;
 use crate::kafka::broker::BrokerKind;
 use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
@@ -37,30 +37,27 @@ pub fn transactional_id(group_id: &str, index: usize) -> String {
     format!("{group_id}-stream-sum-{index}")
 }
 
-/// Runs worker `index` until `stop` is cancelled or, for [`Source::Ranges`], its ranges are
-/// read; commits its open transaction before returning. With ranges the offsets go to
-/// `group_id`'s commits (no group protocol), which must hold the ranges' starts: a failed
-/// transaction rewinds to them.
+/// Runs worker `index` of `group_id` until `stop` is cancelled; commits its open
+/// transaction before returning.
 pub fn run_worker(
     index: usize,
     config: &Config,
     group_id: &str,
-    source: Source,
+    membership: Membership,
     broker: BrokerKind,
     counters: &Counters,
     stop: &CancellationToken,
 ) -> Result<(), StreamSumError> {
     let settings = &config.stream_sum;
-    let reading_ranges = matches!(source, Source::Ranges(_));
     let consumer = worker_consumer(config, group_id, StreamContext::new(index), |consumer| {
         // Input written by transactional producers: only committed records.
         consumer.set("isolation.level", "read_committed");
-        if reading_ranges {
-            // A range that retention removed must fail the run, not restart elsewhere.
-            consumer.set("auto.offset.reset", "error");
-        }
     })?;
-    let ranges = RangeEnds::attach(&consumer, &settings.input_topic, &source)?;
+    let partitions = match membership {
+        Membership::Group => 0,
+        Membership::Static { .. } => known_partitions(&consumer, &settings.input_topic),
+    };
+    membership.attach(&consumer, &settings.input_topic, partitions)?;
     let sink = output_sink(
         config,
         format!("stream_sum-txn-{index}"),
@@ -74,8 +71,6 @@ pub fn run_worker(
         dlq_topic: format!("{}.dlq", settings.input_topic),
         max_records: settings.transaction_records,
         plain_commit: broker.is_mock(),
-        reading_ranges,
-        ranges,
         message: KafkaMessage::new(StreamOutput::Sum(0)),
         spare_key: Vec::new(),
         next_offsets: HashMap::new(),
@@ -96,9 +91,6 @@ struct TransactionalWorker<'a> {
     /// offsets sent to a transaction).
     plain_commit: bool,
     consumer: &'a BaseConsumer<StreamContext>,
-    /// Reading [`Source::Ranges`]: done when `ranges` is empty.
-    reading_ranges: bool,
-    ranges: RangeEnds,
     sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
     input_topic: &'a str,
     dlq_topic: String,
@@ -115,7 +107,7 @@ struct TransactionalWorker<'a> {
 impl TransactionalWorker<'_> {
     fn run(&mut self, counters: &Counters, stop: &CancellationToken) -> Result<(), StreamSumError> {
         loop {
-            let stopping = stop.is_cancelled() || (self.reading_ranges && self.ranges.is_empty());
+            let stopping = stop.is_cancelled();
             if let Some(since) = self.open_since {
                 let records = self.sums + self.dead;
                 if stopping
@@ -155,15 +147,11 @@ impl TransactionalWorker<'_> {
                 Some(Ok(record)) => {
                     if self.open_since.is_none() {
                         self.sink.begin_transaction_blocking()?;
-                        let now = Instant::now();
-                        self.open_since = Some(now);
-                        counters.first_consumed.get_or_init(|| now);
+                        self.open_since = Some(Instant::now());
                     }
                     self.transform(&record)?;
                     self.next_offsets
                         .insert(record.partition(), record.offset() + 1);
-                    self.ranges
-                        .read(self.consumer, record.partition(), record.offset());
                 }
             }
         }

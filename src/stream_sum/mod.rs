@@ -7,12 +7,13 @@
 //!   At least once ([`at_least_once`]: a consuming and a producing thread joined by a bounded
 //!   [`batch_queue`]) or, with `exactly_once`, a transactional consume-transform-produce loop
 //!   ([`exactly_once`]).
-//! - [`bench`]: load N lists, process the backlog, report msg/s, verify the output.
+//!
+//! `stream_sum bench` (load a backlog, time this processor and plain librdkafka loops on it)
+//! lives apart, in [`crate::stream_sum_bench`]: it drives [`run_stream_sum_with`] from
+//! outside, as a user would.
 
 pub mod at_least_once;
-pub mod baseline;
 pub mod batch_queue;
-pub mod bench;
 pub mod exactly_once;
 
 use crate::avro::encode_sum_result;
@@ -56,62 +57,8 @@ pub enum StreamSumError {
     Thread(#[source] std::io::Error),
     #[error("the consumer has no group metadata to send to the transaction")]
     NoGroupMetadata,
-    #[error("bench: {0}")]
-    Bench(#[from] BenchError),
-    #[error(transparent)]
-    Read(#[from] crate::kafka::topic_reader::ReadRangesError),
     #[error(transparent)]
     Fetch(#[from] crate::kafka::fetch_queue::FetchQueueError),
-    #[error("the bench's baseline")]
-    Baseline(#[from] baseline::BaselineError),
-}
-
-/// Why `stream_sum bench` could not measure, or measured a wrong result.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BenchError {
-    #[error("the {0} thread failed")]
-    Thread(&'static str, #[source] tokio::task::JoinError),
-    #[error("loaded {loaded} records but the input topic grew by {grown}: another writer?")]
-    ForeignWrites { loaded: u64, grown: i64 },
-    #[error("the backlog is empty")]
-    EmptyBacklog,
-    #[error(
-        "{topic} partition {partition}: offsets {from}..{to} of this run were removed by \
-         retention before they could be checked (the dev broker keeps about 5 MB per \
-         partition): use fewer records"
-    )]
-    Trimmed {
-        topic: String,
-        partition: i32,
-        from: i64,
-        to: i64,
-    },
-    #[error("loading failed: {undelivered} undelivered, {failed} failed")]
-    LoadFailed { undelivered: u64, failed: u64 },
-    #[error(
-        "topic {0} does not exist and the broker did not create it (the dev broker has no \
-         CreateTopics API): create it first, or use the benchmark topics"
-    )]
-    MissingTopic(String),
-    #[error("{topic} partition {partition} offset {offset}: not a valid record")]
-    InvalidOutput {
-        topic: String,
-        partition: i32,
-        offset: i64,
-    },
-    #[error(
-        "output does not match: {records} results (expected {expected_records}), sum {sum} \
-         (expected {expected_sum}), processed {processed}, dead-lettered {dead}"
-    )]
-    Mismatch {
-        records: u64,
-        expected_records: u64,
-        sum: i64,
-        expected_sum: i64,
-        processed: u64,
-        dead: u64,
-    },
 }
 
 impl From<rdkafka::error::KafkaError> for StreamSumError {
@@ -186,7 +133,7 @@ pub(crate) fn output_sink(
     Ok(KafkaSink::with_serializer(sink, StreamOutputSerializer)?)
 }
 
-/// The settings of [`output_sink`] (the bench's baseline producer uses them too).
+/// The settings of [`output_sink`] (the bench's baseline producers start from them too).
 pub(crate) fn output_sink_config(
     config: &Config,
     client_id: String,
@@ -223,8 +170,6 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Times a worker paused its partitions because its output was behind.
     pub pauses: AtomicU64,
-    /// When the first worker consumed its first record (the bench times from there).
-    pub first_consumed: std::sync::OnceLock<Instant>,
 }
 
 impl Counters {
@@ -331,81 +276,62 @@ impl ConsumerContext for StreamContext {
     }
 }
 
-/// Where a worker's records come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The partitions the consumer group assigns (the consumer is subscribed).
+/// How a worker gets its input partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The consumer group assigns them, and moves them as members come and go.
     Group,
-    /// Fixed offset ranges, assigned without a group protocol: a benchmark's backlog. The
-    /// worker stops when every range is read.
-    Ranges(Vec<PartitionRange>),
+    /// `stream_sum.static_assignment`: worker `index` of `workers` takes the partitions with
+    /// `partition % workers == index`, from the group's committed offsets (else
+    /// `auto.offset.reset`), without joining the group.
+    Static { index: usize, workers: usize },
 }
 
-pub use crate::kafka::topic_reader::PartitionRange;
-
-/// The end offset of each range a worker still reads ([`Source::Ranges`]); empty for
-/// [`Source::Group`].
-#[derive(Debug)]
-pub(crate) struct RangeEnds {
-    topic: String,
-    ends: std::collections::HashMap<i32, i64>,
-}
-
-impl RangeEnds {
-    /// Subscribes `consumer` to `topic` or assigns it the source's ranges.
+impl Membership {
+    /// Subscribes `consumer` to `topic`, or assigns it its share of `partitions` (the
+    /// topic's partition count, which a static share needs).
     pub(crate) fn attach<C: ConsumerContext>(
+        self,
         consumer: &BaseConsumer<C>,
         topic: &str,
-        source: &Source,
-    ) -> Result<Self, StreamSumError> {
-        let mut ends = std::collections::HashMap::new();
-        match source {
-            Source::Group => consumer.subscribe(&[topic])?,
-            Source::Ranges(list) => {
-                let mut assignment = rdkafka::TopicPartitionList::new();
-                for range in list.iter().filter(|range| range.start < range.end) {
-                    assignment.add_partition_offset(
-                        topic,
-                        range.partition,
-                        rdkafka::Offset::Offset(range.start),
-                    )?;
-                    ends.insert(range.partition, range.end);
+        partitions: i32,
+    ) -> Result<(), StreamSumError> {
+        match self {
+            Self::Group => consumer.subscribe(&[topic])?,
+            Self::Static { index, workers } => {
+                if partitions <= 0 {
+                    return Err(StreamSumError::NoSuchTopic(topic.to_string()));
                 }
-                consumer.assign(&assignment)?;
+                let mut share = rdkafka::TopicPartitionList::new();
+                for partition in (0..partitions).filter(|p| *p as usize % workers.max(1) == index) {
+                    share.add_partition_offset(topic, partition, rdkafka::Offset::Stored)?;
+                }
+                consumer.assign(&share)?;
             }
         }
-        Ok(Self {
-            topic: topic.to_string(),
-            ends,
-        })
+        Ok(())
     }
 
-    /// Notes a record read; a partition read to its end is paused (nothing past the range
-    /// is fetched) and forgotten. Nothing to do for [`Source::Group`].
-    pub(crate) fn read<C: ConsumerContext>(
-        &mut self,
-        consumer: &BaseConsumer<C>,
-        partition: i32,
-        offset: i64,
-    ) {
-        if let Some(&end) = self.ends.get(&partition) {
-            if offset + 1 >= end {
-                self.ends.remove(&partition);
-                let mut done = rdkafka::TopicPartitionList::new();
-                done.add_partition(&self.topic, partition);
-                let _ = consumer.pause(&done);
-            }
+    fn of(settings: &crate::config::StreamSumConfig, index: usize, workers: usize) -> Self {
+        if settings.static_assignment {
+            Self::Static { index, workers }
+        } else {
+            Self::Group
         }
     }
+}
 
-    /// Every range is read.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// The partition is one of the ranges still being read.
-    pub(crate) fn contains(&self, partition: i32) -> bool {
-        self.ends.contains_key(&partition)
+/// How many partitions `topic` has now, as far as `consumer` can tell (0 when it cannot).
+pub(crate) fn known_partitions<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> i32 {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Ok(metadata) => metadata
+            .topics()
+            .first()
+            .map_or(0, |topic| topic.partitions().len() as i32),
+        Err(error) => {
+            tracing::warn!(%topic, error = %Report(&error), "no partition count");
+            0
+        }
     }
 }
 
@@ -477,11 +403,7 @@ async fn report_throughput(counters: Arc<Counters>, shutdown: CancellationToken)
 }
 
 /// Runs `work(index)` on `workers` named threads and waits for all; the first error wins.
-pub(crate) async fn run_on_threads<F>(
-    name: &str,
-    workers: usize,
-    work: F,
-) -> Result<(), StreamSumError>
+async fn run_on_threads<F>(name: &str, workers: usize, work: F) -> Result<(), StreamSumError>
 where
     F: Fn(usize) -> Result<(), StreamSumError> + Send + Sync + 'static,
 {
@@ -531,6 +453,15 @@ pub async fn run_stream_sum(
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<StreamSumSummary, StreamSumError> {
+    run_stream_sum_with(config, Arc::new(Counters::default()), shutdown).await
+}
+
+/// [`run_stream_sum`], counting into `counters` (which a caller may watch while it runs).
+pub async fn run_stream_sum_with(
+    config: &Config,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> Result<StreamSumSummary, StreamSumError> {
     let started = Instant::now();
     let settings = &config.stream_sum;
     ensure_topics(config, &[&settings.input_topic, &settings.output_topic]).await?;
@@ -544,13 +475,13 @@ pub async fn run_stream_sum(
         },
         workers => workers,
     };
-    let counters = Arc::new(Counters::default());
     tracing::info!(
         workers,
         input = %settings.input_topic,
         output = %settings.output_topic,
         group = %settings.group_id,
         exactly_once = settings.exactly_once,
+        static_assignment = settings.static_assignment,
         "stream_sum started"
     );
     let reporter = tokio::spawn(report_throughput(counters.clone(), shutdown.clone()));
@@ -569,7 +500,7 @@ pub async fn run_stream_sum(
                     index,
                     &config,
                     &config.stream_sum.group_id,
-                    Source::Group,
+                    Membership::of(&config.stream_sum, index, workers),
                     broker,
                     &counters,
                     &stop,
@@ -582,7 +513,7 @@ pub async fn run_stream_sum(
                     index,
                     &config,
                     &config.stream_sum.group_id,
-                    Source::Group,
+                    Membership::of(&config.stream_sum, index, workers),
                     &counters,
                     &stop,
                 )

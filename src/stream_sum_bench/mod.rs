@@ -1,43 +1,38 @@
-//! `stream_sum bench`: the benchmark spec's two phases and a check of the result.
+//! `stream_sum bench`: the benchmark spec's two phases, a check of every result, and the
+//! same backlog through plain librdkafka programs, in alternating rounds.
 //!
-//! Phase 1 loads N random `IntegerList`s (2-5 ints in 0..=99) into the benchmark input topic.
-//! Phase 2 processes exactly that backlog (fixed offset ranges, read by the same
-//! at-least-once workers as `run`, without a consumer group) into the benchmark output
-//! topic, timed from the workers' start to the last result delivered. Then the new output is
-//! read back: it must hold N records whose sums add up to the sum of every input number.
+//! Phase 1 loads N random `IntegerList`s into the benchmark input topic ([`load`]). Phase 2
+//! runs, `rounds` times in turn on that backlog: stream_sum as users run it (a new consumer
+//! group whose commits start at the backlog, stopped once it processed it: [`processor`]),
+//! then each [`baseline`] kind into `<output>.baseline`. Each run's new output is read back
+//! ([`verify`]): it must hold N results whose sums add up to the sum of every input number.
+//! Each run is timed the same way, from outside: from its first result produced to its
+//! last delivered ([`watch`]), so start-up, the group's join and the stop stay out of the
+//! figure; min / median / max over the rounds, and the ratio of the medians.
 
-use super::baseline::{run_baseline, BaselineRun};
-use super::Source;
-use super::StreamSumError;
-use super::{at_least_once, exactly_once};
-use super::{partition_count, run_on_threads, worker_consumer, BenchError, Counters};
-use crate::avro::{decode_sum_result, encode_integer_list, for_each_number};
+pub mod baseline;
+mod load;
+mod processor;
+mod verify;
+mod watch;
+
+pub use baseline::{BaselineError, BaselineKind};
+pub use watch::Timed;
+
 use crate::config::Config;
 use crate::kafka::broker::BrokerKind;
-use crate::kafka::sink::{
-    Compression, KafkaMessage, KafkaSink, MessageSerializer, SerializeError, SinkConfig,
-};
-use crate::kafka::topic_reader::{ranges_between, read_ranges, retained_ranges, PartitionRange};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rand::Rng;
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use crate::kafka::sink::SinkError;
+use crate::kafka::topic_reader::{ranges_between, ReadRangesError};
+use crate::kafka::KafkaError;
+use crate::stream_sum::{ensure_topics, StreamSumError};
 use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use verify::{existing_partitions, new_sums, retained, scan, sum_of_list, Scanned};
 
 /// The spec's benchmark topics.
 pub const BENCH_INPUT_TOPIC: &str = "integer-list-input-benchmark";
 pub const BENCH_OUTPUT_TOPIC: &str = "integer-sum-output-benchmark";
-/// Records the loader sends to one partition before moving to the next: whole batches.
-const LOAD_CHUNK: u64 = 10_000;
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a scan waits for a record it knows exists before failing.
-const SCAN_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -47,113 +42,274 @@ pub struct BenchOptions {
     pub skip_load: bool,
     pub input_topic: String,
     pub output_topic: String,
-    /// 0: one per input partition.
+    /// 0: one per input partition. The baselines run as many threads.
     pub workers: usize,
-    /// Also run the baseline ([`super::baseline`]) on the same backlog, into
-    /// `<output_topic>.baseline`, and compare.
+    /// Also run the baselines on the same backlog, into `<output_topic>.baseline`.
     pub baseline: bool,
     /// Process the backlog with the exactly-once workers (one transaction per
-    /// `stream_sum.transaction_records` results or 100 ms) instead of the at-least-once ones.
+    /// `stream_sum.transaction_records` results or 100 ms) instead of the at-least-once
+    /// ones; the baseline is then the transactional one.
     pub exactly_once: bool,
+    /// Rounds, each stream_sum then every baseline, on the same backlog.
+    pub rounds: usize,
 }
 
-/// The outcome of a verified run.
+/// Why `stream_sum bench` could not measure, or measured a wrong result.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BenchError {
+    #[error(transparent)]
+    Processor(#[from] StreamSumError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Read(#[from] ReadRangesError),
+    #[error("the baseline")]
+    Baseline(#[from] BaselineError),
+    #[error("the {0} thread failed")]
+    Thread(&'static str, #[source] tokio::task::JoinError),
+    #[error("stream_sum processed {done} of {records} records and then nothing for {limit:?}")]
+    Stalled {
+        limit: Duration,
+        done: u64,
+        records: u64,
+    },
+    #[error("timing a run: {0}")]
+    Watch(String),
+    #[error("loaded {loaded} records but the input topic grew by {grown}: another writer?")]
+    ForeignWrites { loaded: u64, grown: i64 },
+    #[error("the backlog is empty")]
+    EmptyBacklog,
+    #[error(
+        "{topic} partition {partition}: offsets {from}..{to} of this run were removed by \
+         retention before they could be checked (the dev broker keeps about 5 MB per \
+         partition): use fewer records"
+    )]
+    Trimmed {
+        topic: String,
+        partition: i32,
+        from: i64,
+        to: i64,
+    },
+    #[error("loading failed: {undelivered} undelivered, {failed} failed")]
+    LoadFailed { undelivered: u64, failed: u64 },
+    #[error(
+        "topic {0} does not exist and the broker did not create it (the dev broker has no \
+         CreateTopics API): create it first, or use the benchmark topics"
+    )]
+    MissingTopic(String),
+    #[error("{topic} partition {partition} offset {offset}: not a valid record")]
+    InvalidOutput {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    #[error(
+        "output does not match: {records} results (expected {expected_records}), sum {sum} \
+         (expected {expected_sum}), processed {processed}, dead-lettered {dead}"
+    )]
+    Mismatch {
+        records: u64,
+        expected_records: u64,
+        sum: i64,
+        expected_sum: i64,
+        processed: u64,
+        dead: u64,
+    },
+}
+
+/// One round: stream_sum, then each baseline kind in [`BenchReport::kinds`] order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Round {
+    pub stream_sum: Timed,
+    pub baselines: Vec<Timed>,
+}
+
+/// The outcome of verified runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
     pub records: u64,
     pub workers: usize,
     pub exactly_once: bool,
-    /// First consumed record to the last result acknowledged.
-    pub seconds: f64,
-    /// The workers' start (clients, assignment) up to their first consumed record.
-    pub startup_seconds: f64,
     pub input_sum: i64,
-    pub output_sum: i64,
-    pub output_records: u64,
-    /// The baseline on the same backlog, its output verified the same way.
-    pub baseline: Option<BaselineRun>,
+    pub kinds: Vec<BaselineKind>,
+    pub rounds: Vec<Round>,
+}
+
+/// min, median and max of `values` (not empty).
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (values[0], median, values[n - 1])
 }
 
 impl BenchReport {
+    fn rate(&self, timed: &Timed) -> f64 {
+        self.records as f64 / timed.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// stream_sum's msg/s: min, median, max over the rounds.
+    pub fn stream_sum_rates(&self) -> (f64, f64, f64) {
+        spread(
+            self.rounds
+                .iter()
+                .map(|r| self.rate(&r.stream_sum))
+                .collect(),
+        )
+    }
+
+    /// The `index`th baseline kind's msg/s: min, median, max over the rounds.
+    pub fn baseline_rates(&self, index: usize) -> (f64, f64, f64) {
+        spread(
+            self.rounds
+                .iter()
+                .filter_map(|r| r.baselines.get(index))
+                .map(|t| self.rate(t))
+                .collect(),
+        )
+    }
+
+    /// The median round's msg/s (the spec's figure).
     pub fn msg_per_sec(&self) -> f64 {
-        self.records as f64 / self.seconds.max(f64::MIN_POSITIVE)
+        self.stream_sum_rates().1
     }
 }
 
 impl fmt::Display for BenchReport {
-    /// The spec's result line, then start-up and the baseline.
+    /// The spec's result line (the median round), then each contender over the rounds, the
+    /// ratios, and each round.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (min, median, max) = self.stream_sum_rates();
+        let startup = spread(
+            self.rounds
+                .iter()
+                .map(|r| r.stream_sum.startup_seconds)
+                .collect(),
+        )
+        .1;
         write!(
             f,
-            "records={} seconds={:.3} msg_per_sec={:.0}\n  stream_sum  workers={} {} startup_seconds={:.3}",
+            "records={} seconds={:.3} msg_per_sec={:.0}\n  stream_sum  workers={} {} rounds={} msg_per_sec min/median/max={:.0}/{:.0}/{:.0} startup_seconds={:.3}",
             self.records,
-            self.seconds,
-            self.msg_per_sec(),
+            self.records as f64 / median.max(f64::MIN_POSITIVE),
+            median,
             self.workers,
             if self.exactly_once {
-                "exactly-once"
+                "exactly-once (transactions, acks=all idempotent)"
             } else {
-                "at-least-once"
+                "at-least-once (acks=all idempotent)"
             },
-            self.startup_seconds
+            self.rounds.len(),
+            min,
+            median,
+            max,
+            startup,
         )?;
-        if let Some(baseline) = &self.baseline {
+        for (index, kind) in self.kinds.iter().enumerate() {
+            let (low, middle, high) = self.baseline_rates(index);
+            let ratios = spread(
+                self.rounds
+                    .iter()
+                    .filter_map(|r| {
+                        Some(self.rate(&r.stream_sum) / self.rate(r.baselines.get(index)?))
+                    })
+                    .collect(),
+            );
             write!(
                 f,
-                "\n  baseline    (librdkafka batch consume loop, 1 thread) seconds={:.3} msg_per_sec={:.0} startup_seconds={:.3}\n  ratio       stream_sum / baseline = {:.2}",
-                baseline.elapsed.as_secs_f64(),
-                baseline.msg_per_sec(),
-                baseline.startup.as_secs_f64(),
-                self.msg_per_sec() / baseline.msg_per_sec().max(f64::MIN_POSITIVE)
+                "\n  baseline    (librdkafka batch loop, {} threads, {}) msg_per_sec={:.0} min/median/max={:.0}/{:.0}/{:.0}\n  ratio       stream_sum / baseline ({}) = {:.2} (medians; per round {:.2}..{:.2})",
+                self.workers,
+                kind.label(),
+                middle,
+                low,
+                middle,
+                high,
+                kind.label(),
+                median / middle.max(f64::MIN_POSITIVE),
+                ratios.0,
+                ratios.2,
             )?;
+        }
+        if self.rounds.len() > 1 {
+            for (number, round) in self.rounds.iter().enumerate() {
+                write!(
+                    f,
+                    "\n  round {:<2}    stream_sum {:.0}",
+                    number + 1,
+                    self.rate(&round.stream_sum)
+                )?;
+                for (kind, timed) in self.kinds.iter().zip(&round.baselines) {
+                    write!(f, ", {} {:.0}", kind.label(), self.rate(timed))?;
+                }
+                write!(f, " msg/s")?;
+            }
         }
         Ok(())
     }
 }
 
-/// `IntegerList` as binary Avro, from a reused list.
-struct IntegerListSerializer;
-
-impl MessageSerializer<Vec<i32>> for IntegerListSerializer {
-    fn serialize(&self, numbers: &Vec<i32>, buffer: &mut Vec<u8>) -> Result<(), SerializeError> {
-        encode_integer_list(numbers, buffer);
-        Ok(())
+/// Checks a run's new output against the backlog.
+fn check(
+    output: &Scanned,
+    expected_records: u64,
+    expected_sum: i64,
+    processed: u64,
+    dead: u64,
+) -> Result<(), BenchError> {
+    if output.records != expected_records || output.sum != expected_sum || dead > 0 {
+        return Err(BenchError::Mismatch {
+            records: output.records,
+            expected_records,
+            sum: output.sum,
+            expected_sum,
+            processed,
+            dead,
+        });
     }
-
-    fn content_type(&self) -> &str {
-        "avro/binary"
-    }
+    Ok(())
 }
 
-/// Runs both phases and verifies the output. Errors when the output does not match.
+/// Loads (or reuses) the backlog, runs the rounds and verifies every output. Errors when an
+/// output does not match.
 pub async fn run_bench(
     config: &Config,
     options: BenchOptions,
     shutdown: CancellationToken,
-) -> Result<BenchReport, StreamSumError> {
+) -> Result<BenchReport, BenchError> {
     let mut config = config.clone();
     config.stream_sum.input_topic = options.input_topic.clone();
     config.stream_sum.output_topic = options.output_topic.clone();
-    super::ensure_topics(&config, &[&options.input_topic, &options.output_topic]).await?;
+    ensure_topics(&config, &[&options.input_topic, &options.output_topic]).await?;
     // Both must exist before loading: the output's end offsets bound what is verified.
     let partitions = existing_partitions(&config, &options.input_topic)?;
-    existing_partitions(&config, &options.output_topic)?;
+    let output_partitions = existing_partitions(&config, &options.output_topic)?;
 
     let (backlog, expected_records, expected_sum) = if options.skip_load {
         let backlog = retained(&config, &options.input_topic)?;
-        let (records, sum) = scan(&config, &options.input_topic, &backlog, sum_of_list)?;
+        let found = scan(&config, &options.input_topic, &backlog, sum_of_list)?;
         tracing::info!(
-            records,
+            records = found.records,
             "phase 1 skipped: reusing the backlog in the input topic"
         );
-        (backlog, records, sum)
+        (backlog, found.records, found.sum)
     } else {
         let before = retained(&config, &options.input_topic)?;
         let loader_config = config.clone();
         let records = options.records;
-        let sum = tokio::task::spawn_blocking(move || load(&loader_config, records, partitions))
-            .await
-            .map_err(|e| BenchError::Thread("backlog loader", e))??;
+        let sum =
+            tokio::task::spawn_blocking(move || load::load(&loader_config, records, partitions))
+                .await
+                .map_err(|e| BenchError::Thread("backlog loader", e))??;
         let after = retained(&config, &options.input_topic)?;
         let backlog = ranges_between(&before, &after);
         let loaded: i64 = backlog.iter().map(|r| r.end - r.start).sum();
@@ -161,305 +317,122 @@ pub async fn run_bench(
             return Err(BenchError::ForeignWrites {
                 loaded: records,
                 grown: loaded,
-            }
-            .into());
+            });
         }
         (backlog, records, sum)
     };
     if expected_records == 0 {
-        return Err(BenchError::EmptyBacklog.into());
+        return Err(BenchError::EmptyBacklog);
     }
-
     let workers = match options.workers {
         0 => partitions,
         workers => workers.min(partitions),
     };
-    let output_before = retained(&config, &options.output_topic)?;
-    tracing::info!(
-        records = expected_records,
-        workers,
-        "phase 2: processing the backlog"
-    );
-    let counters = Arc::new(Counters::default());
-    let stop = shutdown.clone();
-    let group = format!("stream-sum-bench-{}", std::process::id());
-    let broker = if options.exactly_once {
-        // A failed transaction rewinds to the group's commits: they start at the backlog.
-        commit_starts(&config, &group, &backlog)?;
-        Some(BrokerKind::detect_for(&config.kafka, "stream_sum").await)
-    } else {
-        None
+    let kinds = match (options.baseline, options.exactly_once) {
+        (false, _) => vec![],
+        (true, true) => vec![BaselineKind::Transactional],
+        (true, false) => vec![BaselineKind::Acks1, BaselineKind::Idempotent],
     };
-    let started = Instant::now();
-    {
-        let config = config.clone();
-        let counters = counters.clone();
-        let backlog = backlog.clone();
-        run_on_threads("stream-sum-bench", workers, move |index| {
-            let mine: Vec<PartitionRange> = backlog
-                .iter()
-                .filter(|range| range.partition as usize % workers == index)
-                .copied()
-                .collect();
-            match broker {
-                Some(broker) => exactly_once::run_worker(
-                    index,
-                    &config,
-                    &group,
-                    Source::Ranges(mine),
-                    broker,
-                    &counters,
-                    &stop,
-                ),
-                None => at_least_once::run_worker(
-                    index,
-                    &config,
-                    &group,
-                    Source::Ranges(mine),
-                    &counters,
-                    &stop,
-                ),
-            }
-        })
-        .await?;
-    }
-    let finished = Instant::now();
-    let first_consumed = counters.first_consumed.get().copied().unwrap_or(finished);
-    let seconds = (finished - first_consumed).as_secs_f64();
-    let startup_seconds = (first_consumed - started).as_secs_f64();
-    let processed = counters.processed.load(Ordering::Relaxed);
-    let dead = counters.dead_lettered.load(Ordering::Relaxed);
-
-    let (output_records, output_sum) = new_sums(&config, &options.output_topic, &output_before)?;
+    let baseline_topic = format!("{}.baseline", options.output_topic);
+    let group_commits = !kinds.is_empty()
+        && !BrokerKind::detect_for(&config.kafka, "stream_sum")
+            .await
+            .is_mock();
+    let baseline_partitions = if kinds.is_empty() {
+        0
+    } else {
+        ensure_topics(&config, &[&baseline_topic]).await?;
+        existing_partitions(&config, &baseline_topic)?
+    };
     let mut report = BenchReport {
         records: expected_records,
         workers,
         exactly_once: options.exactly_once,
-        seconds,
-        startup_seconds,
         input_sum: expected_sum,
-        output_sum,
-        output_records,
-        baseline: None,
+        kinds: kinds.clone(),
+        rounds: Vec::new(),
     };
-    if output_records != expected_records || output_sum != expected_sum || dead > 0 {
-        return Err(BenchError::Mismatch {
-            records: output_records,
-            expected_records,
-            sum: output_sum,
-            expected_sum,
-            processed,
-            dead,
+    let pid = std::process::id();
+    for round in 1..=options.rounds.max(1) {
+        if shutdown.is_cancelled() {
+            break;
         }
-        .into());
-    }
-    if options.baseline && !shutdown.is_cancelled() {
-        report.baseline =
-            Some(run_baseline_checked(&config, &backlog, &options, expected_sum).await?);
+        tracing::info!(
+            round,
+            records = expected_records,
+            workers,
+            "stream_sum on the backlog"
+        );
+        let before = retained(&config, &options.output_topic)?;
+        let watch = watch::Watch::start(&config, &options.output_topic, output_partitions)?;
+        let summary = processor::run_processor(
+            &config,
+            &backlog,
+            expected_records,
+            workers,
+            options.exactly_once,
+            &format!("stream-sum-bench-{pid}-{round}"),
+            &shutdown,
+        )
+        .await?;
+        let output = new_sums(&config, &options.output_topic, &before)?;
+        let stream_sum = watch.finish(output.first_ms)?;
+        check(
+            &output,
+            expected_records,
+            expected_sum,
+            summary.processed,
+            summary.dead_lettered,
+        )?;
+        let mut baselines = Vec::new();
+        for &kind in &kinds {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            tracing::info!(round, kind = kind.label(), topic = %baseline_topic, "baseline on the backlog");
+            let before = retained(&config, &baseline_topic)?;
+            let watch = watch::Watch::start(&config, &baseline_topic, baseline_partitions)?;
+            let produced = {
+                let (config, backlog, topic) =
+                    (config.clone(), backlog.clone(), baseline_topic.clone());
+                let run_id = format!("{pid}-{round}-{}", kind.label().replace(' ', "-"));
+                tokio::task::spawn_blocking(move || {
+                    baseline::run_baseline(
+                        &config,
+                        &backlog,
+                        &topic,
+                        workers,
+                        kind,
+                        &run_id,
+                        group_commits,
+                    )
+                })
+                .await
+                .map_err(|e| BenchError::Thread("baseline", e))??
+            };
+            let output = new_sums(&config, &baseline_topic, &before)?;
+            let timed = watch.finish(output.first_ms)?;
+            check(&output, expected_records, expected_sum, produced, 0)?;
+            baselines.push(timed);
+        }
+        if baselines.len() == kinds.len() {
+            report.rounds.push(Round {
+                stream_sum,
+                baselines,
+            });
+        }
     }
     Ok(report)
 }
 
-/// Runs the baseline on `backlog` into `<output_topic>.baseline` and checks its output like
-/// stream_sum's: one result per record, the sums adding up.
-async fn run_baseline_checked(
-    config: &Config,
-    backlog: &[PartitionRange],
-    options: &BenchOptions,
-    expected_sum: i64,
-) -> Result<BaselineRun, StreamSumError> {
-    let topic = format!("{}.baseline", options.output_topic);
-    super::ensure_topics(config, &[&topic]).await?;
-    let before = retained(config, &topic)?;
-    tracing::info!(%topic, "baseline: the same backlog through a minimal librdkafka loop");
-    let run = {
-        let (config, backlog, topic) = (config.clone(), backlog.to_vec(), topic.clone());
-        tokio::task::spawn_blocking(move || run_baseline(&config, &backlog, &topic))
-            .await
-            .map_err(|e| BenchError::Thread("baseline", e))??
-    };
-    let (records, sum) = new_sums(config, &topic, &before)?;
-    if records != run.records || sum != expected_sum {
-        return Err(BenchError::Mismatch {
-            records,
-            expected_records: run.records,
-            sum,
-            expected_sum,
-            processed: run.records,
-            dead: 0,
-        }
-        .into());
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn spread_takes_the_middle_or_the_mean_of_the_two_middles() {
+        assert_eq!(spread(vec![3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
+        assert_eq!(spread(vec![4.0, 1.0, 2.0, 3.0]), (1.0, 2.5, 4.0));
+        assert_eq!(spread(vec![]), (0.0, 0.0, 0.0));
     }
-    Ok(run)
-}
-
-/// The `SumResult`s written to `topic` since `before` (its retained ranges then): how many,
-/// and what they add up to.
-fn new_sums(
-    config: &Config,
-    topic: &str,
-    before: &[PartitionRange],
-) -> Result<(u64, i64), StreamSumError> {
-    let after = retained(config, topic)?;
-    // `ranges_between` starts a range at what is still there: a start that moved past the
-    // earlier end means some of this run's records are gone, not that there were fewer.
-    for now in &after {
-        if let Some(earlier) = before.iter().find(|b| b.partition == now.partition) {
-            if now.start > earlier.end {
-                return Err(BenchError::Trimmed {
-                    topic: topic.to_string(),
-                    partition: now.partition,
-                    from: earlier.end,
-                    to: now.start,
-                }
-                .into());
-            }
-        }
-    }
-    scan(config, topic, &ranges_between(before, &after), |payload| {
-        decode_sum_result(payload).ok()
-    })
-}
-
-/// Commits each range's start for `group`, where its workers begin.
-fn commit_starts(
-    config: &Config,
-    group: &str,
-    backlog: &[PartitionRange],
-) -> Result<(), StreamSumError> {
-    let consumer = worker_consumer(
-        config,
-        group,
-        crate::kafka::statistics::StatisticsContext,
-        |_| {},
-    )?;
-    let mut starts = TopicPartitionList::new();
-    for range in backlog {
-        starts.add_partition_offset(
-            &config.stream_sum.input_topic,
-            range.partition,
-            Offset::Offset(range.start),
-        )?;
-    }
-    consumer.commit(&starts, CommitMode::Sync)?;
-    Ok(())
-}
-
-/// The partition count of a topic the bench needs, or an error that says what to do.
-fn existing_partitions(config: &Config, topic: &str) -> Result<usize, StreamSumError> {
-    partition_count(config, topic).map_err(|error| match error {
-        StreamSumError::NoSuchTopic(topic) => BenchError::MissingTopic(topic).into(),
-        other => other,
-    })
-}
-
-/// Phase 1: sends `records` random lists and returns the sum of all their numbers.
-fn load(config: &Config, records: u64, partitions: usize) -> Result<i64, StreamSumError> {
-    let mut sink_config =
-        SinkConfig::new(config.kafka.clone(), config.stream_sum.input_topic.clone());
-    sink_config.client_id = "stream_sum-bench-loader".into();
-    sink_config.linger = Duration::from_millis(20);
-    sink_config.batch_size = 1_000_000;
-    sink_config.batch_messages = 10_000;
-    sink_config.compression = Compression::Lz4;
-    sink_config.content_type_header = false;
-    sink_config.breaker_threshold = 0;
-    let sink = KafkaSink::with_serializer(sink_config, IntegerListSerializer)?;
-    let bar = ProgressBar::with_draw_target(Some(records), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("phase 1 {bar:40} {pos}/{len} lists {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut rng = rand::rng();
-    let mut message = KafkaMessage::new(Vec::with_capacity(5));
-    let mut total = 0_i64;
-    for n in 0..records {
-        message.value.clear();
-        for _ in 0..rng.random_range(2..=5) {
-            let number = rng.random_range(0..=99);
-            total += i64::from(number);
-            message.value.push(number);
-        }
-        // Whole batches to one partition, partitions in turn: an even, well-batched load.
-        message.partition = Some(((n / LOAD_CHUNK) % partitions as u64) as i32);
-        sink.enqueue(&message)?;
-        if n % 10_000 == 0 {
-            bar.set_position(n);
-        }
-    }
-    let undelivered = sink.flush_blocking(Duration::from_secs(120))?;
-    bar.finish_and_clear();
-    let metrics = sink.metrics();
-    if undelivered > 0 || metrics.messages_failed > 0 {
-        return Err(BenchError::LoadFailed {
-            undelivered,
-            failed: metrics.messages_failed,
-        }
-        .into());
-    }
-    tracing::info!(records, "phase 1: backlog loaded");
-    Ok(total)
-}
-
-fn sum_of_list(payload: &[u8]) -> Option<i64> {
-    let mut sum = 0_i64;
-    for_each_number(payload, |n| sum += i64::from(n)).ok()?;
-    Some(sum)
-}
-
-/// What the topic holds now, per partition: from the oldest retained offset to the end.
-fn retained(config: &Config, topic: &str) -> Result<Vec<PartitionRange>, StreamSumError> {
-    let consumer: BaseConsumer = crate::kafka::client_config(
-        &config.kafka,
-        crate::kafka::ClientRole::Admin,
-        "stream_sum-bench-metadata",
-    )?
-    .create()?;
-    Ok(retained_ranges(&consumer, topic, METADATA_TIMEOUT)?)
-}
-
-/// Reads `ranges` of `topic` and returns how many records `value` accepted and the sum of
-/// what it returned. A record it rejects fails the scan.
-fn scan(
-    config: &Config,
-    topic: &str,
-    ranges: &[PartitionRange],
-    value: impl Fn(&[u8]) -> Option<i64>,
-) -> Result<(u64, i64), StreamSumError> {
-    let consumer = worker_consumer(
-        config,
-        "stream-sum-bench-scan",
-        crate::kafka::statistics::StatisticsContext,
-        |consumer| {
-            // What a transactional run committed (the exactly-once bench), nothing aborted.
-            consumer
-                .set("auto.offset.reset", "error")
-                .set("isolation.level", "read_committed");
-        },
-    )?;
-    let (mut records, mut sum, mut invalid) = (0_u64, 0_i64, None);
-    read_ranges(
-        &consumer,
-        topic,
-        ranges,
-        SCAN_IDLE_LIMIT,
-        |message| match message.payload().and_then(&value) {
-            Some(parsed) => {
-                records += 1;
-                sum += parsed;
-            }
-            None => {
-                invalid.get_or_insert((message.partition(), message.offset()));
-            }
-        },
-    )?;
-    if let Some((partition, offset)) = invalid {
-        return Err(BenchError::InvalidOutput {
-            topic: topic.to_string(),
-            partition,
-            offset,
-        }
-        .into());
-    }
-    Ok((records, sum))
 }

@@ -1,75 +1,42 @@
-//! The yardstick of `stream_sum bench`: the same consume-sum-produce work as a minimal loop
-//! on librdkafka's own batch API (through `rdkafka-sys`), written the way the tuned plain-C
-//! program of issue 16 is: one consumer assigned every range, `rd_kafka_consume_batch_queue`
-//! of up to [`BATCH`] messages per call, `fetch.queue.backoff.ms=1`, one `rd_kafka_produce`
-//! per sum on a topic handle made once, and one `rd_kafka_poll` per batch serving a
-//! `dr_msg_cb`; the producer has the settings of stream_sum's own output sink (snappy,
-//! 20 ms linger, large batches).
-//! No dead-letter topic, no commits, no back-pressure: it only has to be fast and right.
-//!
-//! Timed like stream_sum: from the first consumed message to the last result acknowledged
-//! (the final flush); start-up (client creation and assignment, up to the first message)
-//! apart.
+//! librdkafka's C API as the baseline uses it (through `rdkafka-sys`): a producer made with
+//! `rd_kafka_new` whose delivery reports only count failures, its transactions, a topic
+//! handle, the consumer's queue for `rd_kafka_consume_batch_queue`, and one record's sum
+//! produced with `rd_kafka_produce`. Every `unsafe` of the baseline is in this file.
 
-use super::{output_sink_config, sum_of, worker_consumer, StreamSumError};
+use super::BaselineError;
 use crate::avro::encode_sum_result;
-use crate::config::Config;
-use crate::kafka::statistics::StatisticsContext;
-use crate::kafka::topic_reader::PartitionRange;
 use crate::kafka::KafkaError;
+use crate::stream_sum::sum_of;
 use rdkafka::bindings as rdsys;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use rdkafka::TopicPartitionList;
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Messages per `rd_kafka_consume_batch_queue` call, as in the C program.
-const BATCH: usize = 10_000;
-/// Longest wait of one batch call.
-const BATCH_WAIT_MS: i32 = 100;
-/// How long the loop waits for a message it knows exists before failing.
-const IDLE_LIMIT: Duration = Duration::from_secs(30);
-const FLUSH_TIMEOUT_MS: i32 = 120_000;
 /// Longest wait for a delivery report when the producer queue is full.
 const QUEUE_FULL_WAIT_MS: i32 = 100;
 /// librdkafka's RD_KAFKA_PARTITION_UA (a C macro, so not in the bindings): let the
 /// partitioner choose.
 const PARTITION_UNASSIGNED: i32 = -1;
 
-/// What the baseline did.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BaselineRun {
-    /// Results produced (one per input record).
-    pub records: u64,
-    /// Client creation and assignment, up to the first consumed message.
-    pub startup: Duration,
-    /// First consumed message to the last result acknowledged.
-    pub elapsed: Duration,
-}
-
-impl BaselineRun {
-    pub fn msg_per_sec(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
-    }
-}
-
 /// A producer made with librdkafka directly, as the C program makes it: delivery reports
 /// served by `rd_kafka_poll` through a `dr_msg_cb` that only counts failures (rdkafka's
-/// `BaseProducer` goes through the event API and read the clock per report: 21% of the
-/// loop's samples when this used it).
-struct RawProducer {
+/// `BaseProducer` goes through the event API and reads the clock per report: 21% of the
+/// loop's samples when the baseline used it).
+pub(super) struct RawProducer {
     handle: *mut rdsys::rd_kafka_t,
     /// The callback's opaque: boxed so its address stays put.
     failed: Box<AtomicU64>,
 }
 
 impl RawProducer {
-    fn new(config: &rdkafka::ClientConfig) -> Result<Self, StreamSumError> {
-        let native = config.create_native_config().map_err(KafkaError::from)?;
+    pub(super) fn new(config: &rdkafka::ClientConfig) -> Result<Self, BaselineError> {
+        let native = config
+            .create_native_config()
+            .map_err(|e| BaselineError::Create(KafkaError::from(e).to_string()))?;
         let failed = Box::new(AtomicU64::new(0));
         let mut reason = [0 as c_char; 512];
         // SAFETY: rd_kafka_new takes the duplicated conf on success; on failure it is ours
@@ -89,16 +56,96 @@ impl RawProducer {
                 let reason = CStr::from_ptr(reason.as_ptr())
                     .to_string_lossy()
                     .into_owned();
-                return Err(BaselineError::Create(reason).into());
+                return Err(BaselineError::Create(reason));
             }
             Ok(Self { handle, failed })
         }
     }
 
     /// Serves delivery reports, waiting up to `timeout_ms` for one.
-    fn poll(&self, timeout_ms: i32) {
+    pub(super) fn poll(&self, timeout_ms: i32) {
         // SAFETY: a live handle.
         unsafe { rdsys::rd_kafka_poll(self.handle, timeout_ms) };
+    }
+
+    /// Waits until every produced message is delivered or failed; then fails on any failure.
+    pub(super) fn flush(&self, timeout: Duration) -> Result<(), BaselineError> {
+        // SAFETY: a live handle.
+        let flushed = unsafe { rdsys::rd_kafka_flush(self.handle, millis(timeout)) };
+        if flushed != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(BaselineError::Produce(flushed.into()));
+        }
+        match self.failed.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            failed => Err(BaselineError::Undelivered(failed)),
+        }
+    }
+
+    pub(super) fn init_transactions(&self, timeout: Duration) -> Result<(), BaselineError> {
+        // SAFETY: a live handle; the returned error is consumed by `transaction`.
+        transaction(unsafe { rdsys::rd_kafka_init_transactions(self.handle, millis(timeout)) })
+    }
+
+    pub(super) fn begin_transaction(&self) -> Result<(), BaselineError> {
+        // SAFETY: as above.
+        transaction(unsafe { rdsys::rd_kafka_begin_transaction(self.handle) })
+    }
+
+    /// Sends `offsets` (the next offset to read per partition) as `consumer`'s group to the
+    /// open transaction, then commits it.
+    pub(super) fn commit_transaction<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+        timeout: Duration,
+    ) -> Result<(), BaselineError> {
+        if offsets.count() > 0 {
+            self.send_offsets(consumer, offsets, timeout)?;
+        }
+        // SAFETY: a live handle.
+        transaction(unsafe { rdsys::rd_kafka_commit_transaction(self.handle, millis(timeout)) })
+    }
+
+    fn send_offsets<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+        timeout: Duration,
+    ) -> Result<(), BaselineError> {
+        // SAFETY: a live consumer; the metadata is destroyed below, after its last use.
+        let group =
+            unsafe { rdsys::rd_kafka_consumer_group_metadata(consumer.client().native_ptr()) };
+        if group.is_null() {
+            return Err(BaselineError::Transaction(
+                "the consumer has no group metadata".into(),
+            ));
+        }
+        // SAFETY: live handles; librdkafka copies what it needs from `offsets` and `group`.
+        let sent = transaction(unsafe {
+            rdsys::rd_kafka_send_offsets_to_transaction(
+                self.handle,
+                offsets.ptr(),
+                group,
+                millis(timeout),
+            )
+        });
+        // SAFETY: made by rd_kafka_consumer_group_metadata, destroyed once.
+        unsafe { rdsys::rd_kafka_consumer_group_metadata_destroy(group) };
+        sent
+    }
+
+    /// Makes a topic handle for producing to `name`.
+    pub(super) fn topic(&self, name: &str) -> Result<TopicHandle, BaselineError> {
+        let c_name = CString::new(name).map_err(|_| BaselineError::TopicName(name.into()))?;
+        // SAFETY: a live producer and a NUL-terminated name; the handle is dropped before
+        // the producer (its owner declares it after).
+        let topic = unsafe {
+            rdsys::rd_kafka_topic_new(self.handle, c_name.as_ptr(), std::ptr::null_mut())
+        };
+        if topic.is_null() {
+            return Err(BaselineError::TopicHandle(name.into()));
+        }
+        Ok(TopicHandle(topic))
     }
 }
 
@@ -107,6 +154,27 @@ impl Drop for RawProducer {
         // SAFETY: made by rd_kafka_new, destroyed only here (its topic handles first).
         unsafe { rdsys::rd_kafka_destroy(self.handle) }
     }
+}
+
+fn millis(timeout: Duration) -> i32 {
+    i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Turns a transactional call's `rd_kafka_error_t` (null: success) into a result, and
+/// destroys it.
+fn transaction(error: *mut rdsys::rd_kafka_error_t) -> Result<(), BaselineError> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a live error object returned by librdkafka, destroyed once, after this read.
+    let reason = unsafe {
+        let reason = CStr::from_ptr(rdsys::rd_kafka_error_string(error))
+            .to_string_lossy()
+            .into_owned();
+        rdsys::rd_kafka_error_destroy(error);
+        reason
+    };
+    Err(BaselineError::Transaction(reason))
 }
 
 /// librdkafka's delivery callback: counts failed deliveries in the opaque's counter.
@@ -123,29 +191,8 @@ unsafe extern "C" fn count_failed_delivery(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BaselineError {
-    #[error("librdkafka refused the producer: {0}")]
-    Create(String),
-    #[error("the topic name {0:?} holds a NUL byte")]
-    TopicName(String),
-    #[error("librdkafka refused a topic handle for {0}")]
-    TopicHandle(String),
-    #[error("no message for {0:?} while {1} of the backlog's records were still unread")]
-    Stalled(Duration, u64),
-    #[error("{0} results failed delivery")]
-    Undelivered(u64),
-    #[error("consuming failed: {0}")]
-    Consume(RDKafkaErrorCode),
-    #[error("producing failed: {0}")]
-    Produce(RDKafkaErrorCode),
-    #[error("a record of the backlog does not decode: {0}")]
-    Undecodable(String),
-}
-
 /// The output topic handle; destroyed with it.
-struct TopicHandle(*mut rdsys::rd_kafka_topic_t);
+pub(super) struct TopicHandle(*mut rdsys::rd_kafka_topic_t);
 
 impl Drop for TopicHandle {
     fn drop(&mut self) {
@@ -154,148 +201,99 @@ impl Drop for TopicHandle {
     }
 }
 
-/// The consumer's queue; destroyed with it.
-struct QueueHandle(*mut rdsys::rd_kafka_queue_t);
+/// A consumer's queue, read in batches; destroyed with it.
+pub(super) struct ConsumerQueue {
+    queue: *mut rdsys::rd_kafka_queue_t,
+    messages: Vec<*mut rdsys::rd_kafka_message_t>,
+}
 
-impl Drop for QueueHandle {
-    fn drop(&mut self) {
-        // SAFETY: made by rd_kafka_queue_get_consumer and destroyed only here.
-        unsafe { rdsys::rd_kafka_queue_destroy(self.0) }
+/// One consumed message, valid during [`ConsumerQueue::consume_batch`]'s callback.
+pub(super) struct Consumed<'a>(&'a rdsys::rd_kafka_message_t);
+
+impl Consumed<'_> {
+    pub(super) fn partition(&self) -> i32 {
+        self.0.partition
+    }
+
+    pub(super) fn offset(&self) -> i64 {
+        self.0.offset
+    }
+
+    /// The message's error, `None` for a record; end-of-partition events are never passed.
+    pub(super) fn error(&self) -> Option<RDKafkaErrorCode> {
+        (self.0.err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            .then(|| self.0.err.into())
     }
 }
 
-/// Reads `ranges` of `config.stream_sum.input_topic`, writes each record's sum to
-/// `output_topic`, and waits until every result is acknowledged.
-pub fn run_baseline(
-    config: &Config,
-    ranges: &[PartitionRange],
-    output_topic: &str,
-) -> Result<BaselineRun, StreamSumError> {
-    let created = Instant::now();
-    let group = format!("stream-sum-baseline-{}", std::process::id());
-    let consumer = worker_consumer(config, &group, StatisticsContext, |consumer| {
-        consumer
-            .set("fetch.queue.backoff.ms", "1")
-            .set("auto.offset.reset", "error");
-    })?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    let mut unread = 0_u64;
-    for range in ranges.iter().filter(|range| range.start < range.end) {
-        assignment.add_partition_offset(
-            &config.stream_sum.input_topic,
-            range.partition,
-            Offset::Offset(range.start),
-        )?;
-        ends.insert(range.partition, range.end);
-        unread += (range.end - range.start) as u64;
+impl ConsumerQueue {
+    /// The queue of `consumer` (which must not be subscribed: rdkafka routes rebalance
+    /// events through it otherwise), read up to `batch` messages a call.
+    pub(super) fn of<C: ConsumerContext>(consumer: &BaseConsumer<C>, batch: usize) -> Self {
+        // SAFETY: a live consumer; the queue handle is dropped before it (its owner declares
+        // it after).
+        let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
+        Self {
+            queue,
+            messages: vec![std::ptr::null_mut(); batch],
+        }
     }
-    let records = unread;
-    consumer.assign(&assignment)?;
 
-    let sink = output_sink_config(config, "stream_sum-baseline".into(), None);
-    let producer = RawProducer::new(&sink.client_config()?)?;
-    let topic_name =
-        CString::new(output_topic).map_err(|_| BaselineError::TopicName(output_topic.into()))?;
-    // SAFETY: a live producer and a NUL-terminated name; the handle is dropped before the
-    // producer (declared after it).
-    let topic = TopicHandle(unsafe {
-        rdsys::rd_kafka_topic_new(producer.handle, topic_name.as_ptr(), std::ptr::null_mut())
-    });
-    if topic.0.is_null() {
-        return Err(BaselineError::TopicHandle(output_topic.into()).into());
-    }
-    // SAFETY: a live consumer; the queue handle is dropped before it.
-    let queue =
-        QueueHandle(unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) });
-
-    let mut messages: Vec<*mut rdsys::rd_kafka_message_t> = vec![std::ptr::null_mut(); BATCH];
-    let mut value = Vec::with_capacity(16);
-    let mut first_consumed = None;
-    let mut last_progress = Instant::now();
-    while unread > 0 {
-        // SAFETY: `messages` has room for BATCH pointers; each returned message is destroyed
+    /// `rd_kafka_consume_batch_queue` of up to `max` messages (at most the batch size),
+    /// waiting up to `timeout_ms`; `each` sees every message but end-of-partition events.
+    /// Returns how many messages came.
+    pub(super) fn consume_batch(
+        &mut self,
+        timeout_ms: i32,
+        max: usize,
+        mut each: impl FnMut(Consumed<'_>),
+    ) -> Result<usize, BaselineError> {
+        let max = max.min(self.messages.len());
+        // SAFETY: `messages` has room for `max` pointers; each returned message is destroyed
         // below, after its last use.
         let count = unsafe {
             rdsys::rd_kafka_consume_batch_queue(
-                queue.0,
-                BATCH_WAIT_MS,
-                messages.as_mut_ptr(),
-                BATCH,
+                self.queue,
+                timeout_ms,
+                self.messages.as_mut_ptr(),
+                max,
             )
         };
         if count < 0 {
             // SAFETY: reads this thread's last librdkafka error.
             let code = unsafe { rdsys::rd_kafka_last_error() };
-            return Err(BaselineError::Consume(code.into()).into());
+            return Err(BaselineError::Consume(code.into()));
         }
-        if count == 0 {
-            if last_progress.elapsed() > IDLE_LIMIT {
-                return Err(BaselineError::Stalled(IDLE_LIMIT, unread).into());
-            }
-            continue;
-        }
-        last_progress = Instant::now();
-        first_consumed.get_or_insert(last_progress);
-        let mut failure = None;
-        for &message in &messages[..count as usize] {
+        for &message in &self.messages[..count as usize] {
             // SAFETY: librdkafka returned `count` valid messages; each is destroyed once,
-            // below, and not used after.
-            let record = unsafe { &*message };
-            let past_range = record.err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-                && ends
-                    .get(&record.partition)
-                    .is_none_or(|end| record.offset >= *end);
-            if failure.is_none() && !past_range {
-                // SAFETY: as above.
-                match unsafe { produce_sum(record, &topic, &producer, &mut value) } {
-                    Ok(true) => unread -= 1,
-                    Ok(false) => {}
-                    Err(error) => failure = Some(error),
+            // right after its use.
+            unsafe {
+                if (*message).err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                    each(Consumed(&*message));
                 }
+                rdsys::rd_kafka_message_destroy(message);
             }
-            // SAFETY: as above.
-            unsafe { rdsys::rd_kafka_message_destroy(message) };
         }
-        if let Some(error) = failure {
-            return Err(error.into());
-        }
-        producer.poll(0);
+        Ok(count as usize)
     }
-    // SAFETY: a live handle.
-    let flushed = unsafe { rdsys::rd_kafka_flush(producer.handle, FLUSH_TIMEOUT_MS) };
-    let done = Instant::now();
-    if flushed != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        return Err(BaselineError::Produce(flushed.into()).into());
-    }
-    let failed = producer.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        return Err(BaselineError::Undelivered(failed).into());
-    }
-    let first_consumed = first_consumed.unwrap_or(done);
-    Ok(BaselineRun {
-        records,
-        startup: first_consumed - created,
-        elapsed: done - first_consumed,
-    })
 }
 
-/// Produces the sum of one consumed message; `Ok(false)` for an event that is not a record
-/// (end of partition).
-///
-/// # Safety
-/// `message` must be a message returned by librdkafka and not yet destroyed.
-unsafe fn produce_sum(
-    message: &rdsys::rd_kafka_message_t,
+impl Drop for ConsumerQueue {
+    fn drop(&mut self) {
+        // SAFETY: made by rd_kafka_queue_get_consumer and destroyed only here.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.queue) }
+    }
+}
+
+/// Produces the sum of one consumed record under its key, `value` a reused buffer. Waits
+/// for room when the producer queue is full, as the C program does.
+pub(super) fn produce_sum(
+    record: &Consumed<'_>,
     topic: &TopicHandle,
     producer: &RawProducer,
     value: &mut Vec<u8>,
-) -> Result<bool, BaselineError> {
-    match message.err {
-        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => {}
-        rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF => return Ok(false),
-        code => return Err(BaselineError::Consume(code.into())),
-    }
+) -> Result<(), BaselineError> {
+    let message = record.0;
     let payload = (!message.payload.is_null()).then(|| {
         // SAFETY: librdkafka's payload pointer and length of a live message.
         unsafe { std::slice::from_raw_parts(message.payload as *const u8, message.len) }
@@ -319,14 +317,13 @@ unsafe fn produce_sum(
             )
         };
         if status == 0 {
-            return Ok(true);
+            return Ok(());
         }
         // SAFETY: reads this thread's last librdkafka error.
         let code: RDKafkaErrorCode = unsafe { rdsys::rd_kafka_last_error() }.into();
         if code != RDKafkaErrorCode::QueueFull {
             return Err(BaselineError::Produce(code));
         }
-        // Serve delivery reports until there is room, as the C program does.
         producer.poll(QUEUE_FULL_WAIT_MS);
     }
 }

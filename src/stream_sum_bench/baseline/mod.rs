@@ -1,0 +1,238 @@
+//! The yardstick of `stream_sum bench`: the same consume-sum-produce work as plain loops on
+//! librdkafka's own batch API (through `rdkafka-sys`), written the way the tuned plain-C
+//! program of issue 25 is: as many threads as stream_sum has workers, each with its own
+//! consumer (assigned its share of the partitions, offsets auto-committed to a group,
+//! `fetch.queue.backoff.ms=1`; on the dev broker it commits nothing, see [`run_baseline`])
+//! and its own producer (snappy, 20 ms linger, large batches).
+//! No dead-letter topic, no back-pressure: it only has to be fast and right.
+//!
+//! Three kinds, by what the producer promises:
+//! - [`BaselineKind::Acks1`]: the C program's `acks=1`, no idempotence;
+//! - [`BaselineKind::Idempotent`]: stream_sum's own at-least-once producer settings
+//!   (`acks=all`, idempotence), so a ratio does not hang on acknowledging less;
+//! - [`BaselineKind::Transactional`]: stream_sum `--exactly-once`'s: transactions of
+//!   `stream_sum.transaction_records` results or 100 ms, the consumed offsets sent inside.
+
+mod raw;
+mod worker;
+
+use crate::config::Config;
+use crate::kafka::sink::Acks;
+use crate::kafka::statistics::StatisticsContext;
+use crate::kafka::topic_reader::PartitionRange;
+use crate::stream_sum::{output_sink_config, worker_consumer};
+use rdkafka::consumer::Consumer;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Barrier;
+use std::time::Duration;
+
+/// What the baseline's producers promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaselineKind {
+    /// `acks=1`, no idempotence: the C program of issue 25.
+    Acks1,
+    /// `acks=all` with idempotence: stream_sum's at-least-once producer.
+    Idempotent,
+    /// `acks=all`, idempotence and transactions: stream_sum `--exactly-once`'s producer.
+    Transactional,
+}
+
+impl BaselineKind {
+    /// What it promises, as the report prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Acks1 => "acks=1",
+            Self::Idempotent => "acks=all idempotent",
+            Self::Transactional => "transactional acks=all idempotent",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BaselineError {
+    #[error("librdkafka refused the client: {0}")]
+    Create(String),
+    #[error("the topic name {0:?} holds a NUL byte")]
+    TopicName(String),
+    #[error("librdkafka refused a topic handle for {0}")]
+    TopicHandle(String),
+    #[error("no record for {0:?} while {1} of the backlog's records were still unread")]
+    Stalled(Duration, u64),
+    #[error("{0} results failed delivery")]
+    Undelivered(u64),
+    #[error("consuming failed: {0}")]
+    Consume(RDKafkaErrorCode),
+    #[error("producing failed: {0}")]
+    Produce(RDKafkaErrorCode),
+    #[error("a transaction failed: {0}")]
+    Transaction(String),
+    #[error("a record of the backlog does not decode: {0}")]
+    Undecodable(String),
+    #[error("a baseline thread panicked")]
+    Panicked,
+}
+
+/// Processes `backlog` of `config.stream_sum.input_topic` into `output_topic` on `threads`
+/// threads; returns once every result is delivered (and, transactional, committed).
+/// Thread `i` reads the partitions `p` with `p % threads == i`; the threads start their
+/// loops together, once every one has its clients. `group_commits`: the plain kinds
+/// auto-commit their offsets to a group, as the C program does. Off on the dev broker:
+/// there, commits of these consumers (assigned, never joined) left the group coordinator
+/// unable to form the next stream_sum group (a member's JoinGroup went unanswered until it
+/// timed out, 50 s), so the baseline does a little less work there than on Apache Kafka.
+pub fn run_baseline(
+    config: &Config,
+    backlog: &[PartitionRange],
+    output_topic: &str,
+    threads: usize,
+    kind: BaselineKind,
+    run_id: &str,
+    group_commits: bool,
+) -> Result<u64, BaselineError> {
+    let threads = threads.max(1);
+    let start_line = Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|index| {
+                let start_line = &start_line;
+                let mine: Vec<PartitionRange> = backlog
+                    .iter()
+                    .filter(|range| {
+                        range.partition as usize % threads == index && !range.is_empty()
+                    })
+                    .copied()
+                    .collect();
+                scope.spawn(move || {
+                    let plan = Plan {
+                        kind,
+                        run_id,
+                        index,
+                        group_commits,
+                    };
+                    thread(config, &mine, output_topic, &plan, start_line)
+                })
+            })
+            .collect();
+        let mut produced = 0;
+        let mut first_error = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(count)) => produced += count,
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(BaselineError::Panicked);
+                }
+            }
+        }
+        first_error.map_or(Ok(produced), Err)
+    })
+}
+
+/// What one thread is to do, beside its ranges.
+struct Plan<'a> {
+    kind: BaselineKind,
+    run_id: &'a str,
+    index: usize,
+    group_commits: bool,
+}
+
+/// One thread: makes its clients, waits at the start line (whether or not that worked, so
+/// no thread waits forever), then runs the loop.
+fn thread(
+    config: &Config,
+    ranges: &[PartitionRange],
+    output_topic: &str,
+    plan: &Plan<'_>,
+    start_line: &Barrier,
+) -> Result<u64, BaselineError> {
+    let kind = plan.kind;
+    let clients = clients(config, ranges, plan);
+    start_line.wait();
+    let (consumer, producer) = clients?;
+    let topic = producer.topic(output_topic)?;
+    let share = worker::Share {
+        topic: config.stream_sum.input_topic.clone(),
+        ends: ranges.iter().map(|r| (r.partition, r.end)).collect(),
+        unread: ranges.iter().map(|r| r.len() as u64).sum(),
+    };
+    let max_records =
+        (kind == BaselineKind::Transactional).then_some(config.stream_sum.transaction_records);
+    let produced = worker::run_thread(&consumer, &producer, &topic, share, max_records);
+    drop(topic);
+    produced
+}
+
+type Clients = (
+    rdkafka::consumer::BaseConsumer<StatisticsContext>,
+    raw::RawProducer,
+);
+
+/// The thread's consumer, assigned its ranges, and its producer (transactions initialised).
+fn clients(
+    config: &Config,
+    ranges: &[PartitionRange],
+    plan: &Plan<'_>,
+) -> Result<Clients, BaselineError> {
+    let Plan {
+        kind,
+        run_id,
+        index,
+        group_commits,
+    } = *plan;
+    let refused = |error: rdkafka::error::KafkaError| BaselineError::Create(error.to_string());
+    let group = format!("stream-sum-baseline-{run_id}");
+    let consumer = worker_consumer(config, &group, StatisticsContext, |consumer| {
+        consumer
+            .set("fetch.queue.backoff.ms", "1")
+            .set("auto.offset.reset", "error");
+        if kind == BaselineKind::Transactional {
+            consumer.set("isolation.level", "read_committed");
+        } else if group_commits {
+            // The C program's: offsets stored as consumed, committed every 5 s and at close.
+            consumer
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "true");
+        }
+    })
+    .map_err(|error| BaselineError::Create(error.to_string()))?;
+    let mut assignment = TopicPartitionList::new();
+    for range in ranges {
+        assignment
+            .add_partition_offset(
+                &config.stream_sum.input_topic,
+                range.partition,
+                Offset::Offset(range.start),
+            )
+            .map_err(refused)?;
+    }
+    consumer.assign(&assignment).map_err(refused)?;
+
+    let client_id = format!("stream_sum-baseline-{index}");
+    let sink = match kind {
+        BaselineKind::Transactional => output_sink_config(
+            config,
+            client_id,
+            Some(format!("stream-sum-baseline-{run_id}-{index}")),
+        ),
+        BaselineKind::Idempotent => output_sink_config(config, client_id, None),
+        BaselineKind::Acks1 => {
+            let mut sink = output_sink_config(config, client_id, None);
+            sink.acks = Acks::Leader;
+            sink.idempotence = false;
+            sink
+        }
+    };
+    let producer = raw::RawProducer::new(
+        &sink
+            .client_config()
+            .map_err(|error| BaselineError::Create(error.to_string()))?,
+    )?;
+    if kind == BaselineKind::Transactional {
+        producer.init_transactions(Duration::from_secs(30))?;
+    }
+    Ok((consumer, producer))
+}
