@@ -345,7 +345,8 @@ async fn sums_every_list_and_dead_letters_garbage() {
     }
 }
 
-/// A slow producer (a 16-message queue) fills the tiny channel, so the first member pauses
+/// A slow producer (a 2-message queue: each pair waits out the 20 ms linger and its
+/// acknowledgement) fills the tiny channel, so the first member pauses
 /// its partitions; a second member joins meanwhile. The rebalance completes (the paused
 /// member keeps polling) and the revoked partitions are handed over after a flush and a
 /// commit, so no sum is lost and none is repeated.
@@ -354,7 +355,7 @@ async fn rebalance_under_back_pressure_loses_and_repeats_nothing() {
     let brokers = support::stack_var("KAFKA_BROKERS");
     let input = support::unique_name("sum-input");
     let output = support::unique_name("sum-output");
-    let (messages, expected) = keyed_lists(20_000);
+    let (messages, expected) = keyed_lists(3_000);
     support::produce(&brokers, &input, &messages).await;
 
     let scenario = Scenario::new(
@@ -362,17 +363,17 @@ async fn rebalance_under_back_pressure_loses_and_repeats_nothing() {
         &support::unique_name("stream-sum"),
         &[
             ("SECKILL_STREAM_SUM_CHANNEL_CAPACITY", "16"),
-            ("SECKILL_STREAM_SUM_PRODUCER_QUEUE_MESSAGES", "16"),
+            ("SECKILL_STREAM_SUM_PRODUCER_QUEUE_MESSAGES", "2"),
             ("SECKILL_STREAM_SUM_WORKERS", "1"),
         ],
     );
     let args = run_args(&input, &output, &[]);
     let first = Program::spawn("stream_sum", &args, &scenario.env);
-    if let Err(reason) = wait_for_offsets(&brokers, &output, 2_000) {
+    if let Err(reason) = wait_for_offsets(&brokers, &output, 500) {
         fail_with_logs(reason, vec![first]);
     }
     let second = Program::spawn("stream_sum", &args, &scenario.env);
-    let results = match wait_for_keys(&brokers, &output, 20_000, "read_uncommitted") {
+    let results = match wait_for_keys(&brokers, &output, 3_000, "read_uncommitted") {
         Ok(results) => results,
         Err(reason) => fail_with_logs(reason, vec![first, second]),
     };
@@ -395,7 +396,7 @@ async fn rebalance_under_back_pressure_loses_and_repeats_nothing() {
 
     // Terminated after every key had its result: nothing is written after that.
     let sums = sums_by_key(&results);
-    assert_eq!(sums.len(), 20_000, "every key has its sum");
+    assert_eq!(sums.len(), 3_000, "every key has its sum");
     for (key, found) in &sums {
         assert!(
             found.iter().all(|sum| *sum == expected[key]),
@@ -408,10 +409,11 @@ async fn rebalance_under_back_pressure_loses_and_repeats_nothing() {
         results.len(),
         "every result was counted"
     );
-    let repeats = results.len() - 20_000;
+    let repeats = results.len() - 3_000;
     // Apache Kafka accepts a commit from the revoke callback, so nothing is repeated. The dev
-    // broker refuses it (RebalanceInProgress): then the records since the last periodic
-    // checkpoint (0.5 s) are read again by their next owner, and the log says so.
+    // broker refuses it (RebalanceInProgress): then the records since the last committed
+    // delivery group (one per 0.5 s, about 50 records at this producer's pace) are read
+    // again by their next owner, and the log says so.
     let refused = [&first, &second]
         .iter()
         .map(|f| f.stderr.matches("committed=false").count())
@@ -424,7 +426,7 @@ async fn rebalance_under_back_pressure_loses_and_repeats_nothing() {
         assert_eq!(repeats, 0, "revocations committed: nothing repeated");
     } else {
         assert!(
-            repeats <= 5_000,
+            repeats <= 1_000,
             "{repeats} repeats after {refused} refused commits"
         );
     }

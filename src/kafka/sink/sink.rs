@@ -358,12 +358,51 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         }
     }
 
+    /// [`try_enqueue_in`](Self::try_enqueue_in) that waits out a full queue (serving
+    /// delivery reports meanwhile) up to `send_timeout`.
+    pub fn enqueue_in(
+        &self,
+        group: &DeliveryGroup,
+        message: &KafkaMessage<T>,
+    ) -> Result<(), SinkError> {
+        let mut deadline = None;
+        loop {
+            match self.try_enqueue_in(group, message)? {
+                true => return Ok(()),
+                false
+                    if Instant::now()
+                        < *deadline
+                            .get_or_insert_with(|| Instant::now() + self.config.send_timeout) =>
+                {
+                    self.producer.sender_poll(Duration::from_millis(1))
+                }
+                false => {
+                    return Err(self.fail(SinkError::QueueFullTimeout(self.config.send_timeout)))
+                }
+            }
+        }
+    }
+
+    /// How `group` ended, once every message has its delivery report (the group is then
+    /// forgotten); else the group back, still pending: [`wait_group`](Self::wait_group)
+    /// without waiting.
+    pub fn try_finish_group(&self, group: DeliveryGroup) -> Result<GroupDelivery, DeliveryGroup> {
+        if group.state.pending.load(Ordering::Acquire) > 0 {
+            return Err(group);
+        }
+        Ok(self.finish_group(group))
+    }
+
     /// Waits until every message of `group` has its delivery report (librdkafka retries each
     /// up to `message_timeout`), and says how many failed.
     pub async fn wait_group(&self, group: DeliveryGroup) -> GroupDelivery {
         while group.state.pending.load(Ordering::Acquire) > 0 {
             group.state.done.notified().await;
         }
+        self.finish_group(group)
+    }
+
+    fn finish_group(&self, group: DeliveryGroup) -> GroupDelivery {
         if let Ok(mut groups) = self.shared.groups.lock() {
             groups.remove(&group.id);
         }
