@@ -24,6 +24,8 @@ pub const SUITE_TOPICS: &[(&str, i32)] = &[
     ("integer-sum-output-avro", 3),
     ("integer-list-input-benchmark", 12),
     ("integer-sum-output-benchmark", 12),
+    // The bench's baselines write here: as many partitions as stream_sum's output.
+    ("integer-sum-output-benchmark.baseline", 12),
     ("user-events", 3),
 ];
 

@@ -485,7 +485,9 @@ pub async fn run_stream_sum_with(
         "stream_sum started"
     );
     let reporter = tokio::spawn(report_throughput(counters.clone(), shutdown.clone()));
-    let stop = shutdown.clone();
+    // One worker's failure stops them all: the process then exits with the error for its
+    // supervisor to restart it (with static shares, nobody else would read its partitions).
+    let stop = shutdown.child_token();
     let outcome = {
         let config = config.clone();
         let counters = counters.clone();
@@ -496,7 +498,7 @@ pub async fn run_stream_sum_with(
                 tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
             }
             run_on_threads("stream-sum-txn", workers, move |index| {
-                exactly_once::run_worker(
+                let outcome = exactly_once::run_worker(
                     index,
                     &config,
                     &config.stream_sum.group_id,
@@ -504,19 +506,27 @@ pub async fn run_stream_sum_with(
                     broker,
                     &counters,
                     &stop,
-                )
+                );
+                if outcome.is_err() {
+                    stop.cancel();
+                }
+                outcome
             })
             .await
         } else {
             run_on_threads("stream-sum", workers, move |index| {
-                at_least_once::run_worker(
+                let outcome = at_least_once::run_worker(
                     index,
                     &config,
                     &config.stream_sum.group_id,
                     Membership::of(&config.stream_sum, index, workers),
                     &counters,
                     &stop,
-                )
+                );
+                if outcome.is_err() {
+                    stop.cancel();
+                }
+                outcome
             })
             .await
         }

@@ -20,7 +20,6 @@ pub use baseline::{BaselineError, BaselineKind};
 pub use watch::Timed;
 
 use crate::config::Config;
-use crate::kafka::broker::BrokerKind;
 use crate::kafka::sink::SinkError;
 use crate::kafka::topic_reader::{ranges_between, ReadRangesError};
 use crate::kafka::KafkaError;
@@ -334,10 +333,6 @@ pub async fn run_bench(
         (true, false) => vec![BaselineKind::Acks1, BaselineKind::Idempotent],
     };
     let baseline_topic = format!("{}.baseline", options.output_topic);
-    let group_commits = !kinds.is_empty()
-        && !BrokerKind::detect_for(&config.kafka, "stream_sum")
-            .await
-            .is_mock();
     let baseline_partitions = if kinds.is_empty() {
         0
     } else {
@@ -397,15 +392,7 @@ pub async fn run_bench(
                     (config.clone(), backlog.clone(), baseline_topic.clone());
                 let run_id = format!("{pid}-{round}-{}", kind.label().replace(' ', "-"));
                 tokio::task::spawn_blocking(move || {
-                    baseline::run_baseline(
-                        &config,
-                        &backlog,
-                        &topic,
-                        workers,
-                        kind,
-                        &run_id,
-                        group_commits,
-                    )
+                    baseline::run_baseline(&config, &backlog, &topic, workers, kind, &run_id)
                 })
                 .await
                 .map_err(|e| BenchError::Thread("baseline", e))??

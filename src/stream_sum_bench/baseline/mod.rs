@@ -1,8 +1,10 @@
 //! The yardstick of `stream_sum bench`: the same consume-sum-produce work as plain loops on
 //! librdkafka's own batch API (through `rdkafka-sys`), written the way the tuned plain-C
 //! program of issue 25 is: as many threads as stream_sum has workers, each with its own
-//! consumer (assigned its share of the partitions, offsets auto-committed to a group,
-//! `fetch.queue.backoff.ms=1`; on the dev broker it commits nothing, see [`run_baseline`])
+//! consumer (assigned its share of the partitions, `fetch.queue.backoff.ms=1`, its offsets
+//! committed to a group once, at the end: the C program auto-commits every 5 s, which in a
+//! one-second run is the commit at close, and an auto-commit's result event would come
+//! through the queue the loop reads in batches, which librdkafka does not allow)
 //! and its own producer (snappy, 20 ms linger, large batches).
 //! No dead-letter topic, no back-pressure: it only has to be fast and right.
 //!
@@ -66,6 +68,8 @@ pub enum BaselineError {
     Consume(RDKafkaErrorCode),
     #[error("producing failed: {0}")]
     Produce(RDKafkaErrorCode),
+    #[error("committing the consumed offsets failed: {0}")]
+    Commit(String),
     #[error("a transaction failed: {0}")]
     Transaction(String),
     #[error("a record of the backlog does not decode: {0}")]
@@ -77,11 +81,7 @@ pub enum BaselineError {
 /// Processes `backlog` of `config.stream_sum.input_topic` into `output_topic` on `threads`
 /// threads; returns once every result is delivered (and, transactional, committed).
 /// Thread `i` reads the partitions `p` with `p % threads == i`; the threads start their
-/// loops together, once every one has its clients. `group_commits`: the plain kinds
-/// auto-commit their offsets to a group, as the C program does. Off on the dev broker:
-/// there, commits of these consumers (assigned, never joined) left the group coordinator
-/// unable to form the next stream_sum group (a member's JoinGroup went unanswered until it
-/// timed out, 50 s), so the baseline does a little less work there than on Apache Kafka.
+/// loops together, once every one has its clients.
 pub fn run_baseline(
     config: &Config,
     backlog: &[PartitionRange],
@@ -89,7 +89,6 @@ pub fn run_baseline(
     threads: usize,
     kind: BaselineKind,
     run_id: &str,
-    group_commits: bool,
 ) -> Result<u64, BaselineError> {
     let threads = threads.max(1);
     let start_line = Barrier::new(threads);
@@ -109,7 +108,6 @@ pub fn run_baseline(
                         kind,
                         run_id,
                         index,
-                        group_commits,
                     };
                     thread(config, &mine, output_topic, &plan, start_line)
                 })
@@ -137,7 +135,6 @@ struct Plan<'a> {
     kind: BaselineKind,
     run_id: &'a str,
     index: usize,
-    group_commits: bool,
 }
 
 /// One thread: makes its clients, waits at the start line (whether or not that worked, so
@@ -161,9 +158,26 @@ fn thread(
     };
     let max_records =
         (kind == BaselineKind::Transactional).then_some(config.stream_sum.transaction_records);
-    let produced = worker::run_thread(&consumer, &producer, &topic, share, max_records);
+    let produced = worker::run_thread(&consumer, &producer, &topic, share, max_records)?;
     drop(topic);
-    produced
+    if kind != BaselineKind::Transactional {
+        // Where its share ends: the commit the C program's close makes.
+        let mut ends = TopicPartitionList::new();
+        for range in ranges {
+            ends.add_partition_offset(
+                &config.stream_sum.input_topic,
+                range.partition,
+                Offset::Offset(range.end),
+            )
+            .map_err(|error| BaselineError::Create(error.to_string()))?;
+        }
+        if ends.count() > 0 {
+            consumer
+                .commit(&ends, rdkafka::consumer::CommitMode::Sync)
+                .map_err(|error| BaselineError::Commit(error.to_string()))?;
+        }
+    }
+    Ok(produced)
 }
 
 type Clients = (
@@ -181,7 +195,6 @@ fn clients(
         kind,
         run_id,
         index,
-        group_commits,
     } = *plan;
     let refused = |error: rdkafka::error::KafkaError| BaselineError::Create(error.to_string());
     let group = format!("stream-sum-baseline-{run_id}");
@@ -191,11 +204,6 @@ fn clients(
             .set("auto.offset.reset", "error");
         if kind == BaselineKind::Transactional {
             consumer.set("isolation.level", "read_committed");
-        } else if group_commits {
-            // The C program's: offsets stored as consumed, committed every 5 s and at close.
-            consumer
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "true");
         }
     })
     .map_err(|error| BaselineError::Create(error.to_string()))?;
