@@ -49,6 +49,11 @@ pub enum StreamSumError {
     Metadata { topic: String, source: KafkaError },
     #[error("topic {0} does not exist")]
     NoSuchTopic(String),
+    #[error(
+        "stream_sum.static_assignment: no partition count for {0} (missing, or its metadata \
+         could not be read); the shares need it"
+    )]
+    NoPartitionCount(String),
     #[error("{failed} results failed delivery; their input offsets were not committed")]
     Undelivered { failed: u64 },
     #[error("worker {worker} stopped: {reason}")]
@@ -300,7 +305,7 @@ impl Membership {
             Self::Group => consumer.subscribe(&[topic])?,
             Self::Static { index, workers } => {
                 if partitions <= 0 {
-                    return Err(StreamSumError::NoSuchTopic(topic.to_string()));
+                    return Err(StreamSumError::NoPartitionCount(topic.to_string()));
                 }
                 let mut share = rdkafka::TopicPartitionList::new();
                 for partition in (0..partitions).filter(|p| *p as usize % workers.max(1) == index) {

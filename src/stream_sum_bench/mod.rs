@@ -77,6 +77,8 @@ pub enum BenchError {
     },
     #[error("timing a run: {0}")]
     Watch(String),
+    #[error("stopped before a round was complete")]
+    Interrupted,
     #[error("loaded {loaded} records but the input topic grew by {grown}: another writer?")]
     ForeignWrites { loaded: u64, grown: i64 },
     #[error("the backlog is empty")]
@@ -370,6 +372,10 @@ pub async fn run_bench(
             &shutdown,
         )
         .await?;
+        if shutdown.is_cancelled() {
+            // Stopped before the backlog was done: nothing to check.
+            break;
+        }
         let output = new_sums(&config, &options.output_topic, &before)?;
         let stream_sum = watch.finish(output.first_ms)?;
         check(
@@ -408,6 +414,9 @@ pub async fn run_bench(
                 baselines,
             });
         }
+    }
+    if report.rounds.is_empty() {
+        return Err(BenchError::Interrupted);
     }
     Ok(report)
 }

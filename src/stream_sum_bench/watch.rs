@@ -35,11 +35,22 @@ fn now_ms() -> f64 {
         .map_or(0.0, |since| since.as_secs_f64() * 1_000.0)
 }
 
+/// When (wall-clock ms) and the end offsets added up.
+type Sample = (f64, i64);
+
 /// Samples a topic's end offsets on a thread of its own until [`Watch::finish`].
 pub(super) struct Watch {
     stop: Arc<AtomicBool>,
     started_ms: f64,
-    sampler: std::thread::JoinHandle<Result<Vec<(f64, i64)>, BenchError>>,
+    /// Taken by [`Watch::finish`].
+    sampler: Option<std::thread::JoinHandle<Result<Vec<Sample>, BenchError>>>,
+}
+
+impl Drop for Watch {
+    /// A run that failed drops its watch unfinished: the sampling stops.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 impl Watch {
@@ -62,7 +73,7 @@ impl Watch {
                 .add_partition_offset(topic, partition, Offset::End)
                 .map_err(KafkaError::from)?;
         }
-        let sample = move || -> Result<(f64, i64), BenchError> {
+        let sample = move || -> Result<Sample, BenchError> {
             let ends = consumer
                 .offsets_for_times(latest.clone(), REQUEST_TIMEOUT)
                 .map_err(KafkaError::from)?;
@@ -97,16 +108,19 @@ impl Watch {
         Ok(Self {
             stop,
             started_ms: first.0,
-            sampler,
+            sampler: Some(sampler),
         })
     }
 
     /// Stops sampling (call it once the run returned) and times the run whose first result
     /// was produced at `first_result_ms`.
-    pub(super) fn finish(self, first_result_ms: Option<i64>) -> Result<Timed, BenchError> {
+    pub(super) fn finish(mut self, first_result_ms: Option<i64>) -> Result<Timed, BenchError> {
         self.stop.store(true, Ordering::Release);
-        let samples = self
+        let sampler = self
             .sampler
+            .take()
+            .ok_or_else(|| BenchError::Watch("already finished".into()))?;
+        let samples = sampler
             .join()
             .map_err(|_| BenchError::Watch("the sampling thread panicked".into()))??;
         let Some(&(_, after)) = samples.last() else {
