@@ -1,4 +1,5 @@
-//! One exactly-once worker: a transactional consume-transform-produce loop.
+//! One exactly-once worker: a transactional consume-transform-produce loop, its records
+//! taken in batches ([`FetchQueue`]).
 //!
 //! Each transaction holds up to `stream_sum.transaction_records` results (or 100 ms of
 //! them) and the input offsets that produced them, sent to the transaction with the
@@ -16,11 +17,13 @@ use super::{known_partitions, output_sink, worker_consumer, Counters, Membership
 use super::{StreamContext, StreamOutput};
 use crate::config::Config;
 use crate::kafka::broker::BrokerKind;
+use crate::kafka::fetch_queue::FetchQueue;
 use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
 use crate::kafka::KafkaError;
 use crate::report::Report;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 pub const TRANSACTION_MAX_DURATION: Duration = Duration::from_millis(100);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records taken from the fetch queue at most at a time.
+const BATCH_LEN: usize = 1_024;
+/// How often the fetch queue's partitions are routed again (see [`FetchQueue`]).
+const REROUTE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The transactional id of worker `index`: stable across restarts, so a restarted worker
 /// fences its crashed predecessor and aborts what it left open.
@@ -53,10 +60,11 @@ pub fn run_worker(
         // Input written by transactional producers: only committed records.
         consumer.set("isolation.level", "read_committed");
     })?;
-    let partitions = match membership {
-        Membership::Group => 0,
-        Membership::Static { .. } => known_partitions(&consumer, &settings.input_topic),
-    };
+    // Records in batches, as the at-least-once worker takes them (see FetchQueue): routed
+    // before they are assigned; others come one by one through the poll.
+    let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
+    let partitions = known_partitions(&consumer, &settings.input_topic);
+    fetch.route(0..partitions);
     membership.attach(&consumer, &settings.input_topic, partitions)?;
     let sink = output_sink(
         config,
@@ -78,7 +86,8 @@ pub fn run_worker(
         sums: 0,
         dead: 0,
     };
-    let outcome = worker.run(counters, stop);
+    let outcome = worker.run(&mut fetch, counters, stop);
+    drop(fetch);
     let closed = sink.close_blocking(CLOSE_TIMEOUT);
     outcome?;
     closed?;
@@ -105,8 +114,14 @@ struct TransactionalWorker<'a> {
 }
 
 impl TransactionalWorker<'_> {
-    fn run(&mut self, counters: &Counters, stop: &CancellationToken) -> Result<(), StreamSumError> {
-        loop {
+    fn run(
+        &mut self,
+        fetch: &mut FetchQueue<'_, StreamContext>,
+        counters: &Counters,
+        stop: &CancellationToken,
+    ) -> Result<(), StreamSumError> {
+        let mut routed_at = Instant::now();
+        'serve: loop {
             let stopping = stop.is_cancelled();
             if let Some(since) = self.open_since {
                 let records = self.sums + self.dead;
@@ -120,56 +135,101 @@ impl TransactionalWorker<'_> {
             if stopping {
                 return Ok(());
             }
+            if routed_at.elapsed() >= REROUTE_INTERVAL {
+                fetch.reroute();
+                routed_at = Instant::now();
+            }
+            // Rebalances and errors, and the records of partitions not routed, before the
+            // batch: each partition's records in order.
+            loop {
+                let polled = self.consumer.poll(Duration::ZERO);
+                if self.consumer.context().take_rebalanced() {
+                    fetch.reroute();
+                    routed_at = Instant::now();
+                    if self.open_since.is_some() {
+                        // The transaction may hold records of partitions that moved: drop
+                        // it. The record just polled, if any, is read again after the rewind.
+                        tracing::info!(
+                            event = "rebalance",
+                            worker = self.index,
+                            "rebalance: open transaction aborted"
+                        );
+                        self.abort_and_rewind()?;
+                        continue 'serve;
+                    }
+                }
+                match polled {
+                    None => break,
+                    Some(Err(error)) => self.consume_error(KafkaError::from(error))?,
+                    Some(Ok(record)) => self.take(
+                        record.partition(),
+                        record.offset(),
+                        record.key(),
+                        record.payload(),
+                    )?,
+                }
+            }
             let timeout = self.open_since.map_or(Duration::from_millis(100), |since| {
                 TRANSACTION_MAX_DURATION.saturating_sub(since.elapsed())
             });
-            let polled = self.consumer.poll(timeout);
-            if self.consumer.context().take_rebalanced() && self.open_since.is_some() {
-                // The transaction may hold records of partitions that moved: drop it. The
-                // record just polled, if any, is read again after the rewind.
-                tracing::info!(
-                    event = "rebalance",
-                    worker = self.index,
-                    "rebalance: open transaction aborted"
-                );
-                self.abort_and_rewind()?;
-                continue;
-            }
-            match polled {
-                None => {}
-                Some(Err(error)) => {
-                    let error = KafkaError::from(error);
-                    if error.is_fatal() {
-                        return Err(error.into());
-                    }
-                    tracing::warn!(event = "retry", worker = self.index, error = %Report(&error), "consume error (retrying)");
-                }
-                Some(Ok(record)) => {
-                    if self.open_since.is_none() {
-                        self.sink.begin_transaction_blocking()?;
-                        self.open_since = Some(Instant::now());
-                    }
-                    self.transform(&record)?;
-                    self.next_offsets
-                        .insert(record.partition(), record.offset() + 1);
+            // Never more than the transaction may still hold.
+            let room = (self.max_records as u64).saturating_sub(self.sums + self.dead);
+            let taken = fetch.take(timeout, (room as usize).clamp(1, BATCH_LEN))?;
+            for record in taken.iter() {
+                match record.error() {
+                    None => self.take(
+                        record.partition(),
+                        record.offset(),
+                        record.key(),
+                        record.payload(),
+                    )?,
+                    Some(RDKafkaErrorCode::PartitionEOF) => {}
+                    Some(code) => self.consume_error(
+                        rdkafka::error::KafkaError::MessageConsumption(code).into(),
+                    )?,
                 }
             }
         }
     }
 
+    /// A consume error ends the worker when fatal; librdkafka recovers from the others.
+    fn consume_error(&self, error: KafkaError) -> Result<(), StreamSumError> {
+        if error.is_fatal() {
+            return Err(error.into());
+        }
+        tracing::warn!(event = "retry", worker = self.index, error = %Report(&error), "consume error (retrying)");
+        Ok(())
+    }
+
+    /// One record into the open transaction (opened first when there is none).
+    fn take(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), StreamSumError> {
+        if self.open_since.is_none() {
+            self.sink.begin_transaction_blocking()?;
+            self.open_since = Some(Instant::now());
+        }
+        self.transform(partition, offset, key, payload)?;
+        self.next_offsets.insert(partition, offset + 1);
+        Ok(())
+    }
+
     /// Produces the record's sum (or dead letter) inside the open transaction.
     fn transform(
         &mut self,
-        record: &rdkafka::message::BorrowedMessage<'_>,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
     ) -> Result<(), StreamSumError> {
-        match sum_of(record.payload()) {
+        match sum_of(payload) {
             Ok(sum) => {
                 self.message.value = StreamOutput::Sum(sum);
-                super::at_least_once::set_key(
-                    &mut self.message.key,
-                    &mut self.spare_key,
-                    record.key(),
-                );
+                super::at_least_once::set_key(&mut self.message.key, &mut self.spare_key, key);
                 self.sink.enqueue(&self.message)?;
                 self.sums += 1;
             }
@@ -177,15 +237,15 @@ impl TransactionalWorker<'_> {
                 tracing::warn!(
                     event = "dlq",
                     worker = self.index,
-                    partition = record.partition(),
-                    offset = record.offset(),
+                    partition,
+                    offset,
                     %reason,
                     "undecodable record sent to the dead-letter topic"
                 );
                 self.sink.enqueue(&dead_letter(
                     &self.dlq_topic,
-                    record.payload().map(<[u8]>::to_vec),
-                    record.key(),
+                    payload.map(<[u8]>::to_vec),
+                    key,
                     &reason,
                 ))?;
                 self.dead += 1;
