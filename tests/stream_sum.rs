@@ -552,7 +552,7 @@ async fn exactly_once_survives_sigkill() {
 }
 
 /// `stream_sum bench` loads, processes and verifies a small backlog on its own, then runs
-/// the baseline on it and verifies that too.
+/// the baselines on it and verifies them too, in two rounds.
 #[test]
 fn small_bench_run_verifies_its_output() {
     let brokers = support::stack_var("KAFKA_BROKERS");
@@ -560,8 +560,12 @@ fn small_bench_run_verifies_its_output() {
         ("KAFKA_BROKERS".to_string(), brokers),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ];
-    let finished = Program::spawn("stream_sum", &["bench", "--records", "200000"], &env)
-        .wait(Duration::from_secs(300));
+    let finished = Program::spawn(
+        "stream_sum",
+        &["bench", "--records", "200000", "--rounds", "2"],
+        &env,
+    )
+    .wait(Duration::from_secs(300));
     finished.assert_success("stream_sum bench");
     println!("{}", finished.stdout.trim());
     assert_eq!(finished.figure("records"), 200_000);
@@ -587,7 +591,8 @@ fn small_bench_run_verifies_its_output() {
 }
 
 /// `stream_sum bench --exactly-once` processes its backlog with the transactional workers
-/// and verifies what a `read_committed` reader sees of the output: one sum per list.
+/// and verifies what a `read_committed` reader sees of the output: one sum per list; then
+/// the transactional baseline, verified the same way.
 #[test]
 fn exactly_once_bench_run_verifies_its_output() {
     let brokers = support::stack_var("KAFKA_BROKERS");
@@ -611,7 +616,6 @@ fn exactly_once_bench_run_verifies_its_output() {
             "--records",
             "20000",
             "--exactly-once",
-            "--no-baseline",
             "--input-topic",
             &input,
             "--output-topic",
@@ -626,6 +630,14 @@ fn exactly_once_bench_run_verifies_its_output() {
     assert!(finished.figure("msg_per_sec") > 0);
     assert!(
         finished.stdout.contains("exactly-once"),
+        "{}",
+        finished.stdout
+    );
+    // The transactional baseline ran on the same backlog, its output verified the same way.
+    assert!(
+        finished
+            .stdout
+            .contains("stream_sum / baseline (transactional acks=all idempotent) = "),
         "{}",
         finished.stdout
     );
