@@ -661,6 +661,16 @@ pub fn request_json(activity_id: u64, user_id: u64, request_id: &str) -> Vec<u8>
 // ------------------------------------------------------------------ ports and metrics pages
 
 /// A loopback port nothing listens on right now.
+/// A free port for a Redis Cluster node: at most 55535, with its bus port (+10000) free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -895,10 +905,19 @@ impl LocalCluster {
             dir,
             aof,
         };
-        for _ in 0..masters * (1 + replicas) {
-            let port = free_port();
-            cluster.nodes.push(ClusterNode { port, child: None });
-            cluster.restart(cluster.nodes.len() - 1);
+        for index in 0..masters * (1 + replicas) {
+            // A port found free may be taken again before the node binds it (or its bus
+            // port, +10000): then another.
+            for attempt in 1.. {
+                let port = free_cluster_port();
+                cluster.nodes.push(ClusterNode { port, child: None });
+                if cluster.try_restart(index) {
+                    break;
+                }
+                cluster.nodes.pop();
+                let _ = std::fs::remove_dir_all(cluster.dir.join(index.to_string()));
+                assert!(attempt < 10, "no port for cluster node {index}");
+            }
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -968,6 +987,12 @@ impl LocalCluster {
 
     /// Starts node `index` on its port and data.
     pub fn restart(&mut self, index: usize) {
+        let port = self.nodes[index].port;
+        assert!(self.try_restart(index), "node {port} exited at start");
+    }
+
+    /// [`restart`](Self::restart); false when redis-server exited at once (its port taken).
+    fn try_restart(&mut self, index: usize) -> bool {
         let node_dir = self.dir.join(index.to_string());
         std::fs::create_dir_all(&node_dir).unwrap();
         let port = self.nodes[index].port;
@@ -993,12 +1018,17 @@ impl LocalCluster {
         } else {
             command.args(["--appendonly", "no"]);
         }
-        self.nodes[index].child = Some(command.spawn().expect("redis-server"));
+        let mut child = command.spawn().expect("redis-server");
         let deadline = Instant::now() + Duration::from_secs(20);
         while redis_cli(port, &["ping"]).trim() != "PONG" {
+            if child.try_wait().expect("redis-server status").is_some() {
+                return false;
+            }
             assert!(Instant::now() < deadline, "node {port} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.nodes[index].child = Some(child);
+        true
     }
 
     /// SIGKILL of node `index`.
