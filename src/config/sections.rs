@@ -335,7 +335,7 @@ pub struct StreamSumConfig {
     /// Worker tasks; 0 means one per input partition.
     pub workers: usize,
     /// Records each worker may hold between its consuming and producing threads (the
-    /// bounded channel); a full channel pauses consumption.
+    /// bounded channel); a full channel pauses consumption. About 72 bytes a record.
     pub channel_capacity: usize,
     pub exactly_once: bool,
     /// Records per transaction at most, with `exactly_once` (a transaction also ends after
@@ -359,7 +359,7 @@ impl Default for StreamSumConfig {
             output_topic: "integer-sum-output-avro".into(),
             group_id: "stream-sum".into(),
             workers: 0,
-            channel_capacity: 16_384,
+            channel_capacity: 65_536,
             exactly_once: false,
             transaction_records: 100_000,
             producer_queue_messages: 100_000,
