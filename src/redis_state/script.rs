@@ -94,10 +94,20 @@ impl Scripts {
                 LuaScript::new(include_str!(concat!("scripts/", $name, ".lua")))
             };
         }
-        // The order scripts share helpers, prepended to each.
+        // Scripts that write lists of any length share each_chunk, prepended to each.
+        macro_rules! chunked_script {
+            ($name:literal) => {
+                LuaScript::new(concat!(
+                    include_str!("scripts/each_chunk.lua"),
+                    include_str!(concat!("scripts/", $name, ".lua"))
+                ))
+            };
+        }
+        // The order scripts also share the order helpers.
         macro_rules! order_script {
             ($name:literal) => {
                 LuaScript::new(concat!(
+                    include_str!("scripts/each_chunk.lua"),
                     include_str!("scripts/orders_common.lua"),
                     include_str!(concat!("scripts/", $name, ".lua"))
                 ))
@@ -105,7 +115,7 @@ impl Scripts {
         }
         Self {
             purchase: script!("purchase"),
-            purchase_batch: script!("purchase_batch"),
+            purchase_batch: chunked_script!("purchase_batch"),
             activity_create: script!("activity_create"),
             activity_reset: script!("activity_reset"),
             activity_add_stock: script!("activity_add_stock"),

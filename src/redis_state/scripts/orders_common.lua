@@ -25,13 +25,7 @@ local function order_event(activity_id, order_id, user, state, at, pay_by, payme
     ',"pay_by":' .. pay_by .. paid_with .. '}'
 end
 
--- Lua's unpack is bounded by its C stack: a command gets at most this many arguments.
-local CHUNK = 1000
-local function each_chunk(list, call)
-  for first = 1, #list, CHUNK do
-    call(unpack(list, first, math.min(first + CHUNK - 1, #list)))
-  end
-end
+-- each_chunk comes from each_chunk.lua, prepended before this file.
 
 -- The units of `count` expired orders go back: each user in `held_by` (user -> orders)
 -- holds that many fewer (none left: out of the holdings), the stock grows, and a sold-out

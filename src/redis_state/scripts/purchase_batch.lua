@@ -27,13 +27,7 @@ local window = tonumber(meta[4]) or 0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
--- Lua's unpack is bounded by its C stack: commands take at most this many arguments.
-local CHUNK = 1000
-local function each_chunk(list, call)
-  for first = 1, #list, CHUNK do
-    call(unpack(list, first, math.min(first + CHUNK - 1, #list)))
-  end
-end
+-- each_chunk (commands of at most 1,000 arguments) comes from each_chunk.lua, prepended.
 local function collect(command, key, list)
   local replies = {}
   each_chunk(list, function(...)
