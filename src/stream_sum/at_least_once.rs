@@ -15,20 +15,20 @@
 //! records go through the same sink to `<input>.dlq`.
 
 use super::batch_queue::{BatchQueue, Popped};
+use super::checkpoint::Checkpoint;
 use super::{dead_letter, sum_of, StreamOutputSerializer};
 use super::{known_partitions, output_sink, worker_consumer, Counters, Membership};
 use super::{StreamOutput, StreamSumError};
 use crate::config::Config;
 use crate::kafka::fetch_queue::FetchQueue;
-use crate::kafka::sink::{DeliveryGroup, KafkaMessage, KafkaSink};
+use crate::kafka::sink::{KafkaMessage, KafkaSink};
 use crate::kafka::KafkaError;
 use crate::report::Report;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,10 +44,6 @@ const BATCH_LEN: usize = 1_024;
 const STAGED_LINGER: Duration = Duration::from_millis(1);
 /// How often the fetch queue's partitions are routed again (see [`FetchQueue`]).
 const REROUTE_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest wait, after a flush, for the sink's callbacks of the last delivery reports.
-const REPORTS_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait for the final flush at shutdown.
-const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A record key, inline when short so ordinary keys cost no allocation.
 enum Key {
@@ -463,17 +459,9 @@ fn produce(
 ) -> Result<(), StreamSumError> {
     let mut message = KafkaMessage::new(StreamOutput::Sum(0));
     let mut spare_key = Vec::new();
-    let mut checkpoint = Checkpoint {
-        sink,
-        consumer,
-        input_topic,
-        group: sink.delivery_group(),
-        highest: HashMap::new(),
-        sealed: VecDeque::new(),
-        last: Instant::now(),
-    };
+    let mut checkpoint = Checkpoint::new(sink, consumer, input_topic);
     loop {
-        let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpoint.last.elapsed());
+        let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpoint.since_seal());
         match queue.pop(wait) {
             Popped::Batch(batch) => {
                 let mut sums = 0;
@@ -483,7 +471,7 @@ fn produce(
                         Outcome::Sum(sum) => {
                             message.value = StreamOutput::Sum(*sum);
                             set_key(&mut message.key, &mut spare_key, item.key.as_slice());
-                            sink.enqueue_in(&checkpoint.group, &message)?;
+                            sink.enqueue_in(checkpoint.group(), &message)?;
                             sums += 1;
                         }
                         Outcome::Undecodable(record) => {
@@ -496,7 +484,7 @@ fn produce(
                                 "undecodable record sent to the dead-letter topic"
                             );
                             sink.enqueue_in(
-                                &checkpoint.group,
+                                checkpoint.group(),
                                 &dead_letter(
                                     dlq_topic,
                                     payload.clone(),
@@ -508,7 +496,7 @@ fn produce(
                         }
                     }
                 }
-                checkpoint.note(&batch);
+                checkpoint.note(batch.iter().map(|item| (item.partition, item.offset)));
                 queue.recycle(batch);
                 counters.add(sums, dead);
             }
@@ -521,7 +509,7 @@ fn produce(
             }
             Popped::Closed => return checkpoint.run().map(drop),
         }
-        if checkpoint.last.elapsed() >= CHECKPOINT_INTERVAL {
+        if checkpoint.since_seal() >= CHECKPOINT_INTERVAL {
             checkpoint.seal();
         }
         checkpoint.commit_delivered()?;
@@ -541,130 +529,6 @@ pub(crate) fn set_key(key: &mut Option<Vec<u8>>, spare: &mut Vec<u8>, value: Opt
                 *spare = buffer;
             }
         }
-    }
-}
-
-/// The offsets behind what was enqueued, and how they become durable: results go out in
-/// delivery groups, one per [`CHECKPOINT_INTERVAL`]; a group's input offsets are committed
-/// once it and every group before it are delivered. A crash repeats what was not
-/// committed, never loses a sum.
-struct Checkpoint<'a> {
-    sink: &'a KafkaSink<StreamOutput, StreamOutputSerializer>,
-    consumer: &'a BaseConsumer<HandoffContext>,
-    input_topic: &'a str,
-    /// The group being filled, and the highest offset per partition of its records.
-    group: DeliveryGroup,
-    highest: HashMap<i32, i64>,
-    /// Sealed groups, oldest first, with their offsets.
-    sealed: VecDeque<(DeliveryGroup, HashMap<i32, i64>)>,
-    last: Instant,
-}
-
-impl Checkpoint<'_> {
-    fn note(&mut self, batch: &[Item]) {
-        // Records of one partition arrive in order: only the last of each run matters.
-        let mut runs = batch.iter().peekable();
-        while let Some(item) = runs.next() {
-            if runs
-                .peek()
-                .is_none_or(|next| next.partition != item.partition)
-            {
-                self.highest.insert(item.partition, item.offset);
-            }
-        }
-    }
-
-    /// Closes the group being filled (when it holds anything) and opens the next.
-    fn seal(&mut self) {
-        self.last = Instant::now();
-        if self.highest.is_empty() {
-            return;
-        }
-        let group = std::mem::replace(&mut self.group, self.sink.delivery_group());
-        self.sealed
-            .push_back((group, std::mem::take(&mut self.highest)));
-    }
-
-    /// Commits (asynchronously) the offsets of the delivered groups at the front, if any.
-    fn commit_delivered(&mut self) -> Result<(), StreamSumError> {
-        if self.store_delivered()? {
-            self.commit(CommitMode::Async);
-        }
-        Ok(())
-    }
-
-    /// Stores the offsets of the delivered groups at the front; true when there were any. A
-    /// group with a failed delivery stops the worker: committing past it would lose sums.
-    fn store_delivered(&mut self) -> Result<bool, StreamSumError> {
-        let mut stored = false;
-        while let Some((group, offsets)) = self.sealed.pop_front() {
-            match self.sink.try_finish_group(group) {
-                Ok(delivery) if delivery.failed > 0 => {
-                    return Err(StreamSumError::Undelivered {
-                        failed: delivery.failed,
-                    })
-                }
-                Ok(_) => {
-                    self.store(&offsets);
-                    stored = true;
-                }
-                Err(group) => {
-                    self.sealed.push_front((group, offsets));
-                    break;
-                }
-            }
-        }
-        Ok(stored)
-    }
-
-    fn store(&self, offsets: &HashMap<i32, i64>) {
-        for (&partition, &offset) in offsets {
-            // `store_offset` commits offset + 1: the next record to read.
-            if let Err(error) = self
-                .consumer
-                .store_offset(self.input_topic, partition, offset)
-            {
-                // Revoked meanwhile: its next owner re-reads from the last commit.
-                tracing::debug!(partition, offset, error = %Report(&error), "offset not stored");
-            }
-        }
-    }
-
-    /// Commits the stored offsets; false when the broker refused (they stay stored, and
-    /// the next commit carries them).
-    fn commit(&self, mode: CommitMode) -> bool {
-        match self.consumer.commit_consumer_state(mode) {
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
-            Err(error) => {
-                tracing::warn!(event = "commit", error = %Report(&error), "offset commit failed; the next one retries");
-                false
-            }
-        }
-    }
-
-    /// Flushes, then stores and commits (synchronously, even with nothing new: an earlier
-    /// asynchronous commit may have been refused) the offsets of everything enqueued. True
-    /// when everything enqueued so far is delivered and its offsets committed.
-    fn run(&mut self) -> Result<bool, StreamSumError> {
-        self.seal();
-        let undelivered = self.sink.flush_blocking(FINAL_FLUSH_TIMEOUT)?;
-        // The flush returns once the last delivery report is taken off librdkafka's queue;
-        // the sink's polling thread may still be running its callbacks.
-        let settled = Instant::now() + REPORTS_SETTLE_TIMEOUT;
-        loop {
-            self.store_delivered()?;
-            if self.sealed.is_empty() || undelivered > 0 || Instant::now() >= settled {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if undelivered > 0 || !self.sealed.is_empty() {
-            return Err(StreamSumError::Undelivered {
-                failed: undelivered.max(1),
-            });
-        }
-        Ok(self.commit(CommitMode::Sync))
     }
 }
 

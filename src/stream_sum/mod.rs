@@ -14,6 +14,7 @@
 
 pub mod at_least_once;
 pub mod batch_queue;
+mod checkpoint;
 pub mod exactly_once;
 
 use crate::avro::encode_sum_result;
