@@ -496,6 +496,7 @@ fn produce(
                         }
                     }
                 }
+                sink.serve_deliveries();
                 checkpoint.note(batch.iter().map(|item| (item.partition, item.offset)));
                 queue.recycle(batch);
                 counters.add(sums, dead);

@@ -324,6 +324,14 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         }
     }
 
+    /// Serves the delivery reports that are ready, on the calling thread, without waiting.
+    /// A sender of [`enqueue_in`](Self::enqueue_in) batches calls it once per batch, as a
+    /// plain librdkafka loop polls once per batch: the reports' callbacks (and librdkafka's
+    /// frees of what this thread allocated) then run here, not on the polling thread.
+    pub fn serve_deliveries(&self) {
+        self.producer.sender_poll(Duration::ZERO);
+    }
+
     /// A new, empty [`DeliveryGroup`].
     pub fn delivery_group(&self) -> DeliveryGroup {
         let id = self.shared.next_group.fetch_add(1, Ordering::Relaxed);
