@@ -578,6 +578,19 @@ fn small_bench_run_verifies_its_output() {
         .find(|line| line.trim_start().starts_with("baseline"))
         .expect("a baseline line");
     assert!(baseline.contains("msg_per_sec="), "{baseline}");
+    // Each run's CPU per record, read from /proc (Linux, where the suite runs).
+    let cpu: f64 = finished
+        .stdout
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("cpu_us_per_record="))
+        .and_then(|value| value.parse().ok())
+        .expect("a cpu_us_per_record figure");
+    assert!(cpu > 0.0, "{}", finished.stdout);
+    assert!(
+        finished.stdout.contains("x the baseline's"),
+        "{}",
+        finished.stdout
+    );
     // Both durability settings: the C program's acks=1 and stream_sum's own.
     for kind in ["(acks=1) = ", "(acks=all idempotent) = "] {
         assert!(

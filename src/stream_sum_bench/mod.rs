@@ -11,6 +11,7 @@
 //! figure; min / median / max over the rounds, and the ratio of the medians.
 
 pub mod baseline;
+mod cpu;
 mod load;
 mod processor;
 mod verify;
@@ -180,6 +181,20 @@ impl BenchReport {
         )
     }
 
+    /// The median over the rounds of this process's CPU microseconds per record, for the
+    /// runs `pick` chooses; `None` without a CPU figure.
+    fn cpu_us_per_record(&self, pick: impl Fn(&Round) -> Option<&Timed>) -> Option<f64> {
+        let values: Option<Vec<f64>> = self
+            .rounds
+            .iter()
+            .map(|round| {
+                let seconds = pick(round)?.cpu_seconds?;
+                Some(seconds * 1e6 / self.records.max(1) as f64)
+            })
+            .collect();
+        values.filter(|v| !v.is_empty()).map(|v| spread(v).1)
+    }
+
     /// The median round's msg/s (the spec's figure).
     pub fn msg_per_sec(&self) -> f64 {
         self.stream_sum_rates().1
@@ -216,6 +231,10 @@ impl fmt::Display for BenchReport {
             max,
             startup,
         )?;
+        let stream_sum_cpu = self.cpu_us_per_record(|round| Some(&round.stream_sum));
+        if let Some(cpu) = stream_sum_cpu {
+            write!(f, " cpu_us_per_record={cpu:.2}")?;
+        }
         for (index, kind) in self.kinds.iter().enumerate() {
             let (low, middle, high) = self.baseline_rates(index);
             let ratios = spread(
@@ -240,6 +259,15 @@ impl fmt::Display for BenchReport {
                 ratios.0,
                 ratios.2,
             )?;
+            let baseline_cpu = self.cpu_us_per_record(|round| round.baselines.get(index));
+            if let (Some(ours), Some(theirs)) = (stream_sum_cpu, baseline_cpu) {
+                write!(
+                    f,
+                    "\n  cpu         this process, us per record (medians): stream_sum {ours:.2}, baseline ({}) {theirs:.2}: {:.2}x the baseline's",
+                    kind.label(),
+                    ours / theirs.max(f64::MIN_POSITIVE),
+                )?;
+            }
         }
         if self.rounds.len() > 1 {
             for (number, round) in self.rounds.iter().enumerate() {
@@ -362,6 +390,7 @@ pub async fn run_bench(
         );
         let before = retained(&config, &options.output_topic)?;
         let watch = watch::Watch::start(&config, &options.output_topic, output_partitions)?;
+        let cpu = cpu::CpuClock::start();
         let summary = processor::run_processor(
             &config,
             &backlog,
@@ -372,12 +401,16 @@ pub async fn run_bench(
             &shutdown,
         )
         .await?;
+        let cpu_seconds = cpu.elapsed();
         if shutdown.is_cancelled() {
             // Stopped before the backlog was done: nothing to check.
             break;
         }
         let output = new_sums(&config, &options.output_topic, &before)?;
-        let stream_sum = watch.finish(output.first_ms)?;
+        let stream_sum = Timed {
+            cpu_seconds,
+            ..watch.finish(output.first_ms)?
+        };
         check(
             &output,
             expected_records,
@@ -393,6 +426,7 @@ pub async fn run_bench(
             tracing::info!(round, kind = kind.label(), topic = %baseline_topic, "baseline on the backlog");
             let before = retained(&config, &baseline_topic)?;
             let watch = watch::Watch::start(&config, &baseline_topic, baseline_partitions)?;
+            let cpu = cpu::CpuClock::start();
             let produced = {
                 let (config, backlog, topic) =
                     (config.clone(), backlog.clone(), baseline_topic.clone());
@@ -403,8 +437,12 @@ pub async fn run_bench(
                 .await
                 .map_err(|e| BenchError::Thread("baseline", e))??
             };
+            let cpu_seconds = cpu.elapsed();
             let output = new_sums(&config, &baseline_topic, &before)?;
-            let timed = watch.finish(output.first_ms)?;
+            let timed = Timed {
+                cpu_seconds,
+                ..watch.finish(output.first_ms)?
+            };
             check(&output, expected_records, expected_sum, produced, 0)?;
             baselines.push(timed);
         }

@@ -26,6 +26,9 @@ pub struct Timed {
     pub seconds: f64,
     /// The watch's start (just before the run's) to the first result produced.
     pub startup_seconds: f64,
+    /// This process's CPU time over the whole run, start-up and stop included (see
+    /// [`super::cpu`]); `None` where it cannot be read.
+    pub cpu_seconds: Option<f64>,
 }
 
 /// Wall-clock ms since the epoch, with the fraction (CreateTime is wall-clock too).
@@ -136,6 +139,7 @@ impl Watch {
                 Ok(Timed {
                     seconds: ((last - first) / 1_000.0).max(SAMPLE_INTERVAL.as_secs_f64()),
                     startup_seconds: ((first - self.started_ms) / 1_000.0).max(0.0),
+                    cpu_seconds: None,
                 })
             }
             _ => Err(BenchError::Watch(
