@@ -1,9 +1,9 @@
 //! The CPU time this process spends on a contender's run: user plus system time of every
 //! thread (its own and librdkafka's), read from `/proc/self/stat` before and after.
 //!
-//! Throughput on this shared 2-core machine swings by a third from run to run; CPU per
-//! record swings far less, and on a saturated machine it is what throughput is made of, so
-//! it says where a difference comes from. The broker's CPU (another process) is not in it.
+//! On a shared machine throughput swings by a third from run to run; CPU per record swings
+//! far less, and when the cores are saturated it is what throughput is made of, so it says
+//! where a difference comes from. The broker's CPU (another process) is not in it.
 //! Linux only: elsewhere there is no figure.
 
 use std::time::Duration;

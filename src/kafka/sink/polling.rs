@@ -28,7 +28,7 @@ const THREAD_POLL: Duration = Duration::from_millis(10);
 /// Added to every waiting poll. rust-rdkafka's `BaseProducer::poll(t)` serves events until
 /// `t` has passed, handing librdkafka the time left in whole milliseconds, rounded down:
 /// asked for 10 ms it waited 9 and then polled with a zero timeout, spinning through the
-/// last millisecond (an idle server_kafka burnt 8-9% of a core per sink this way). With a
+/// last millisecond (an idle server_kafka burnt 7-9% of a core per sink this way). With a
 /// few microseconds over the whole milliseconds, librdkafka's wait ends past the deadline.
 const DEADLINE_SLACK: Duration = Duration::from_micros(20);
 /// How long the polling thread stands aside after seeing a sender poll.
