@@ -483,7 +483,7 @@ async fn a_flood_from_one_address_is_limited() {
             port,
             "POST",
             &purchase,
-            &[("Authorization", &bearer(&token))],
+            &[("Authorization", &bearer(token))],
             b"",
         );
         match status {
