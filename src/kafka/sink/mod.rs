@@ -20,6 +20,7 @@
 pub mod circuit_breaker;
 pub mod config;
 pub mod context;
+mod delivery_group;
 pub mod message;
 pub mod metrics;
 pub mod partition;

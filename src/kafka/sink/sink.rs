@@ -9,8 +9,9 @@
 //!   messages), and
 //!   `flush` / `close` wait for them. It allocates nothing per message beyond what
 //!   librdkafka itself copies;
-//! - `try_enqueue_in` is the fast path for a [`DeliveryGroup`]: messages whose delivery is
-//!   awaited together, once, with `wait_group` (the results of one batch).
+//! - `try_enqueue_in` is the fast path for a delivery group: messages whose delivery is
+//!   awaited together, once, with `wait_group` (the results of one batch; in
+//!   `delivery_group.rs`).
 //!
 //! The delivery opaque tells the paths apart without an allocation: odd values carry the
 //! enqueue time of a fast-path message; otherwise the second bit says whether the rest is
@@ -18,10 +19,7 @@
 
 use super::circuit_breaker::{BreakerState, CircuitBreaker};
 use super::config::{DeliveryGuarantee, InvalidSinkConfig, SinkConfig};
-use super::context::{
-    DeliveryGroup, DeliveryReport, GroupDelivery, GroupState, Shared, SinkContext, SinkStatistics,
-    StatisticsTotals, GROUP_TAG,
-};
+use super::context::{DeliveryReport, Shared, SinkContext, SinkStatistics, StatisticsTotals};
 use super::message::KafkaMessage;
 use super::metrics::{MetricsSnapshot, SinkMetrics};
 use super::partition::{PartitionStrategy, StrategyPartitioner};
@@ -113,7 +111,7 @@ pub struct KafkaSink<T, S = JsonSerializer> {
     pub(super) producer: Arc<PolledProducer>,
     serializer: S,
     pub(super) config: SinkConfig,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     closed: AtomicBool,
     pub(super) transaction: Arc<tokio::sync::Mutex<TransactionState>>,
     _values: PhantomData<fn(&T)>,
@@ -235,7 +233,11 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
 
     /// Serializes `message` into the thread's buffer and hands it to librdkafka with
     /// `opaque`. A full queue is reported as `Ok(false)`, to wait and try again.
-    fn try_produce(&self, message: &KafkaMessage<T>, opaque: usize) -> Result<bool, SinkError> {
+    pub(super) fn try_produce(
+        &self,
+        message: &KafkaMessage<T>,
+        opaque: usize,
+    ) -> Result<bool, SinkError> {
         BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             buffer.clear();
@@ -324,109 +326,8 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         }
     }
 
-    /// Serves the delivery reports that are ready, on the calling thread, without waiting.
-    /// A sender of [`enqueue_in`](Self::enqueue_in) batches calls it once per batch, as a
-    /// plain librdkafka loop polls once per batch: the reports' callbacks (and librdkafka's
-    /// frees of what this thread allocated) then run here, not on the polling thread.
-    pub fn serve_deliveries(&self) {
-        self.producer.sender_poll(Duration::ZERO);
-    }
-
-    /// A new, empty [`DeliveryGroup`].
-    pub fn delivery_group(&self) -> DeliveryGroup {
-        let id = self.shared.next_group.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(GroupState::default());
-        if let Ok(mut groups) = self.shared.groups.lock() {
-            groups.insert(id, state.clone());
-        }
-        DeliveryGroup { id, state }
-    }
-
-    /// The fast path into `group`, without blocking: `Ok(false)` when librdkafka's queue is
-    /// full (wait and try again). The delivery is awaited with [`wait_group`](Self::wait_group).
-    pub fn try_enqueue_in(
-        &self,
-        group: &DeliveryGroup,
-        message: &KafkaMessage<T>,
-    ) -> Result<bool, SinkError> {
-        self.check_open()?;
-        let opaque = ((group.id as usize) << 2) | GROUP_TAG;
-        // Counted before the send: the delivery report may arrive before it returns.
-        group.state.pending.fetch_add(1, Ordering::AcqRel);
-        match self.try_produce(message, opaque) {
-            Ok(true) => Ok(true),
-            Ok(false) => {
-                group.state.pending.fetch_sub(1, Ordering::AcqRel);
-                Ok(false)
-            }
-            Err(error) => {
-                group.state.pending.fetch_sub(1, Ordering::AcqRel);
-                Err(self.fail(error))
-            }
-        }
-    }
-
-    /// [`try_enqueue_in`](Self::try_enqueue_in) that waits out a full queue (serving
-    /// delivery reports meanwhile) up to `send_timeout`.
-    pub fn enqueue_in(
-        &self,
-        group: &DeliveryGroup,
-        message: &KafkaMessage<T>,
-    ) -> Result<(), SinkError> {
-        let mut deadline = None;
-        loop {
-            match self.try_enqueue_in(group, message)? {
-                true => return Ok(()),
-                false
-                    if Instant::now()
-                        < *deadline
-                            .get_or_insert_with(|| Instant::now() + self.config.send_timeout) =>
-                {
-                    self.producer.sender_poll(Duration::from_millis(1))
-                }
-                false => {
-                    return Err(self.fail(SinkError::QueueFullTimeout(self.config.send_timeout)))
-                }
-            }
-        }
-    }
-
-    /// How `group` ended, once every message has its delivery report (the group is then
-    /// forgotten); else the group back, still pending: [`wait_group`](Self::wait_group)
-    /// without waiting.
-    pub fn try_finish_group(&self, group: DeliveryGroup) -> Result<GroupDelivery, DeliveryGroup> {
-        if group.state.pending.load(Ordering::Acquire) > 0 {
-            return Err(group);
-        }
-        Ok(self.finish_group(group))
-    }
-
-    /// Waits until every message of `group` has its delivery report (librdkafka retries each
-    /// up to `message_timeout`), and says how many failed.
-    pub async fn wait_group(&self, group: DeliveryGroup) -> GroupDelivery {
-        while group.state.pending.load(Ordering::Acquire) > 0 {
-            group.state.done.notified().await;
-        }
-        self.finish_group(group)
-    }
-
-    fn finish_group(&self, group: DeliveryGroup) -> GroupDelivery {
-        if let Ok(mut groups) = self.shared.groups.lock() {
-            groups.remove(&group.id);
-        }
-        GroupDelivery {
-            failed: group.state.failed.load(Ordering::Acquire),
-            last_error: group
-                .state
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|mut last| last.take()),
-        }
-    }
-
     /// Accounts a message that failed for good.
-    fn fail(&self, error: SinkError) -> SinkError {
+    pub(super) fn fail(&self, error: SinkError) -> SinkError {
         self.shared.metrics.failed(&Report(&error));
         if self.shared.breaker.record_failure() {
             self.shared.metrics.breaker_trip();
