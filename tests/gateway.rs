@@ -51,16 +51,7 @@ fn http(
 }
 
 fn token(pipeline: &Pipeline, user: u64) -> String {
-    let mut env = pipeline.env();
-    env.push(("GATEWAY_JWT_SECRET".into(), SECRET.into()));
-    let finished = Program::spawn(
-        "seckill_admin",
-        &["token", "--user", &user.to_string()],
-        &env,
-    )
-    .wait(Duration::from_secs(30));
-    finished.assert_success("seckill_admin token");
-    finished.stdout.trim().to_string()
+    tokens(pipeline, user, 1).remove(0)
 }
 
 /// Tokens for users `first..first + count`, made by one `seckill_admin token --count`.
