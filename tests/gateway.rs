@@ -133,7 +133,7 @@ async fn buyers_get_their_outcome_over_http_and_only_theirs() {
         );
         assert_eq!(status, 200, "{body}");
         let body = json(&body);
-        assert_eq!(body["request_id"], format!("gw-{user}-click-1"));
+        assert_eq!(body["request_id"], format!("gw-{user}-{activity}-click-1"));
         outcomes.push(body["outcome"].as_str().unwrap().to_string());
     }
     let sold = outcomes.iter().filter(|o| *o == "SUCCESS").count();
@@ -154,11 +154,50 @@ async fn buyers_get_their_outcome_over_http_and_only_theirs() {
     );
     assert_eq!(status, 200);
     assert_eq!(json(&body)["outcome"], outcomes[0].as_str());
+    // The same key on another sale is another request: that sale's answer (here the door's,
+    // as it has not started), never the first sale's outcome.
+    let later = support::unique_id();
+    Program::spawn(
+        "seckill_admin",
+        &[
+            "activity",
+            "create",
+            "--id",
+            &later.to_string(),
+            "--stock",
+            "5",
+            "--starts-at",
+            "2099-01-01T00:00:00Z",
+        ],
+        &pipeline.env(),
+    )
+    .wait(Duration::from_secs(30))
+    .assert_success("seckill_admin activity create");
+    let (status, _, body) = http(
+        port,
+        "POST",
+        &format!("/activities/{later}/purchase?wait_ms=0"),
+        &[
+            ("Authorization", &bearer(&first)),
+            ("Idempotency-Key", "click-1"),
+        ],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let body = json(&body);
+    assert_eq!(
+        (&body["outcome"], &body["door"], &body["request_id"]),
+        (
+            &json("\"NOT_STARTED\""),
+            &json("true"),
+            &json(&format!("\"gw-1-{later}-click-1\""))
+        )
+    );
     // Its owner reads it back; another user's request id does not exist for them.
     let (status, _, body) = http(
         port,
         "GET",
-        "/requests/gw-1-click-1",
+        &format!("/requests/gw-1-{activity}-click-1"),
         &[("Authorization", &bearer(&first))],
         b"",
     );
@@ -170,7 +209,7 @@ async fn buyers_get_their_outcome_over_http_and_only_theirs() {
     let (status, _, _) = http(
         port,
         "GET",
-        "/requests/gw-1-click-1",
+        &format!("/requests/gw-1-{activity}-click-1"),
         &[("Authorization", &bearer(&second))],
         b"",
     );
@@ -193,7 +232,7 @@ async fn buyers_get_their_outcome_over_http_and_only_theirs() {
         let (status, _, body) = http(
             port,
             "GET",
-            "/requests/gw-1-click-1",
+            &format!("/requests/gw-1-{activity}-click-1"),
             &[("Authorization", &bearer(&first))],
             b"",
         );

@@ -1,7 +1,7 @@
 //! The gateway's reader of the results topic: every partition, from [`REPLAY`] before its
 //! start (so a restarted gateway still answers `GET /requests/{id}` for recent requests),
 //! on a thread of its own; each answer to a request made through a gateway (ids
-//! `gw-<user>-...`) completes or fills its entry in [`Outcomes`]. Every gateway reads every
+//! `gw-<user>-<sale>-...`) completes or fills its entry in [`Outcomes`]. Every gateway reads every
 //! answer: N gateways read the results topic N times, a cost that grows with the gateways;
 //! in exchange a buyer may poll any of them.
 

@@ -159,10 +159,11 @@ async fn purchase(
             );
         }
     };
-    // The request id: the user's key scoped to the user, or a new one.
+    // The request id: the key scoped to the user and the sale (a key reused on another sale
+    // is another request, never the first sale's answer), or a new one.
     let request_id = match &key {
-        Some(key) => format!("gw-{user}-{key}"),
-        None => format!("gw-{user}-{:016x}", rand::random::<u64>()),
+        Some(key) => format!("gw-{user}-{activity_id}-{key}"),
+        None => format!("gw-{user}-{activity_id}-{:016x}", rand::random::<u64>()),
     };
     let wait = Duration::from_millis(
         wait.wait_ms
