@@ -1,8 +1,11 @@
 -- wrk: POST a purchase per request, each with the next user's token and a new
--- Idempotency-Key (make bench-gateway). TOKENS: the file of tokens, one a line.
+-- Idempotency-Key (make bench-gateway). TOKENS: the file of tokens, one a line; RUN_KEY: a
+-- tag new in every run, so that no key repeats one of an earlier run (whose stored outcome
+-- the gateway would answer without a purchase).
 local tokens = {}
 local next_token, thread_id, counter = 0, 0, 0
 local threads = 0
+local run_key = os.getenv("RUN_KEY") or "0"
 
 function setup(thread)
   thread:set("id", threads)
@@ -22,6 +25,6 @@ function request()
   counter = counter + 1
   return wrk.format("POST", nil, {
     ["Authorization"] = "Bearer " .. tokens[next_token],
-    ["Idempotency-Key"] = "wrk-" .. thread_id .. "-" .. counter,
+    ["Idempotency-Key"] = "wrk-" .. run_key .. "-" .. thread_id .. "-" .. counter,
   })
 end

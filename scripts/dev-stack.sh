@@ -7,11 +7,12 @@
 #               (the postgres user cannot enter a checkout under root's 0700 home)
 #   Kafka       dev_broker (librdkafka's mock cluster), unless KAFKA_BROKERS names a broker
 #
-# usage: scripts/dev-stack.sh deps | up | down | status | env | clean
+# usage: scripts/dev-stack.sh deps | up | down | kafka-restart | status | env | clean
 #   deps    install with apt-get what the build and the stack need and the machine lacks
 #   browser install Debian's chromium when missing (the live page's test; make test runs it)
 #   up      deps, then start what is not running (idempotent) and print what runs
 #   down    stop what `up` started (found by pid files); data stays
+#   kafka-restart  a fresh dev_broker (its topics empty again; a new port: read `env` after)
 #   status  show what runs and where its files and logs are, exit 1 if something is down
 #   env     print `export` lines for KAFKA_BROKERS, REDIS_URL, DATABASE_URL and the dev
 #           extras (DEV_REDIS_CLUSTER_URLS, DEV_TLS_CA, DEV_REDIS_TLS_PORT)
@@ -454,8 +455,13 @@ case "${1:-}" in
         postgres_down
         rm -f "$DEV/env"
         ;;
+    kafka-restart)
+        kafka_down
+        kafka_up
+        env_lines > "$DEV/env"
+        ;;
     clean) clean ;;
     status) status ;;
     env) env_lines ;;
-    *) echo "usage: $0 deps | up | down | status | env | clean" >&2; exit 2 ;;
+    *) echo "usage: $0 deps | up | down | kafka-restart | status | env | clean" >&2; exit 2 ;;
 esac
