@@ -7,6 +7,9 @@ use seckill_kafka::gateway::{run_gateway, GatewaySettings};
 use seckill_kafka::secret::SecretUrl;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Accepts purchases over HTTP and answers them with their outcome.
 #[derive(Debug, Parser)]
 #[command(version)]

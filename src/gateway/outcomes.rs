@@ -138,6 +138,10 @@ impl Outcomes {
 
     /// Waits up to `wait` for `request_id`'s outcome.
     pub async fn wait(&self, request_id: &str, wait: Duration) -> Lookup {
+        if wait.is_zero() {
+            // No timer for a look (`wait_ms=0`, the default of a long-poll).
+            return self.lookup(request_id);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let arrived = {
