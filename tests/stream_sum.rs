@@ -654,4 +654,20 @@ fn exactly_once_bench_run_verifies_its_output() {
         "{}",
         finished.stdout
     );
+    // Where the workers' time went: at least one transaction committed, timed.
+    let commits = finished
+        .stdout
+        .lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("commits     stream_sum, median round: ")
+        })
+        .unwrap_or_else(|| panic!("no commits line:\n{}", finished.stdout));
+    let transactions: u64 = commits
+        .split(' ')
+        .next()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no transaction count: {commits}"));
+    assert!(transactions > 0, "{commits}");
+    assert!(commits.contains(" s in commits ("), "{commits}");
 }

@@ -265,6 +265,7 @@ impl TransactionalWorker<'_> {
             .consumer
             .group_metadata()
             .ok_or(StreamSumError::NoGroupMetadata);
+        let started = Instant::now();
         let committed = group.and_then(|group| {
             self.sink
                 .send_offsets_to_transaction_blocking(offsets.clone(), group)
@@ -273,6 +274,7 @@ impl TransactionalWorker<'_> {
         });
         match committed {
             Ok(()) => {
+                let committing = started.elapsed();
                 // Only on the dev broker (librdkafka's mock): it acknowledges TxnOffsetCommit
                 // without storing it, so only a plain commit lets a restart resume there;
                 // synchronous, so a kill repeats at most the open transactions. On Apache
@@ -284,6 +286,7 @@ impl TransactionalWorker<'_> {
                         tracing::warn!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
                     }
                 }
+                counters.committed(committing, started.elapsed() - committing);
                 counters.add(self.sums, self.dead);
                 self.reset();
                 Ok(())

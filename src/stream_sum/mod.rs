@@ -176,6 +176,13 @@ pub struct Counters {
     pub dead_lettered: AtomicU64,
     /// Times a worker paused its partitions because its output was behind.
     pub pauses: AtomicU64,
+    /// Exactly-once: transactions committed, and the workers' time spent committing them
+    /// (offsets sent, messages flushed, EndTxn), ns summed over workers.
+    pub transactions: AtomicU64,
+    pub committing_ns: AtomicU64,
+    /// Of no transaction: the plain offset commit after each one that only the dev broker
+    /// needs (see `exactly_once`), ns summed over workers.
+    pub plain_committing_ns: AtomicU64,
 }
 
 impl Counters {
@@ -188,6 +195,17 @@ impl Counters {
             metrics::counter!("dead_lettered_total", "program" => "stream_sum").increment(dead);
         }
     }
+
+    /// Counts a committed transaction and the time its commit took (and the plain commit's).
+    pub fn committed(&self, committing: Duration, plain_committing: Duration) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.committing_ns
+            .fetch_add(committing.as_nanos() as u64, Ordering::Relaxed);
+        self.plain_committing_ns
+            .fetch_add(plain_committing.as_nanos() as u64, Ordering::Relaxed);
+        metrics::histogram!("stream_sum_transaction_commit_seconds")
+            .record(committing.as_secs_f64());
+    }
 }
 
 /// What a run did.
@@ -198,6 +216,11 @@ pub struct StreamSumSummary {
     pub dead_lettered: u64,
     pub pauses: u64,
     pub elapsed: Duration,
+    /// Exactly-once: transactions committed, the workers' time in their commits, and in the
+    /// dev broker's plain commits (summed over workers).
+    pub transactions: u64,
+    pub committing: Duration,
+    pub plain_committing: Duration,
 }
 
 impl fmt::Display for StreamSumSummary {
@@ -545,5 +568,10 @@ pub async fn run_stream_sum_with(
         dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
         pauses: counters.pauses.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
+        transactions: counters.transactions.load(Ordering::Relaxed),
+        committing: Duration::from_nanos(counters.committing_ns.load(Ordering::Relaxed)),
+        plain_committing: Duration::from_nanos(
+            counters.plain_committing_ns.load(Ordering::Relaxed),
+        ),
     })
 }

@@ -127,6 +127,17 @@ pub enum BenchError {
 pub struct Round {
     pub stream_sum: Timed,
     pub baselines: Vec<Timed>,
+    /// stream_sum's exactly-once commits: how many, and the workers' seconds in them and in
+    /// the dev broker's plain commits (summed over workers).
+    pub commits: Commits,
+}
+
+/// Transactions committed in a run and the time the workers spent committing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Commits {
+    pub transactions: u64,
+    pub seconds: f64,
+    pub plain_seconds: f64,
 }
 
 /// The outcome of verified runs.
@@ -269,6 +280,27 @@ impl fmt::Display for BenchReport {
                 )?;
             }
         }
+        if self.exactly_once {
+            // The median round's (by stream_sum's rate): where its workers' time went.
+            let mut by_rate: Vec<&Round> = self.rounds.iter().collect();
+            by_rate.sort_by(|a, b| {
+                self.rate(&a.stream_sum)
+                    .total_cmp(&self.rate(&b.stream_sum))
+            });
+            if let Some(round) = by_rate.get(by_rate.len() / 2) {
+                let worker_seconds = round.stream_sum.seconds * self.workers as f64;
+                let share = |seconds: f64| 100.0 * seconds / worker_seconds.max(f64::MIN_POSITIVE);
+                write!(
+                    f,
+                    "\n  commits     stream_sum, median round: {} transactions; workers {:.2} s in commits ({:.0}% of their time), {:.2} s of it in the plain offset commits only the dev broker needs ({:.0}%)",
+                    round.commits.transactions,
+                    round.commits.seconds + round.commits.plain_seconds,
+                    share(round.commits.seconds + round.commits.plain_seconds),
+                    round.commits.plain_seconds,
+                    share(round.commits.plain_seconds),
+                )?;
+            }
+        }
         if self.rounds.len() > 1 {
             for (number, round) in self.rounds.iter().enumerate() {
                 write!(
@@ -406,6 +438,11 @@ pub async fn run_bench(
             // Stopped before the backlog was done: nothing to check.
             break;
         }
+        let commits = Commits {
+            transactions: summary.transactions,
+            seconds: summary.committing.as_secs_f64(),
+            plain_seconds: summary.plain_committing.as_secs_f64(),
+        };
         let output = new_sums(&config, &options.output_topic, &before)?;
         let stream_sum = Timed {
             cpu_seconds,
@@ -450,6 +487,7 @@ pub async fn run_bench(
             report.rounds.push(Round {
                 stream_sum,
                 baselines,
+                commits,
             });
         }
     }
