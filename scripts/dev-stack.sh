@@ -456,6 +456,10 @@ case "${1:-}" in
         rm -f "$DEV/env"
         ;;
     kafka-restart)
+        # KAFKA_BROKERS from an earlier `eval "$(... env)"` names the dev broker being
+        # replaced; any other value is a real broker, which is not ours to restart.
+        external_kafka && die "KAFKA_BROKERS=$KAFKA_BROKERS is not the dev broker: nothing to restart"
+        unset KAFKA_BROKERS
         kafka_down
         kafka_up
         env_lines > "$DEV/env"
