@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TransactionState {
@@ -97,23 +97,44 @@ pub(super) fn transition(
 /// exactly-once workers spent 38% of their time there; docs/BENCHMARKS.md). librdkafka's own
 /// flush treats `linger.ms` as passed while it waits and returns as soon as the last
 /// delivery report is served: this sink's reports are events, served by its polling thread
-/// (`polling.rs`), which takes over once the caller stops polling.
+/// (`polling.rs`), which takes over once the caller stops polling. The flush runs in slices
+/// and serves the reports itself between them, so a polling thread that is gone costs a
+/// slice, not the whole timeout.
 fn flush_for_commit(
     producer: &BaseProducer<SinkContext, StrategyPartitioner>,
     timeout: Timeout,
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let millis = match timeout {
-        Timeout::After(wait) => i32::try_from(wait.as_millis()).unwrap_or(i32::MAX),
-        Timeout::Never => -1,
+    let deadline = match timeout {
+        Timeout::After(wait) => Instant::now().checked_add(wait),
+        Timeout::Never => None,
     };
-    // SAFETY: the handle is the live producer's (borrowed for the call); rd_kafka_flush is
-    // thread-safe and, for a producer whose reports are events, only waits.
-    let code = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), millis) };
-    match RDKafkaErrorCode::from(code) {
-        RDKafkaErrorCode::NoError => Ok(()),
-        code => Err(rdkafka::error::KafkaError::Flush(code)),
+    loop {
+        let slice = match deadline {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .min(FLUSH_SLICE),
+            None => FLUSH_SLICE,
+        };
+        let millis = i32::try_from(slice.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the handle is the live producer's (borrowed for the call); rd_kafka_flush
+        // is thread-safe and, for a producer whose reports are events, only waits.
+        let code =
+            unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), millis) };
+        match RDKafkaErrorCode::from(code) {
+            RDKafkaErrorCode::NoError => return Ok(()),
+            RDKafkaErrorCode::OperationTimedOut
+                if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
+            {
+                producer.poll(Duration::ZERO);
+            }
+            code => return Err(rdkafka::error::KafkaError::Flush(code)),
+        }
     }
 }
+
+/// How long one librdkafka flush waits before the committing thread serves delivery reports
+/// itself.
+const FLUSH_SLICE: Duration = Duration::from_millis(250);
 
 impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     /// Runs `step` on tokio's blocking pool, holding the state across the round trip so no
