@@ -286,7 +286,7 @@ impl TransactionalWorker<'_> {
                         tracing::warn!(event = "commit", worker = self.index, error = %Report(&error), "plain offset commit failed");
                     }
                 }
-                counters.committed(committing, started.elapsed() - committing);
+                counters.committed(committing, started.elapsed().saturating_sub(committing));
                 counters.add(self.sums, self.dead);
                 self.reset();
                 Ok(())

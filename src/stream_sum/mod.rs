@@ -199,10 +199,11 @@ impl Counters {
     /// Counts a committed transaction and the time its commit took (and the plain commit's).
     pub fn committed(&self, committing: Duration, plain_committing: Duration) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
+        let nanos = |time: Duration| u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
         self.committing_ns
-            .fetch_add(committing.as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(nanos(committing), Ordering::Relaxed);
         self.plain_committing_ns
-            .fetch_add(plain_committing.as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(nanos(plain_committing), Ordering::Relaxed);
         metrics::histogram!("stream_sum_transaction_commit_seconds")
             .record(committing.as_secs_f64());
     }
@@ -216,8 +217,14 @@ pub struct StreamSumSummary {
     pub dead_lettered: u64,
     pub pauses: u64,
     pub elapsed: Duration,
-    /// Exactly-once: transactions committed, the workers' time in their commits, and in the
-    /// dev broker's plain commits (summed over workers).
+    /// Exactly-once only.
+    pub commits: CommitTimes,
+}
+
+/// Exactly-once: transactions committed, the workers' time in their commits, and in the dev
+/// broker's plain commits (summed over workers).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CommitTimes {
     pub transactions: u64,
     pub committing: Duration,
     pub plain_committing: Duration,
@@ -568,10 +575,12 @@ pub async fn run_stream_sum_with(
         dead_lettered: counters.dead_lettered.load(Ordering::Relaxed),
         pauses: counters.pauses.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
-        transactions: counters.transactions.load(Ordering::Relaxed),
-        committing: Duration::from_nanos(counters.committing_ns.load(Ordering::Relaxed)),
-        plain_committing: Duration::from_nanos(
-            counters.plain_committing_ns.load(Ordering::Relaxed),
-        ),
+        commits: CommitTimes {
+            transactions: counters.transactions.load(Ordering::Relaxed),
+            committing: Duration::from_nanos(counters.committing_ns.load(Ordering::Relaxed)),
+            plain_committing: Duration::from_nanos(
+                counters.plain_committing_ns.load(Ordering::Relaxed),
+            ),
+        },
     })
 }

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::kafka::sink::SinkError;
 use crate::kafka::topic_reader::{ranges_between, ReadRangesError};
 use crate::kafka::KafkaError;
-use crate::stream_sum::{ensure_topics, StreamSumError};
+use crate::stream_sum::{ensure_topics, CommitTimes, StreamSumError};
 use std::fmt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -129,15 +129,7 @@ pub struct Round {
     pub baselines: Vec<Timed>,
     /// stream_sum's exactly-once commits: how many, and the workers' seconds in them and in
     /// the dev broker's plain commits (summed over workers).
-    pub commits: Commits,
-}
-
-/// Transactions committed in a run and the time the workers spent committing.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Commits {
-    pub transactions: u64,
-    pub seconds: f64,
-    pub plain_seconds: f64,
+    pub commits: CommitTimes,
 }
 
 /// The outcome of verified runs.
@@ -290,14 +282,17 @@ impl fmt::Display for BenchReport {
             if let Some(round) = by_rate.get(by_rate.len() / 2) {
                 let worker_seconds = round.stream_sum.seconds * self.workers as f64;
                 let share = |seconds: f64| 100.0 * seconds / worker_seconds.max(f64::MIN_POSITIVE);
+                let commits = &round.commits;
+                let all = (commits.committing + commits.plain_committing).as_secs_f64();
+                let plain = commits.plain_committing.as_secs_f64();
                 write!(
                     f,
                     "\n  commits     stream_sum, median round: {} transactions; workers {:.2} s in commits ({:.0}% of their time), {:.2} s of it in the plain offset commits only the dev broker needs ({:.0}%)",
-                    round.commits.transactions,
-                    round.commits.seconds + round.commits.plain_seconds,
-                    share(round.commits.seconds + round.commits.plain_seconds),
-                    round.commits.plain_seconds,
-                    share(round.commits.plain_seconds),
+                    commits.transactions,
+                    all,
+                    share(all),
+                    plain,
+                    share(plain),
                 )?;
             }
         }
@@ -438,11 +433,7 @@ pub async fn run_bench(
             // Stopped before the backlog was done: nothing to check.
             break;
         }
-        let commits = Commits {
-            transactions: summary.transactions,
-            seconds: summary.committing.as_secs_f64(),
-            plain_seconds: summary.plain_committing.as_secs_f64(),
-        };
+        let commits = summary.commits;
         let output = new_sums(&config, &options.output_topic, &before)?;
         let stream_sum = Timed {
             cpu_seconds,
