@@ -12,7 +12,8 @@
 #   browser install Debian's chromium when missing (the live page's test; make test runs it)
 #   up      deps, then start what is not running (idempotent) and print what runs
 #   down    stop what `up` started (found by pid files); data stays
-#   kafka-restart  a fresh dev_broker (its topics empty again; a new port: read `env` after)
+#   kafka-restart [--if-dev]  a fresh dev_broker (its topics empty again, a new port) and
+#           print the `env` lines; --if-dev: with an external KAFKA_BROKERS, only print them
 #   status  show what runs and where its files and logs are, exit 1 if something is down
 #   env     print `export` lines for KAFKA_BROKERS, REDIS_URL, DATABASE_URL and the dev
 #           extras (DEV_REDIS_CLUSTER_URLS, DEV_TLS_CA, DEV_REDIS_TLS_PORT)
@@ -458,14 +459,18 @@ case "${1:-}" in
     kafka-restart)
         # KAFKA_BROKERS from an earlier `eval "$(... env)"` names the dev broker being
         # replaced; any other value is a real broker, which is not ours to restart.
-        external_kafka && die "KAFKA_BROKERS=$KAFKA_BROKERS is not the dev broker: nothing to restart"
-        unset KAFKA_BROKERS
-        kafka_down
-        kafka_up
-        env_lines > "$DEV/env"
+        if external_kafka; then
+            [ "${2:-}" = --if-dev ] || die "KAFKA_BROKERS=$KAFKA_BROKERS is not the dev broker: nothing to restart"
+            log "KAFKA_BROKERS=$KAFKA_BROKERS is an external broker: left as it is"
+        else
+            unset KAFKA_BROKERS
+            kafka_down
+            kafka_up
+        fi
+        env_lines | tee "$DEV/env"
         ;;
     clean) clean ;;
     status) status ;;
     env) env_lines ;;
-    *) echo "usage: $0 deps | up | down | kafka-restart | status | env | clean" >&2; exit 2 ;;
+    *) echo "usage: $0 deps | up | down | kafka-restart [--if-dev] | status | env | clean" >&2; exit 2 ;;
 esac
