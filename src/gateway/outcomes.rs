@@ -8,8 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// The most entries the table is sized for up front (~40 MB of address space, touched as
+/// it fills).
+const PRESIZED_ENTRIES: usize = 1 << 20;
+
+/// Small (two pointers) so the table, sized up front, costs little before it fills.
 struct Entry {
-    result: Option<SeckillResult>,
+    result: Option<Box<SeckillResult>>,
     /// Woken when the result arrives.
     arrived: Arc<Notify>,
 }
@@ -44,8 +49,13 @@ impl Outcomes {
     pub fn new(max_pending: usize, recent: usize) -> Self {
         Self {
             table: Mutex::new(Table {
-                entries: HashMap::new(),
-                completed: VecDeque::new(),
+                // Sized for its bound once: growing a table of a hundred thousand entries
+                // rehashes all of them under the lock, stalling every handler meanwhile.
+                // (Up to a limit: a bound set far higher grows past it as it fills.)
+                entries: HashMap::with_capacity(
+                    max_pending.saturating_add(recent).min(PRESIZED_ENTRIES),
+                ),
+                completed: VecDeque::with_capacity(recent.min(PRESIZED_ENTRIES)),
                 pending: 0,
             }),
             max_pending,
@@ -103,7 +113,7 @@ impl Outcomes {
         match table.entries.get_mut(&id) {
             Some(entry) if entry.result.is_some() => return,
             Some(entry) => {
-                entry.result = Some(result);
+                entry.result = Some(Box::new(result));
                 entry.arrived.notify_waiters();
                 table.pending -= 1;
             }
@@ -111,7 +121,7 @@ impl Outcomes {
                 table.entries.insert(
                     id.clone(),
                     Entry {
-                        result: Some(result),
+                        result: Some(Box::new(result)),
                         arrived: Arc::new(Notify::new()),
                     },
                 );
@@ -130,7 +140,7 @@ impl Outcomes {
             Some(Entry {
                 result: Some(result),
                 ..
-            }) => Lookup::Decided(Box::new(result.clone())),
+            }) => Lookup::Decided(result.clone()),
             Some(_) => Lookup::Pending,
             None => Lookup::Unknown,
         }
@@ -151,7 +161,7 @@ impl Outcomes {
                     Some(Entry {
                         result: Some(result),
                         ..
-                    }) => return Lookup::Decided(Box::new(result.clone())),
+                    }) => return Lookup::Decided(result.clone()),
                     Some(entry) => entry.arrived.clone(),
                 }
             };

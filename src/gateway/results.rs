@@ -45,6 +45,11 @@ pub async fn start(
         reader.for_each_payload(&stop, |payload| {
             if let Some(result) = payload.and_then(|p| SeckillResult::from_json(p).ok()) {
                 answered.count(result.activity_id);
+                // Decided (server_kafka's Redis clock) to read here: how far the answers trail.
+                let lag_ms = crate::common::now_ms()
+                    .saturating_sub(result.decided_at)
+                    .max(0);
+                metrics::histogram!("gateway_results_lag_seconds").record(lag_ms as f64 / 1e3);
                 if result.request_id.starts_with("gw-") {
                     outcomes.complete(result);
                 }
