@@ -381,7 +381,12 @@ async fn transactions_follow_their_state_machine() {
         ),
         "abort without begin"
     );
+    // Registering the id up front, once: a second call and the first begin do not again.
+    sink.init_transactions().await.unwrap();
+    sink.init_transactions().await.unwrap();
     sink.begin_transaction().await.unwrap();
+    // Inside an open transaction it changes nothing.
+    sink.init_transactions().await.unwrap();
     assert!(
         matches!(
             sink.begin_transaction().await,
@@ -405,6 +410,13 @@ async fn transactions_follow_their_state_machine() {
             Err(SinkError::TransactionState(_))
         ),
         "needs ExactlyOnce"
+    );
+    assert!(
+        matches!(
+            plain.init_transactions().await,
+            Err(SinkError::TransactionState(_))
+        ),
+        "init needs ExactlyOnce too"
     );
 }
 
