@@ -33,8 +33,12 @@ scripts/dev-stack.sh up >/dev/null
 # walks all of them on every fetch: a dev broker that served earlier runs spends most of a
 # core on that (perf, 2026-12-01: 36% of both cores in rd_kafka_mock_msgset_find). Every
 # run starts on a fresh one; a real broker (KAFKA_BROKERS) indexes offsets and is left as is.
-STACK_ENV=$(scripts/dev-stack.sh kafka-restart --if-dev)
-eval "$STACK_ENV"
+fresh_broker() {
+    local stack_env
+    stack_env=$(scripts/dev-stack.sh kafka-restart --if-dev)
+    eval "$stack_env"
+}
+fresh_broker
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 say "building (release)"
 cargo build --release --quiet --bin server_kafka --bin seckill_gateway --bin seckill_admin --bin client_kafka
@@ -54,6 +58,16 @@ SALE=$((RUN * 10 + 1))
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
+# wait_ready URL PID LOG: until URL answers, while PID lives, at most 60 s.
+wait_ready() {
+    local deadline=$((SECONDS + 60))
+    until python3 -c "import urllib.request; urllib.request.urlopen('$1', timeout=1)" 2>/dev/null; do
+        kill -0 "$2" 2>/dev/null || die "it exited before it was ready: see $3"
+        [ "$SECONDS" -lt "$deadline" ] || die "not ready after 60 s ($1): see $3"
+        sleep 0.2
+    done
+}
+peak_rss_mib() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
 # server_kafka (a new group for each phase, from the requests written after it is ready) and
 # the gateway, on the broker KAFKA_BROKERS names: sets SERVER, METRICS, GATEWAY, PORT,
 # GATEWAY_METRICS.
@@ -64,7 +78,7 @@ start_services() {
         >"$LOGS/server-$1.out" 2>"$LOGS/server-$1.log" &
     SERVER=$!
     PIDS+=("$SERVER")
-    until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$METRICS/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+    wait_ready "http://127.0.0.1:$METRICS/ready" "$SERVER" "$LOGS/server-$1.log"
     PORT=$(free_port)
     GATEWAY_METRICS=$(free_port)
     SECKILL_GATEWAY_USER_RATE_PER_SEC=1000000 SECKILL_GATEWAY_USER_BURST=1000000 \
@@ -73,11 +87,14 @@ start_services() {
         >"$LOGS/gateway-$1.out" 2>"$LOGS/gateway-$1.log" &
     GATEWAY=$!
     PIDS+=("$GATEWAY")
-    until python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/ready', timeout=1)" 2>/dev/null; do sleep 0.2; done
+    wait_ready "http://127.0.0.1:$PORT/ready" "$GATEWAY" "$LOGS/gateway-$1.log"
 }
+# Stops both (each must still run: one that died is an error of the phase that ended).
 stop_services() {
-    kill "$SERVER" "$GATEWAY"
+    kill "$SERVER" 2>/dev/null || die "server_kafka died during the run: see $LOGS/server-*.log"
+    kill "$GATEWAY" 2>/dev/null || die "the gateway died during the run: see $LOGS/gateway-*.log"
     wait "$SERVER" "$GATEWAY" 2>/dev/null || true
+    PIDS=()
 }
 start_services a
 echo "limits for the run: per user 1,000,000/s, per address 10,000,000/s (all requests come from 127.0.0.1); $USERS users, each sale purchase by the next user"
@@ -117,12 +134,15 @@ echo "accepted: $ACCEPTED purchases/s"
 # (b) measures click to outcome, not the queue left by (a): wait until server_kafka has
 # decided every purchase (a) produced.
 decided() {
-    curl -sf "http://127.0.0.1:$METRICS/metrics" \
-        | awk '/^seckill_requests_total/ {sum += $NF} END {printf "%d\n", sum}'
+    local metrics
+    metrics=$(curl -sf "http://127.0.0.1:$METRICS/metrics") || die "no metrics from server_kafka at 127.0.0.1:$METRICS"
+    awk '/^seckill_requests_total/ {sum += $NF} END {printf "%d\n", sum}' <<<"$metrics"
 }
 say "waiting for server_kafka to decide the $SENT purchases of (a)"
 WAITED=0 STILL=0 LAST=-1
-while NOW=$(decided); [ "$NOW" -lt "$SENT" ] && [ "$STILL" -lt 5 ]; do
+while :; do
+    NOW=$(decided)
+    { [ "$NOW" -lt "$SENT" ] && [ "$STILL" -lt 5 ]; } || break
     if [ "$NOW" = "$LAST" ]; then STILL=$((STILL + 1)); else STILL=0; LAST=$NOW; fi
     sleep 1; WAITED=$((WAITED + 1))
 done
@@ -135,10 +155,9 @@ fi
 # on every fetch (above): on it, (b)'s p99 grew from 77 ms (fresh) to 290-350 ms in three
 # back-to-back runs (2026-12-01), a cost Apache Kafka, which indexes offsets, does not have.
 # So (b) starts on a fresh dev broker too, with a new server_kafka and gateway.
-echo "(a)'s gateway peak RSS $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GATEWAY/status") MiB"
+echo "(a)'s gateway peak RSS $(peak_rss_mib "$GATEWAY") MiB"
 stop_services
-STACK_ENV=$(scripts/dev-stack.sh kafka-restart --if-dev)
-eval "$STACK_ENV"
+fresh_broker
 start_services b
 HALF=$((ACCEPTED / 2))
 say "(b) open loop at $HALF purchases/s (half of (a)) for ${SECONDS_RUN}s after a ${WARMUP}s warm-up, each waiting for its outcome"
@@ -147,5 +166,5 @@ cargo bench --quiet --bench gateway_open_loop -- "http://127.0.0.1:$PORT/activit
 say "(c) the same sale through client_kafka ($((ACCEPTED * SECONDS_RUN)) requests straight into Kafka)"
 SECKILL_SECKILL_ACTIVITY_ID=$SALE "$BIN/client_kafka" --users $((ACCEPTED * SECONDS_RUN)) --seed "$RUN" \
     2>>"$LOGS/client.log" | tee "$LOGS/client.out"
-echo "(b)'s gateway peak RSS $(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$GATEWAY/status") MiB"
+echo "the gateway's peak RSS in (b) and (c): $(peak_rss_mib "$GATEWAY") MiB"
 echo "logs: $LOGS"

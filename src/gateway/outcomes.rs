@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The most entries the table is sized for up front (~40 MB of address space, touched as
-/// it fills).
+/// The most entries the table is sized for up front (2^21 buckets of 41 bytes: ~84 MB of
+/// address space, touched as it fills; the defaults, 300,000 entries, ~21 MB).
 const PRESIZED_ENTRIES: usize = 1 << 20;
 
 /// Small (two pointers) so the table, sized up front, costs little before it fills.
@@ -55,7 +55,8 @@ impl Outcomes {
                 entries: HashMap::with_capacity(
                     max_pending.saturating_add(recent).min(PRESIZED_ENTRIES),
                 ),
-                completed: VecDeque::with_capacity(recent.min(PRESIZED_ENTRIES)),
+                // One over: an id is pushed before the oldest is evicted.
+                completed: VecDeque::with_capacity(recent.saturating_add(1).min(PRESIZED_ENTRIES)),
                 pending: 0,
             }),
             max_pending,
@@ -106,33 +107,39 @@ impl Outcomes {
 
     /// An outcome arrived (the first one counts; a result read twice changes nothing). One
     /// of a request not pending here (accepted by another gateway, or before a restart) is
-    /// kept too, so its owner may ask any gateway.
-    pub fn complete(&self, result: SeckillResult) {
-        let mut table = self.lock();
+    /// kept too, so its owner may ask any gateway. True when it completed a request
+    /// pending here.
+    pub fn complete(&self, result: SeckillResult) -> bool {
         let id = result.request_id.clone();
-        match table.entries.get_mut(&id) {
-            Some(entry) if entry.result.is_some() => return,
+        // Allocated before the lock is taken.
+        let result = Box::new(result);
+        let mut table = self.lock();
+        let was_pending = match table.entries.get_mut(&id) {
+            Some(entry) if entry.result.is_some() => return false,
             Some(entry) => {
-                entry.result = Some(Box::new(result));
+                entry.result = Some(result);
                 entry.arrived.notify_waiters();
                 table.pending -= 1;
+                true
             }
             None => {
                 table.entries.insert(
                     id.clone(),
                     Entry {
-                        result: Some(Box::new(result)),
+                        result: Some(result),
                         arrived: Arc::new(Notify::new()),
                     },
                 );
+                false
             }
-        }
+        };
         table.completed.push_back(id);
         while table.completed.len() > self.recent {
             if let Some(old) = table.completed.pop_front() {
                 table.entries.remove(&old);
             }
         }
+        was_pending
     }
 
     pub fn lookup(&self, request_id: &str) -> Lookup {
@@ -212,7 +219,11 @@ mod tests {
             tokio::spawn(async move { outcomes.wait("a", Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        outcomes.complete(result("a"));
+        assert!(outcomes.complete(result("a")), "a was pending here");
+        assert!(
+            !outcomes.complete(result("a")),
+            "read twice: changes nothing"
+        );
         assert!(matches!(waiter.await.unwrap(), Lookup::Decided(_)));
         assert_eq!(
             outcomes.wait("b", Duration::from_millis(10)).await,
@@ -224,7 +235,7 @@ mod tests {
         // Only the two newest outcomes are kept.
         assert_eq!(outcomes.lookup("a"), Lookup::Unknown);
         // One accepted elsewhere (or before a restart) is kept as well.
-        outcomes.complete(result("elsewhere"));
+        assert!(!outcomes.complete(result("elsewhere")), "not pending here");
         assert!(matches!(outcomes.lookup("elsewhere"), Lookup::Decided(_)));
         outcomes.abandon("c");
         assert!(matches!(outcomes.lookup("c"), Lookup::Decided(_)));

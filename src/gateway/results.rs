@@ -41,17 +41,19 @@ pub async fn start(
             .await
             .map_err(|_| ResultsError::Kafka(rdkafka::error::KafkaError::Canceled.into()))??;
     ready.store(true, Ordering::SeqCst);
+    // Decided (server_kafka's Redis clock) to read here, for the requests waiting on this
+    // gateway: how far the answers trail (the replay at start is not in it).
+    let lag = metrics::histogram!("gateway_results_lag_seconds");
     Ok(tokio::task::spawn_blocking(move || {
         reader.for_each_payload(&stop, |payload| {
             if let Some(result) = payload.and_then(|p| SeckillResult::from_json(p).ok()) {
                 answered.count(result.activity_id);
-                // Decided (server_kafka's Redis clock) to read here: how far the answers trail.
-                let lag_ms = crate::common::now_ms()
-                    .saturating_sub(result.decided_at)
-                    .max(0);
-                metrics::histogram!("gateway_results_lag_seconds").record(lag_ms as f64 / 1e3);
                 if result.request_id.starts_with("gw-") {
-                    outcomes.complete(result);
+                    let decided_at = result.decided_at;
+                    if outcomes.complete(result) {
+                        let lag_ms = crate::common::now_ms().saturating_sub(decided_at).max(0);
+                        lag.record(lag_ms as f64 / 1e3);
+                    }
                 }
             }
             true

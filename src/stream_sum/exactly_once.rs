@@ -65,15 +65,16 @@ pub fn run_worker(
     let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
     let partitions = known_partitions(&consumer, &settings.input_topic);
     fetch.route(0..partitions);
-    membership.attach(&consumer, &settings.input_topic, partitions)?;
     let sink = output_sink(
         config,
         format!("stream_sum-txn-{index}"),
         Some(transactional_id(group_id, index)),
     )?;
-    // Before the first record: the first transaction does not wait for the id's
-    // registration (~50 ms on the dev broker) with a batch in hand.
+    // Before consuming: a predecessor with this id is fenced and its open transaction
+    // aborted before this worker reads the committed offsets, and the first transaction
+    // does not wait for the registration (~50 ms on the dev broker) with a batch in hand.
     sink.init_transactions_blocking()?;
+    membership.attach(&consumer, &settings.input_topic, partitions)?;
     let mut worker = TransactionalWorker {
         index,
         consumer: &consumer,

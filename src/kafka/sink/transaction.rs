@@ -58,21 +58,14 @@ pub(super) fn transition(
     match step {
         TransactionStep::Init => {
             transactional()?;
-            if *state == TransactionState::Uninitialised {
-                producer.init_transactions(timeout)?;
-                *state = TransactionState::Idle;
-            }
-            Ok(())
+            ensure_initialised(state, producer, timeout)
         }
         TransactionStep::Begin => {
             transactional()?;
-            match *state {
-                TransactionState::Open => {
-                    return Err(SinkError::TransactionState("a transaction is already open"))
-                }
-                TransactionState::Uninitialised => producer.init_transactions(timeout)?,
-                TransactionState::Idle => {}
+            if *state == TransactionState::Open {
+                return Err(SinkError::TransactionState("a transaction is already open"));
             }
+            ensure_initialised(state, producer, timeout)?;
             producer.begin_transaction()?;
             *state = TransactionState::Open;
             Ok(())
@@ -107,6 +100,20 @@ pub(super) fn transition(
     }
 }
 
+/// Registers the transactional id unless done: the state leaves `Uninitialised` only when
+/// the broker accepted it, so a failed attempt may be retried.
+fn ensure_initialised(
+    state: &mut TransactionState,
+    producer: &BaseProducer<SinkContext, StrategyPartitioner>,
+    timeout: Timeout,
+) -> Result<(), SinkError> {
+    if *state == TransactionState::Uninitialised {
+        producer.init_transactions(timeout)?;
+        *state = TransactionState::Idle;
+    }
+    Ok(())
+}
+
 /// Waits until every message of the transaction is delivered, or `timeout`, before the
 /// commit. rust-rdkafka's `commit_transaction` flushes first by polling in slices of up to
 /// 100 ms and looks again only at the end of one, so each commit lasted ~90 ms (stream_sum's
@@ -131,7 +138,8 @@ fn flush_for_commit(
                 .min(FLUSH_SLICE),
             None => FLUSH_SLICE,
         };
-        let millis = i32::try_from(slice.as_millis()).unwrap_or(i32::MAX);
+        // Rounded up: a last slice under a millisecond still waits, not spins.
+        let millis = i32::try_from(slice.as_micros().div_ceil(1_000)).unwrap_or(i32::MAX);
         // SAFETY: the handle is the live producer's (borrowed for the call); rd_kafka_flush
         // is thread-safe and, for a producer whose reports are events, only waits.
         let code =
@@ -141,7 +149,9 @@ fn flush_for_commit(
             RDKafkaErrorCode::OperationTimedOut
                 if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
             {
-                producer.poll(Duration::ZERO);
+                // A zero-timeout poll serves one event (one produce response's reports);
+                // a short wait serves every event that is ready.
+                producer.poll(SERVE_BETWEEN_SLICES);
             }
             code => return Err(rdkafka::error::KafkaError::Flush(code)),
         }
@@ -151,6 +161,8 @@ fn flush_for_commit(
 /// How long one librdkafka flush waits before the committing thread serves delivery reports
 /// itself.
 const FLUSH_SLICE: Duration = Duration::from_millis(250);
+/// How long the committing thread serves delivery reports between two slices.
+const SERVE_BETWEEN_SLICES: Duration = Duration::from_millis(1);
 
 impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     /// Runs `step` on tokio's blocking pool, holding the state across the round trip so no
