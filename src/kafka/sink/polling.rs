@@ -7,8 +7,9 @@
 //! `content-type` header (three more allocations per message) the fast path ran at 34-47% of
 //! a plain loop that polls inline (docs/BENCHMARKS.md). So [`KafkaSink::enqueue`] polls after
 //! each sampled message (one in `SAMPLE_EVERY` of a thread's, `context.rs`), and the thread
-//! polls only while no sender has for a millisecond: awaited sends, flushes and idle periods
-//! are still served at once.
+//! polls only while no sender has for `STAND_ASIDE` (10 ms): awaited sends and idle periods
+//! are served within that, and a wait for every report (a transaction's flush) tells the
+//! thread to serve throughout ([`PolledProducer::serving`]).
 //!
 //! [`KafkaSink::enqueue`]: super::KafkaSink::enqueue
 
@@ -16,7 +17,7 @@ use super::context::SinkContext;
 use super::partition::StrategyPartitioner;
 use rdkafka::producer::BaseProducer;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,13 +32,18 @@ const THREAD_POLL: Duration = Duration::from_millis(10);
 /// last millisecond (an idle server_kafka burnt 7-9% of a core per sink this way). With a
 /// few microseconds over the whole milliseconds, librdkafka's wait ends past the deadline.
 const DEADLINE_SLACK: Duration = Duration::from_micros(20);
-/// How long the polling thread stands aside after seeing a sender poll.
-const STAND_ASIDE: Duration = Duration::from_millis(1);
+/// How long the polling thread stands aside after seeing a sender poll (a flush wakes it
+/// at once: [`PolledProducer::serving`]). Each look costs a wake-up: at 1 ms the sinks'
+/// threads took 4.5-9.8% of both cores under stream_sum --exactly-once (docs/BENCHMARKS.md).
+const STAND_ASIDE: Duration = Duration::from_millis(10);
 
 struct Polling {
     stop: AtomicBool,
     /// Bumped by each sender poll; the thread stands aside while it moves.
     sender_polls: AtomicU64,
+    /// Waits for every report in progress (a commit's flush): the thread serves them
+    /// meanwhile, sender polls or not.
+    serving: AtomicUsize,
 }
 
 pub(crate) struct PolledProducer {
@@ -52,6 +58,7 @@ impl PolledProducer {
         let polling = Arc::new(Polling {
             stop: AtomicBool::new(false),
             sender_polls: AtomicU64::new(0),
+            serving: AtomicUsize::new(0),
         });
         let thread = {
             let (producer, polling) = (producer.clone(), polling.clone());
@@ -61,9 +68,10 @@ impl PolledProducer {
                     let mut seen = polling.sender_polls.load(Ordering::Relaxed);
                     while !polling.stop.load(Ordering::Relaxed) {
                         let now = polling.sender_polls.load(Ordering::Relaxed);
-                        if now != seen {
-                            seen = now;
-                            std::thread::sleep(STAND_ASIDE);
+                        let moved = now != seen;
+                        seen = now;
+                        if moved && polling.serving.load(Ordering::Acquire) == 0 {
+                            std::thread::park_timeout(STAND_ASIDE);
                         } else {
                             producer.poll(THREAD_POLL + DEADLINE_SLACK);
                         }
@@ -75,6 +83,24 @@ impl PolledProducer {
             polling,
             thread: Some(thread),
         })
+    }
+
+    /// Runs `wait` (a wait for every delivery report, such as librdkafka's flush, which only
+    /// waits when reports are events) with the polling thread serving the reports meanwhile,
+    /// woken at once if it stood aside.
+    pub(super) fn serving<R>(&self, wait: impl FnOnce() -> R) -> R {
+        struct Served<'a>(&'a AtomicUsize);
+        impl Drop for Served<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.polling.serving.fetch_add(1, Ordering::AcqRel);
+        let _served = Served(&self.polling.serving);
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+        wait()
     }
 
     /// Serves delivery reports from the sender's thread, waiting up to `timeout` for one.
@@ -100,6 +126,7 @@ impl Drop for PolledProducer {
     fn drop(&mut self) {
         self.polling.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }

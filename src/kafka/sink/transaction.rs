@@ -6,6 +6,7 @@
 use super::config::DeliveryGuarantee;
 use super::context::SinkContext;
 use super::partition::StrategyPartitioner;
+use super::polling::PolledProducer;
 use super::serializer::MessageSerializer;
 use super::sink::{KafkaSink, SinkError};
 use crate::kafka::{ErrorClass, KafkaError};
@@ -40,7 +41,7 @@ pub(super) enum TransactionStep {
 /// error that requires it aborts the transaction.
 pub(super) fn transition(
     state: &mut TransactionState,
-    producer: &BaseProducer<SinkContext, StrategyPartitioner>,
+    producer: &PolledProducer,
     guarantee: DeliveryGuarantee,
     timeout: Duration,
     step: TransactionStep,
@@ -120,11 +121,12 @@ fn ensure_initialised(
 /// exactly-once workers spent 38% of their time there; docs/BENCHMARKS.md). librdkafka's own
 /// flush treats `linger.ms` as passed while it waits and returns as soon as the last
 /// delivery report is served: this sink's reports are events, served by its polling thread
-/// (`polling.rs`), which takes over once the caller stops polling. The flush runs in slices
+/// (`polling.rs`), told to serve them throughout (not to stand aside for the sender, the
+/// committing thread here). The flush runs in slices
 /// and serves the reports itself between them, so a polling thread that is gone costs a
 /// slice, not the whole timeout.
 fn flush_for_commit(
-    producer: &BaseProducer<SinkContext, StrategyPartitioner>,
+    producer: &PolledProducer,
     timeout: Timeout,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let deadline = match timeout {
@@ -142,8 +144,9 @@ fn flush_for_commit(
         let millis = i32::try_from(slice.as_micros().div_ceil(1_000)).unwrap_or(i32::MAX);
         // SAFETY: the handle is the live producer's (borrowed for the call); rd_kafka_flush
         // is thread-safe and, for a producer whose reports are events, only waits.
-        let code =
-            unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), millis) };
+        let code = producer.serving(|| unsafe {
+            rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), millis)
+        });
         match RDKafkaErrorCode::from(code) {
             RDKafkaErrorCode::NoError => return Ok(()),
             RDKafkaErrorCode::OperationTimedOut
