@@ -81,21 +81,13 @@ async fn main() {
             .body(Empty::<Bytes>::new())
             .expect("request");
         let second = usize::try_from(i / rate.max(1)).unwrap_or(usize::MAX);
-        let warm = i < warming;
-        let (client, latencies, statuses, by_second) = (
-            client.clone(),
-            if warm {
-                warmup_latencies.clone()
-            } else {
-                latencies.clone()
-            },
-            if warm {
-                warmup_statuses.clone()
-            } else {
-                statuses.clone()
-            },
-            by_second.clone(),
-        );
+        // A warm-up purchase goes to the warm-up's figures.
+        let (latencies, statuses) = if i < warming {
+            (warmup_latencies.clone(), warmup_statuses.clone())
+        } else {
+            (latencies.clone(), statuses.clone())
+        };
+        let (client, by_second) = (client.clone(), by_second.clone());
         tasks.push(tokio::spawn(async move {
             let status = match client.request(request).await {
                 Ok(response) => {

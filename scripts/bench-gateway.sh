@@ -68,6 +68,13 @@ wait_ready() {
     done
 }
 peak_rss_mib() { awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$1/status"; }
+# metric_sum PORT NAME WHO: the sum of NAME's series on the metrics served at PORT (dies,
+# naming WHO, when they cannot be read).
+metric_sum() {
+    local metrics
+    metrics=$(curl -sf "http://127.0.0.1:$1/metrics") || die "no metrics from $3 at 127.0.0.1:$1"
+    awk -v name="$2" 'index($0, name) == 1 {sum += $NF} END {printf "%d\n", sum}' <<<"$metrics"
+}
 # server_kafka (a new group for each phase, from the requests written after it is ready) and
 # the gateway, on the broker KAFKA_BROKERS names: sets SERVER, METRICS, GATEWAY, PORT,
 # GATEWAY_METRICS.
@@ -105,11 +112,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 say "(a) closed loop: wrk -t2 -c$CONNECTIONS -d${SECONDS_RUN}s, wait_ms=0"
 # Purchases the gateway produced to Kafka (each acknowledged before its answer): the count of
 # new purchases, apart from answers that needed no Kafka (a retried key's stored outcome).
-produced() {
-    local metrics
-    metrics=$(curl -sf "http://127.0.0.1:$GATEWAY_METRICS/metrics") || die "no metrics from the gateway at 127.0.0.1:$GATEWAY_METRICS"
-    awk '/^gateway_purchases_total/ {sum += $NF} END {printf "%d\n", sum}' <<<"$metrics"
-}
+produced() { metric_sum "$GATEWAY_METRICS" gateway_purchases_total "the gateway"; }
 PRODUCED=$(produced)
 GATEWAY_TICKS=$(cpu_ticks "$GATEWAY")
 RUN_KEY=$RUN TOKENS="$LOGS/tokens" wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_RUN}s" --latency -s scripts/bench-gateway.wrk.lua \
@@ -133,11 +136,7 @@ echo "accepted: $ACCEPTED purchases/s"
 
 # (b) measures click to outcome, not the queue left by (a): wait until server_kafka has
 # decided every purchase (a) produced.
-decided() {
-    local metrics
-    metrics=$(curl -sf "http://127.0.0.1:$METRICS/metrics") || die "no metrics from server_kafka at 127.0.0.1:$METRICS"
-    awk '/^seckill_requests_total/ {sum += $NF} END {printf "%d\n", sum}' <<<"$metrics"
-}
+decided() { metric_sum "$METRICS" seckill_requests_total server_kafka; }
 say "waiting for server_kafka to decide the $SENT purchases of (a)"
 WAITED=0 STILL=0 LAST=-1
 while :; do

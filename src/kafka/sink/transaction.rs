@@ -122,9 +122,8 @@ fn ensure_initialised(
 /// flush treats `linger.ms` as passed while it waits and returns as soon as the last
 /// delivery report is served: this sink's reports are events, served by its polling thread
 /// (`polling.rs`), told to serve them throughout (not to stand aside for the sender, the
-/// committing thread here). The flush runs in slices
-/// and serves the reports itself between them, so a polling thread that is gone costs a
-/// slice, not the whole timeout.
+/// committing thread here). The flush runs in slices and serves the reports itself between
+/// them, so a polling thread that is gone costs a slice, not the whole timeout.
 fn flush_for_commit(
     producer: &PolledProducer,
     timeout: Timeout,
