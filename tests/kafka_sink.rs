@@ -268,10 +268,23 @@ async fn every_serializer_reaches_the_wire_with_its_content_type() {
 
 #[tokio::test]
 async fn partition_strategies_place_messages() {
+    // With the content-type header a message goes through rust-rdkafka's send; without it,
+    // to the default topic, through the sink's own topic handle (`rd_kafka_produce`).
+    for content_type_header in [true, false] {
+        place_messages(content_type_header).await;
+    }
+}
+
+async fn place_messages(content_type_header: bool) {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let topic = support::unique_name("sink-partitions");
     cluster.create_topic(&topic, 6, 1).unwrap();
+    let config = |brokers: &str, topic: &str| {
+        let mut config = config(brokers, topic);
+        config.content_type_header = content_type_header;
+        config
+    };
 
     // KeyHash: where the Java client's default partitioner puts each key.
     let sink = KafkaSink::<Order>::new(config(&brokers, &topic)).unwrap();
@@ -283,6 +296,24 @@ async fn partition_strategies_place_messages() {
             .unwrap();
         assert_eq!(report.partition, java_partition(key.as_bytes(), 6), "{key}");
     }
+    let chosen = sink
+        .send(KafkaMessage::new(order(60)).key("user-0").partition(5))
+        .await
+        .unwrap();
+    assert_eq!(chosen.partition, 5, "a message's own partition wins");
+    let other_topic = support::unique_name("sink-partitions-other");
+    cluster.create_topic(&other_topic, 2, 1).unwrap();
+    let elsewhere = sink
+        .send(
+            KafkaMessage::new(order(61))
+                .topic(other_topic.clone())
+                .partition(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.partition, 1);
+    let landed = read(&brokers, &other_topic, 1, false).await;
+    assert_eq!(json_id(&landed[0]), 61, "another topic than the sink's");
 
     let with = |strategy: PartitionStrategy| {
         let mut config = config(&brokers, &topic);
@@ -691,6 +722,24 @@ async fn close_reports_what_it_could_not_deliver_and_drop_flushes() {
     let report = sink.close(Duration::from_millis(500)).await.unwrap();
     assert_eq!(report.undelivered, 10);
     cluster.broker_up(1).unwrap();
+}
+
+#[tokio::test]
+async fn connect_waits_for_the_idempotent_producer_id() {
+    let brokers = support::stack_var("KAFKA_BROKERS");
+    let topic = support::unique_name("sink-connect");
+    let mut config = config(&brokers, &topic);
+    config.idempotence = true;
+    config.statistics_interval = Some(Duration::from_millis(20));
+    let sink = KafkaSink::<Order>::new(config).unwrap();
+    sink.connect(Duration::from_secs(30)).await.unwrap();
+    // librdkafka holds every message of an idempotent producer until it has its id.
+    assert!(
+        sink.statistics().producer_id_assigned,
+        "{:?}",
+        sink.statistics()
+    );
+    sink.send(KafkaMessage::new(order(1))).await.unwrap();
 }
 
 #[tokio::test]

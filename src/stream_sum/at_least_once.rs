@@ -17,7 +17,9 @@
 use super::batch_queue::{BatchQueue, Popped};
 use super::checkpoint::Checkpoint;
 use super::{dead_letter, sum_of, StreamOutputSerializer};
-use super::{known_partitions, output_sink, worker_consumer, Counters, Membership};
+use super::{
+    known_partitions, output_sink, worker_consumer, Counters, Membership, SINK_READY_TIMEOUT,
+};
 use super::{StreamOutput, StreamSumError};
 use crate::config::Config;
 use crate::kafka::fetch_queue::FetchQueue;
@@ -241,8 +243,11 @@ pub fn run_worker(
     let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
     let partitions = known_partitions(&consumer, &settings.input_topic);
     fetch.route(0..partitions);
-    membership.attach(&consumer, &settings.input_topic, partitions)?;
+    // Ready before the partitions come: an idempotent producer without its id holds every
+    // result back (librdkafka asks for one only once a broker is up, else every 0.5 s).
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
+    sink.connect_blocking(SINK_READY_TIMEOUT)?;
+    membership.attach(&consumer, &settings.input_topic, partitions)?;
     let dlq_topic = format!("{}.dlq", settings.input_topic);
     let queue = &handoff.queue;
     std::thread::scope(|scope| {

@@ -12,6 +12,7 @@
 //! rewound to the committed offsets: its records are read again, by this worker or by the
 //! partition's new owner.
 
+use super::SINK_READY_TIMEOUT;
 use super::{dead_letter, sum_of, StreamOutputSerializer, StreamSumError};
 use super::{known_partitions, output_sink, worker_consumer, Counters, Membership};
 use super::{StreamContext, StreamOutput};
@@ -74,6 +75,7 @@ pub fn run_worker(
     // aborted before this worker reads the committed offsets, and the first transaction
     // does not wait for the registration (~50 ms on the dev broker) with a batch in hand.
     sink.init_transactions_blocking()?;
+    sink.connect_blocking(SINK_READY_TIMEOUT)?;
     membership.attach(&consumer, &settings.input_topic, partitions)?;
     let mut worker = TransactionalWorker {
         index,

@@ -38,6 +38,14 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 pub const CREATED_TOPIC_PARTITIONS: i32 = 3;
 /// Header of a dead-letter record that says why it was rejected.
 pub const DLQ_ERROR_HEADER: &str = "stream_sum.error";
+/// How long a worker waits for its output producer to be able to send before it takes its
+/// partitions: the topic's metadata, and an idempotent producer's id (librdkafka holds every
+/// message until it has one, and asks for one only once a broker is up, else every 0.5 s:
+/// half a second of results queued, docs/BENCHMARKS.md). Past it, the worker starts anyway.
+const SINK_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the output producers report statistics: how a worker sees its producer id
+/// arrive (and the producer metrics of `kafka::statistics`).
+const SINK_STATISTICS_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -155,6 +163,7 @@ pub(crate) fn output_sink_config(
     sink.buffer_messages = config.stream_sum.producer_queue_messages;
     // Failures stop the worker (its offsets are not committed); nothing to trip.
     sink.breaker_threshold = 0;
+    sink.statistics_interval = Some(SINK_STATISTICS_INTERVAL);
     if let Some(id) = transactional_id {
         sink = sink.with_guarantee(crate::kafka::sink::DeliveryGuarantee::ExactlyOnce);
         sink.transactional_id = Some(id);

@@ -189,6 +189,9 @@ pub struct SinkStatistics {
     pub batch_messages: u64,
     /// Messages waiting in the producer queue at the last report (`msg_cnt`).
     pub queued_messages: u64,
+    /// An idempotent producer has its producer id (`eos.idemp_state` is `Assigned`):
+    /// librdkafka holds every message back until then.
+    pub producer_id_assigned: bool,
 }
 
 impl SinkStatistics {

@@ -28,6 +28,7 @@ mod polling;
 pub mod serializer;
 #[allow(clippy::module_inception)] // the sink itself, beside its parts
 pub mod sink;
+mod topic_handle;
 mod transaction;
 
 pub use circuit_breaker::{BreakerState, CircuitBreaker};

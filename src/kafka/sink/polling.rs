@@ -15,10 +15,11 @@
 
 use super::context::SinkContext;
 use super::partition::StrategyPartitioner;
+use super::topic_handle::TopicHandle;
 use rdkafka::producer::BaseProducer;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -47,13 +48,18 @@ struct Polling {
 }
 
 pub(crate) struct PolledProducer {
+    /// The sink's default topic, for the fast path. Declared first: dropped before the
+    /// producer (fields drop in order, after `drop` joined the thread).
+    default_topic: OnceLock<Option<TopicHandle>>,
+    default_topic_name: String,
     producer: Arc<Inner>,
     polling: Arc<Polling>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl PolledProducer {
-    pub(super) fn new(producer: Inner) -> std::io::Result<Self> {
+    /// Serves `producer`'s reports; `default_topic` gets a handle for the fast path.
+    pub(super) fn new(producer: Inner, default_topic: &str) -> std::io::Result<Self> {
         let producer = Arc::new(producer);
         let polling = Arc::new(Polling {
             stop: AtomicBool::new(false),
@@ -79,6 +85,8 @@ impl PolledProducer {
                 })?
         };
         Ok(Self {
+            default_topic: OnceLock::new(),
+            default_topic_name: default_topic.to_owned(),
             producer,
             polling,
             thread: Some(thread),
@@ -101,6 +109,13 @@ impl PolledProducer {
             thread.thread().unpark();
         }
         wait()
+    }
+
+    /// The handle of the sink's default topic, unless librdkafka refused one.
+    pub(super) fn default_topic(&self) -> Option<&TopicHandle> {
+        self.default_topic
+            .get_or_init(|| TopicHandle::new(&self.producer, &self.default_topic_name))
+            .as_ref()
     }
 
     /// Serves delivery reports from the sender's thread, waiting up to `timeout` for one.

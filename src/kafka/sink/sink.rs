@@ -13,6 +13,10 @@
 //!   awaited together, once, with `wait_group` (the results of one batch; in
 //!   `delivery_group.rs`).
 //!
+//! On every path, a message to the sink's own topic without headers or a timestamp of its
+//! own goes to librdkafka through a topic handle made once (`topic_handle.rs`: no topic
+//! lookup per message); the others name their topic.
+//!
 //! The delivery opaque tells the paths apart without an allocation: odd values carry the
 //! enqueue time of a fast-path message; otherwise the second bit says whether the rest is
 //! the id of a delivery group (set) or of one awaited message (clear).
@@ -25,6 +29,7 @@ use super::metrics::{MetricsSnapshot, SinkMetrics};
 use super::partition::{PartitionStrategy, StrategyPartitioner};
 use super::polling::PolledProducer;
 use super::serializer::{JsonSerializer, MessageSerializer, SerializeError, CONTENT_TYPE_HEADER};
+use super::topic_handle::TopicHandle;
 use super::transaction::TransactionState;
 use crate::backoff::Backoff;
 use crate::kafka::KafkaError;
@@ -106,6 +111,45 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
 }
 
+/// How long [`await_ready`] waits for the producer id before asking for metadata again.
+const PRODUCER_ID_RETRIGGER: Duration = Duration::from_millis(20);
+
+/// [`KafkaSink::connect`]'s wait: the topic's metadata, then (`wait_for_id`) the producer id,
+/// until `timeout` (then it returns anyway: the messages wait in librdkafka's queue).
+fn await_ready(
+    producer: &PolledProducer,
+    topic: &str,
+    shared: &Shared,
+    wait_for_id: bool,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let deadline = Instant::now() + timeout;
+    let metadata = |timeout: Duration| {
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Timeout::After(timeout))
+            .map(drop)
+    };
+    metadata(timeout).map_err(|error| SinkError::Kafka(error.into()))?;
+    loop {
+        let asked = Instant::now();
+        while asked.elapsed() < PRODUCER_ID_RETRIGGER {
+            let assigned = shared
+                .statistics
+                .producer_id_assigned
+                .load(Ordering::Acquire);
+            if !wait_for_id || assigned || Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // librdkafka asks for a producer id after a metadata response when a broker is up,
+        // otherwise only every 0.5 s: another request gets it sooner. Only a nudge: its
+        // failure is the id's wait's, up to the deadline.
+        let _ = metadata(deadline.saturating_duration_since(Instant::now()));
+    }
+}
+
 /// A generic Kafka producer for values of type `T`, serialized by `S`.
 pub struct KafkaSink<T, S = JsonSerializer> {
     pub(super) producer: Arc<PolledProducer>,
@@ -145,8 +189,11 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
                 ref strategy => Some(StrategyPartitioner::new(strategy.clone())),
             },
         };
-        let producer = PolledProducer::new(config.client_config()?.create_with_context(context)?)
-            .map_err(SinkError::PollThread)?;
+        let producer = PolledProducer::new(
+            config.client_config()?.create_with_context(context)?,
+            &config.topic,
+        )
+        .map_err(SinkError::PollThread)?;
         let transaction = if config.guarantee == DeliveryGuarantee::ExactlyOnce {
             TransactionState::Uninitialised
         } else {
@@ -184,6 +231,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             batch_bytes: totals.batch_bytes.load(Ordering::Relaxed),
             batch_messages: totals.batch_messages.load(Ordering::Relaxed),
             queued_messages: totals.queued_messages.load(Ordering::Relaxed),
+            producer_id_assigned: totals.producer_id_assigned.load(Ordering::Acquire),
         }
     }
 
@@ -193,29 +241,33 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     /// holds every message back until then). Use it when the first messages' latency
     /// matters. Without statistics only the metadata is awaited.
     pub async fn connect(&self, timeout: Duration) -> Result<(), SinkError> {
-        let deadline = Instant::now() + timeout;
-        let producer = self.producer.clone();
-        let topic = self.config.topic.clone();
+        let (producer, shared) = (self.producer.clone(), self.shared.clone());
+        let (topic, wait_for_id) = (self.config.topic.clone(), self.waits_for_id());
         tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Timeout::After(timeout))
-                .map(|_| ())
+            await_ready(&producer, &topic, &shared, wait_for_id, timeout)
         })
         .await?
-        .map_err(|error| SinkError::Kafka(error.into()))?;
-        let wait_for_id = self.config.idempotence && self.config.statistics_interval.is_some();
-        while wait_for_id
-            && !self
-                .shared
-                .statistics
-                .producer_id_assigned
-                .load(Ordering::Acquire)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
+    }
+
+    /// [`connect`](Self::connect), blocking the calling thread.
+    pub fn connect_blocking(&self, timeout: Duration) -> Result<(), SinkError> {
+        let wait_for_id = self.waits_for_id();
+        await_ready(
+            &self.producer,
+            &self.config.topic,
+            &self.shared,
+            wait_for_id,
+            timeout,
+        )
+    }
+
+    /// Whether [`connect`](Self::connect) waits for the producer id: idempotent with
+    /// statistics on (they tell), and not transactional (that id comes with
+    /// [`init_transactions`](Self::init_transactions)).
+    fn waits_for_id(&self) -> bool {
+        self.config.idempotence
+            && self.config.statistics_interval.is_some()
+            && self.config.transactional_id.is_none()
     }
 
     /// Messages handed to librdkafka whose delivery report has not arrived yet.
@@ -242,51 +294,80 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             let mut buffer = buffer.borrow_mut();
             buffer.clear();
             self.serializer.serialize(&message.value, &mut buffer)?;
-            let topic = message.topic.as_deref().unwrap_or(&self.config.topic);
-            let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque);
-            // Only messages that carry headers pay for building them.
-            if self.config.content_type_header || !message.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(1 + message.headers.len());
-                if self.config.content_type_header {
-                    headers = headers.insert(Header {
-                        key: CONTENT_TYPE_HEADER,
-                        value: Some(self.serializer.content_type()),
-                    });
-                }
-                for (name, value) in &message.headers {
-                    headers = headers.insert(Header {
-                        key: name,
-                        value: Some(value),
-                    });
-                }
-                record = record.headers(headers);
-            }
-            if !self.serializer.is_null(&message.value) {
-                record = record.payload(buffer.as_slice());
-            }
-            if let Some(key) = &message.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(partition) = message.partition {
-                record = record.partition(partition);
-            }
-            if let Some(timestamp) = message.timestamp {
-                record = record.timestamp(timestamp);
-            }
+            let payload = (!self.serializer.is_null(&message.value)).then_some(buffer.as_slice());
             self.shared.metrics.attempt();
-            // Counted before the send: the delivery report may arrive before `send` returns.
+            // Counted before the send: the delivery report may arrive before it returns.
             self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-            match self.producer.send(record) {
-                Ok(()) => Ok(true),
-                Err((error, _)) => {
-                    self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-                    match error {
-                        RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Ok(false),
-                        error => Err(SinkError::from(error)),
-                    }
-                }
+            let refused = match self.handle_for(message) {
+                Some(handle) => handle
+                    .produce(message.partition, payload, message.key.as_deref(), opaque)
+                    .err()
+                    .map(RdKafkaError::MessageProduction),
+                None => self.send_record(message, payload, opaque).err(),
+            };
+            let Some(error) = refused else {
+                return Ok(true);
+            };
+            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            match error {
+                RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => Ok(false),
+                error => Err(SinkError::from(error)),
             }
         })
+    }
+
+    /// The default topic's handle, when `message` needs nothing `rd_kafka_produce` cannot
+    /// carry: no other topic, no headers, no timestamp of its own.
+    fn handle_for(&self, message: &KafkaMessage<T>) -> Option<&TopicHandle> {
+        let plain = message
+            .topic
+            .as_ref()
+            .is_none_or(|t| *t == self.config.topic)
+            && !self.config.content_type_header
+            && message.headers.is_empty()
+            && message.timestamp.is_none();
+        plain.then(|| self.producer.default_topic()).flatten()
+    }
+
+    /// Hands `message` to rust-rdkafka's `send`, headers and all.
+    fn send_record(
+        &self,
+        message: &KafkaMessage<T>,
+        payload: Option<&[u8]>,
+        opaque: usize,
+    ) -> Result<(), RdKafkaError> {
+        let topic = message.topic.as_deref().unwrap_or(&self.config.topic);
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque);
+        // Only messages that carry headers pay for building them.
+        if self.config.content_type_header || !message.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(1 + message.headers.len());
+            if self.config.content_type_header {
+                headers = headers.insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(self.serializer.content_type()),
+                });
+            }
+            for (name, value) in &message.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            record = record.headers(headers);
+        }
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(key) = &message.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(partition) = message.partition {
+            record = record.partition(partition);
+        }
+        if let Some(timestamp) = message.timestamp {
+            record = record.timestamp(timestamp);
+        }
+        self.producer.send(record).map_err(|(error, _)| error)
     }
 
     /// The fast path: hands the message to librdkafka and returns without waiting for its

@@ -29,6 +29,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Barrier;
 use std::time::Duration;
 
+/// How long a thread waits for its producer to be able to send.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What the baseline's producers promise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BaselineKind {
@@ -58,6 +61,8 @@ pub enum BaselineError {
     Create(String),
     #[error("the topic name {0:?} holds a NUL byte")]
     TopicName(String),
+    #[error("the output topic's metadata did not come: {0}")]
+    Metadata(RDKafkaErrorCode),
     #[error("librdkafka refused a topic handle for {0}")]
     TopicHandle(String),
     #[error("no record for {0:?} while {1} of the backlog's records were still unread")]
@@ -147,10 +152,16 @@ fn thread(
     start_line: &Barrier,
 ) -> Result<u64, BaselineError> {
     let kind = plan.kind;
-    let clients = clients(config, ranges, plan);
+    // Ready before the start line, as stream_sum's workers are before their partitions
+    // come: the output's metadata, and an idempotent producer's id.
+    let clients = clients(config, ranges, plan).and_then(|(consumer, producer)| {
+        let topic = producer.topic(output_topic)?;
+        producer.wait_ready(&topic, kind == BaselineKind::Idempotent, READY_TIMEOUT)?;
+        Ok((consumer, producer, topic))
+    });
     start_line.wait();
-    let (consumer, producer) = clients?;
-    let topic = producer.topic(output_topic)?;
+    // Dropped in reverse: the topic handle before its producer.
+    let (consumer, producer, topic) = clients?;
     let share = worker::Share {
         topic: config.stream_sum.input_topic.clone(),
         ends: ranges.iter().map(|r| (r.partition, r.end)).collect(),

@@ -13,11 +13,16 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_void};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Longest wait for a delivery report when the producer queue is full.
 const QUEUE_FULL_WAIT_MS: i32 = 100;
+/// How long [`RawProducer::wait_ready`] waits for the producer id before asking for
+/// metadata again (as `KafkaSink::connect` does).
+const PRODUCER_ID_RETRIGGER: Duration = Duration::from_millis(20);
+/// What librdkafka's statistics say once an idempotent producer has its id.
+const PRODUCER_ID_ASSIGNED: &[u8] = b"\"idemp_state\": \"Assigned\"";
 /// librdkafka's RD_KAFKA_PARTITION_UA (a C macro, so not in the bindings): let the
 /// partitioner choose.
 const PARTITION_UNASSIGNED: i32 = -1;
@@ -25,11 +30,19 @@ const PARTITION_UNASSIGNED: i32 = -1;
 /// A producer made with librdkafka directly, as the C program makes it: delivery reports
 /// served by `rd_kafka_poll` through a `dr_msg_cb` that only counts failures (rdkafka's
 /// `BaseProducer` goes through the event API and reads the clock per report: 21% of the
-/// loop's samples when the baseline used it).
+/// loop's samples when the baseline used it), and a `stats_cb` that only looks for the
+/// producer id.
 pub(super) struct RawProducer {
     handle: *mut rdsys::rd_kafka_t,
-    /// The callback's opaque: boxed so its address stays put.
-    failed: Box<AtomicU64>,
+    /// The callbacks' opaque: boxed so its address stays put.
+    reports: Box<Reports>,
+}
+
+/// What the callbacks note.
+#[derive(Default)]
+struct Reports {
+    failed: AtomicU64,
+    producer_id_assigned: AtomicBool,
 }
 
 impl RawProducer {
@@ -37,14 +50,15 @@ impl RawProducer {
         let native = config
             .create_native_config()
             .map_err(|e| BaselineError::Create(KafkaError::from(e).to_string()))?;
-        let failed = Box::new(AtomicU64::new(0));
+        let reports = Box::<Reports>::default();
         let mut reason = [0 as c_char; 512];
         // SAFETY: rd_kafka_new takes the duplicated conf on success; on failure it is ours
         // to destroy. The opaque outlives the handle (both dropped together, handle first).
         unsafe {
             let conf = rdsys::rd_kafka_conf_dup(native.ptr());
             rdsys::rd_kafka_conf_set_dr_msg_cb(conf, Some(count_failed_delivery));
-            rdsys::rd_kafka_conf_set_opaque(conf, &*failed as *const AtomicU64 as *mut c_void);
+            rdsys::rd_kafka_conf_set_stats_cb(conf, Some(note_producer_id));
+            rdsys::rd_kafka_conf_set_opaque(conf, &*reports as *const Reports as *mut c_void);
             let handle = rdsys::rd_kafka_new(
                 rdsys::rd_kafka_type_t::RD_KAFKA_PRODUCER,
                 conf,
@@ -58,7 +72,7 @@ impl RawProducer {
                     .into_owned();
                 return Err(BaselineError::Create(reason));
             }
-            Ok(Self { handle, failed })
+            Ok(Self { handle, reports })
         }
     }
 
@@ -75,10 +89,52 @@ impl RawProducer {
         if flushed != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(BaselineError::Produce(flushed.into()));
         }
-        match self.failed.load(Ordering::Relaxed) {
+        match self.reports.failed.load(Ordering::Relaxed) {
             0 => Ok(()),
             failed => Err(BaselineError::Undelivered(failed)),
         }
+    }
+
+    /// Waits until the producer can send to `topic`, as stream_sum's workers wait for their
+    /// sinks (`KafkaSink::connect`): the topic's metadata, then for an idempotent producer
+    /// its id (seen in the statistics, so they must be on), until `timeout`.
+    pub(super) fn wait_ready(
+        &self,
+        topic: &TopicHandle,
+        idempotent: bool,
+        timeout: Duration,
+    ) -> Result<(), BaselineError> {
+        let deadline = Instant::now() + timeout;
+        self.metadata(topic, timeout)?;
+        loop {
+            let asked = Instant::now();
+            while asked.elapsed() < PRODUCER_ID_RETRIGGER {
+                let assigned = self.reports.producer_id_assigned.load(Ordering::Acquire);
+                if !idempotent || assigned || Instant::now() >= deadline {
+                    return Ok(());
+                }
+                // Statistics come through the poll.
+                self.poll(2);
+            }
+            // librdkafka asks for a producer id after a metadata response (when a broker is
+            // up), otherwise every 0.5 s. Only a nudge: its failure is ignored.
+            let _ = self.metadata(topic, deadline.saturating_duration_since(Instant::now()));
+        }
+    }
+
+    /// Asks for `topic`'s metadata and waits for it up to `timeout`.
+    fn metadata(&self, topic: &TopicHandle, timeout: Duration) -> Result<(), BaselineError> {
+        let mut metadata: *const rdsys::rd_kafka_metadata = std::ptr::null();
+        // SAFETY: live handles; the metadata returned is destroyed once, below.
+        let code = unsafe {
+            rdsys::rd_kafka_metadata(self.handle, 0, topic.0, &mut metadata, millis(timeout))
+        };
+        if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return Err(BaselineError::Metadata(code.into()));
+        }
+        // SAFETY: returned by the successful rd_kafka_metadata above.
+        unsafe { rdsys::rd_kafka_metadata_destroy(metadata) };
+        Ok(())
     }
 
     pub(super) fn init_transactions(&self, timeout: Duration) -> Result<(), BaselineError> {
@@ -181,14 +237,40 @@ fn transaction(error: *mut rdsys::rd_kafka_error_t) -> Result<(), BaselineError>
 unsafe extern "C" fn count_failed_delivery(
     _producer: *mut rdsys::rd_kafka_t,
     message: *const rdsys::rd_kafka_message_t,
-    failed: *mut c_void,
+    reports: *mut c_void,
 ) {
     // SAFETY: librdkafka passes a live message and the opaque set in RawProducer::new.
     unsafe {
         if (*message).err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            (*(failed as *const AtomicU64)).fetch_add(1, Ordering::Relaxed);
+            (*(reports as *const Reports))
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// librdkafka's statistics callback: notes when the producer id is assigned. Returns 0:
+/// librdkafka frees the JSON.
+unsafe extern "C" fn note_producer_id(
+    _producer: *mut rdsys::rd_kafka_t,
+    json: *mut c_char,
+    len: usize,
+    reports: *mut c_void,
+) -> std::os::raw::c_int {
+    // SAFETY: librdkafka passes `len` bytes of JSON, live during the call, and the opaque
+    // set in RawProducer::new.
+    unsafe {
+        let json = std::slice::from_raw_parts(json as *const u8, len);
+        if json
+            .windows(PRODUCER_ID_ASSIGNED.len())
+            .any(|window| window == PRODUCER_ID_ASSIGNED)
+        {
+            (*(reports as *const Reports))
+                .producer_id_assigned
+                .store(true, Ordering::Release);
+        }
+    }
+    0
 }
 
 /// The output topic handle; destroyed with it.

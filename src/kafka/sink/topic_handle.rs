@@ -1,0 +1,96 @@
+//! The sink's default topic as a librdkafka topic handle, so a message to it is produced
+//! without naming its topic.
+//!
+//! rust-rdkafka's `BaseProducer::send` names the topic of every message: it copies the name
+//! into a new C string, and librdkafka looks the topic up under its lock and releases it
+//! again, for each message. A plain librdkafka program makes the handle once and calls
+//! `rd_kafka_produce` with it; the fast path does the same for messages that need nothing
+//! `rd_kafka_produce` cannot carry (another topic, headers, a timestamp). perf put the
+//! per-message lookup at about a tenth of stream_sum's producing thread (docs/BENCHMARKS.md).
+
+use rdkafka::bindings as rdsys;
+use rdkafka::producer::Producer;
+use rdkafka::types::RDKafkaErrorCode;
+use std::ffi::{c_void, CString};
+use std::ptr::{self, NonNull};
+
+/// librdkafka's `RD_KAFKA_PARTITION_UA`: the partitioner picks (a C macro, not in the bindings).
+const PARTITION_UNASSIGNED: i32 = -1;
+
+/// A librdkafka topic handle of one producer. It must be dropped before that producer
+/// (`PolledProducer` declares it first).
+pub(super) struct TopicHandle {
+    raw: NonNull<rdsys::rd_kafka_topic_t>,
+}
+
+// librdkafka's topic handles are reference counted and used from any thread: the library's
+// own `rd_kafka_produce` is documented thread safe, and the handle is only read here.
+unsafe impl Send for TopicHandle {}
+unsafe impl Sync for TopicHandle {}
+
+impl TopicHandle {
+    /// A handle on `topic` for `producer`, with the producer's default topic configuration
+    /// (where rust-rdkafka puts a custom partitioner). None when librdkafka refuses it or the
+    /// name holds a NUL byte: the sink then names the topic per message, as before.
+    pub(super) fn new<C, P>(
+        producer: &rdkafka::producer::BaseProducer<C, P>,
+        topic: &str,
+    ) -> Option<Self>
+    where
+        C: rdkafka::producer::ProducerContext<P>,
+        P: rdkafka::producer::Partitioner,
+    {
+        let name = CString::new(topic).ok()?;
+        // SAFETY: the client pointer is live for the producer's lifetime, which outlasts
+        // this handle; a null configuration means the producer's default topic one.
+        let raw = unsafe {
+            rdsys::rd_kafka_topic_new(
+                producer.client().native_ptr(),
+                name.as_ptr(),
+                ptr::null_mut(),
+            )
+        };
+        NonNull::new(raw).map(|raw| Self { raw })
+    }
+
+    /// Hands one message to librdkafka (which copies payload and key), stamped now, to
+    /// `partition` or the one the partitioner picks. `opaque` comes back in its delivery
+    /// report, as `send`'s delivery opaque does.
+    pub(super) fn produce(
+        &self,
+        partition: Option<i32>,
+        payload: Option<&[u8]>,
+        key: Option<&[u8]>,
+        opaque: usize,
+    ) -> Result<(), RDKafkaErrorCode> {
+        let (payload_ptr, payload_len) =
+            payload.map_or((ptr::null(), 0), |p| (p.as_ptr(), p.len()));
+        let (key_ptr, key_len) = key.map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+        // SAFETY: the handle is live; with RD_KAFKA_MSG_F_COPY librdkafka copies payload
+        // and key before returning and never writes through the payload pointer.
+        let status = unsafe {
+            rdsys::rd_kafka_produce(
+                self.raw.as_ptr(),
+                partition.unwrap_or(PARTITION_UNASSIGNED),
+                rdsys::RD_KAFKA_MSG_F_COPY,
+                payload_ptr as *mut c_void,
+                payload_len,
+                key_ptr as *const c_void,
+                key_len,
+                opaque as *mut c_void,
+            )
+        };
+        if status == 0 {
+            return Ok(());
+        }
+        // SAFETY: reads this thread's last librdkafka error, set by the failed call.
+        Err(unsafe { rdsys::rd_kafka_last_error() }.into())
+    }
+}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: made by rd_kafka_topic_new, destroyed once; the producer is still live.
+        unsafe { rdsys::rd_kafka_topic_destroy(self.raw.as_ptr()) };
+    }
+}
