@@ -17,9 +17,7 @@
 use super::batch_queue::{BatchQueue, Popped};
 use super::checkpoint::Checkpoint;
 use super::{dead_letter, sum_of, StreamOutputSerializer};
-use super::{
-    known_partitions, output_sink, worker_consumer, Counters, Membership, SINK_READY_TIMEOUT,
-};
+use super::{known_partitions, output_sink, worker_consumer, Counters, Seat, SINK_READY_TIMEOUT};
 use super::{StreamOutput, StreamSumError};
 use crate::config::Config;
 use crate::kafka::fetch_queue::FetchQueue;
@@ -219,13 +217,13 @@ impl ConsumerContext for HandoffContext {
 /// Runs one worker of `group_id` until `stop` is cancelled. Drains, flushes and commits
 /// before returning.
 pub fn run_worker(
-    index: usize,
+    seat: Seat<'_>,
     config: &Config,
     group_id: &str,
-    membership: Membership,
     counters: &Counters,
     stop: &CancellationToken,
 ) -> Result<(), StreamSumError> {
+    let index = seat.index;
     let settings = &config.stream_sum;
     let capacity = settings.channel_capacity.div_ceil(BATCH_LEN).max(1);
     let handoff = Arc::new(Handoff {
@@ -247,7 +245,7 @@ pub fn run_worker(
     // result back (librdkafka asks for one only once a broker is up, else every 0.5 s).
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
     sink.connect_blocking(SINK_READY_TIMEOUT)?;
-    membership.attach(&consumer, &settings.input_topic, partitions)?;
+    seat.take(&consumer, &settings.input_topic, partitions, stop)?;
     let dlq_topic = format!("{}.dlq", settings.input_topic);
     let queue = &handoff.queue;
     std::thread::scope(|scope| {

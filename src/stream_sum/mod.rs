@@ -16,6 +16,7 @@ pub mod at_least_once;
 pub mod batch_queue;
 mod checkpoint;
 pub mod exactly_once;
+pub mod start_line;
 
 use crate::avro::encode_sum_result;
 use crate::config::Config;
@@ -31,6 +32,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+pub use start_line::{Seat, StartLine};
 
 /// How often the throughput line is logged (the spec: every 5 seconds).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -536,6 +539,7 @@ pub async fn run_stream_sum_with(
     let outcome = {
         let config = config.clone();
         let counters = counters.clone();
+        let start_line = StartLine::new(workers);
         if settings.exactly_once {
             let broker =
                 crate::kafka::broker::BrokerKind::detect_for(&config.kafka, "stream_sum").await;
@@ -543,15 +547,20 @@ pub async fn run_stream_sum_with(
                 tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
             }
             run_on_threads("stream-sum-txn", workers, move |index| {
-                let outcome = exactly_once::run_worker(
+                let seat = Seat {
                     index,
+                    membership: Membership::of(&config.stream_sum, index, workers),
+                    start_line: &start_line,
+                };
+                let outcome = exactly_once::run_worker(
+                    seat,
                     &config,
                     &config.stream_sum.group_id,
-                    Membership::of(&config.stream_sum, index, workers),
                     broker,
                     &counters,
                     &stop,
                 );
+                start_line.leave(index);
                 if outcome.is_err() {
                     stop.cancel();
                 }
@@ -560,14 +569,19 @@ pub async fn run_stream_sum_with(
             .await
         } else {
             run_on_threads("stream-sum", workers, move |index| {
-                let outcome = at_least_once::run_worker(
+                let seat = Seat {
                     index,
+                    membership: Membership::of(&config.stream_sum, index, workers),
+                    start_line: &start_line,
+                };
+                let outcome = at_least_once::run_worker(
+                    seat,
                     &config,
                     &config.stream_sum.group_id,
-                    Membership::of(&config.stream_sum, index, workers),
                     &counters,
                     &stop,
                 );
+                start_line.leave(index);
                 if outcome.is_err() {
                     stop.cancel();
                 }

@@ -153,10 +153,15 @@ fn thread(
 ) -> Result<u64, BaselineError> {
     let kind = plan.kind;
     // Ready before the start line, as stream_sum's workers are before their partitions
-    // come: the output's metadata, and an idempotent producer's id.
+    // come: the output's metadata (a broker up: a transactional producer looks for its
+    // coordinator only then, else every 0.5 s), an idempotent producer's id, transactions
+    // initialised.
     let clients = clients(config, ranges, plan).and_then(|(consumer, producer)| {
         let topic = producer.topic(output_topic)?;
         producer.wait_ready(&topic, kind == BaselineKind::Idempotent, READY_TIMEOUT)?;
+        if kind == BaselineKind::Transactional {
+            producer.init_transactions(READY_TIMEOUT)?;
+        }
         Ok((consumer, producer, topic))
     });
     start_line.wait();
@@ -196,7 +201,7 @@ type Clients = (
     raw::RawProducer,
 );
 
-/// The thread's consumer, assigned its ranges, and its producer (transactions initialised).
+/// The thread's consumer, assigned its ranges, and its producer.
 fn clients(
     config: &Config,
     ranges: &[PartitionRange],
@@ -250,8 +255,5 @@ fn clients(
             .client_config()
             .map_err(|error| BaselineError::Create(error.to_string()))?,
     )?;
-    if kind == BaselineKind::Transactional {
-        producer.init_transactions(Duration::from_secs(30))?;
-    }
     Ok((consumer, producer))
 }
