@@ -153,15 +153,13 @@ fn thread(
 ) -> Result<u64, BaselineError> {
     let kind = plan.kind;
     // Ready before the start line, as stream_sum's workers are before their partitions
-    // come: the output's metadata (a broker up: a transactional producer looks for its
-    // coordinator only then, else every 0.5 s), an idempotent producer's id, transactions
-    // initialised.
+    // come: transactions initialised, the output's metadata, an idempotent producer's id.
     let clients = clients(config, ranges, plan).and_then(|(consumer, producer)| {
         let topic = producer.topic(output_topic)?;
-        producer.wait_ready(&topic, kind == BaselineKind::Idempotent, READY_TIMEOUT)?;
         if kind == BaselineKind::Transactional {
             producer.init_transactions(READY_TIMEOUT)?;
         }
+        producer.wait_ready(&topic, kind == BaselineKind::Idempotent, READY_TIMEOUT)?;
         Ok((consumer, producer, topic))
     });
     start_line.wait();
