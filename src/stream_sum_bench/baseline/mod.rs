@@ -142,8 +142,8 @@ struct Plan<'a> {
     index: usize,
 }
 
-/// One thread: makes its clients, waits at the start line (whether or not that worked, so
-/// no thread waits forever), then runs the loop.
+/// One thread: makes its clients and gets them ready, waits at the start line (whether or
+/// not that worked, so no thread waits forever), then assigns its share and runs the loop.
 fn thread(
     config: &Config,
     ranges: &[PartitionRange],
@@ -154,7 +154,7 @@ fn thread(
     let kind = plan.kind;
     // Ready before the start line, as stream_sum's workers are before their partitions
     // come: transactions initialised, the output's metadata, an idempotent producer's id.
-    let clients = clients(config, ranges, plan).and_then(|(consumer, producer)| {
+    let clients = clients(config, plan).and_then(|(consumer, producer)| {
         let topic = producer.topic(output_topic)?;
         if kind == BaselineKind::Transactional {
             producer.init_transactions(READY_TIMEOUT)?;
@@ -165,6 +165,22 @@ fn thread(
     start_line.wait();
     // Dropped in reverse: the topic handle before its producer.
     let (consumer, producer, topic) = clients?;
+    // Assigned at the start line, as stream_sum's workers take their partitions at theirs:
+    // assigned before, the consumers fetched (`queued.min.messages` 200,000 a partition)
+    // while the producers got ready, outside the timed window.
+    let mut assignment = TopicPartitionList::new();
+    for range in ranges {
+        assignment
+            .add_partition_offset(
+                &config.stream_sum.input_topic,
+                range.partition,
+                Offset::Offset(range.start),
+            )
+            .map_err(|error| BaselineError::Create(error.to_string()))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|error| BaselineError::Create(error.to_string()))?;
     let share = worker::Share {
         topic: config.stream_sum.input_topic.clone(),
         ends: ranges.iter().map(|r| (r.partition, r.end)).collect(),
@@ -199,18 +215,13 @@ type Clients = (
     raw::RawProducer,
 );
 
-/// The thread's consumer, assigned its ranges, and its producer.
-fn clients(
-    config: &Config,
-    ranges: &[PartitionRange],
-    plan: &Plan<'_>,
-) -> Result<Clients, BaselineError> {
+/// The thread's consumer (not assigned yet) and its producer.
+fn clients(config: &Config, plan: &Plan<'_>) -> Result<Clients, BaselineError> {
     let Plan {
         kind,
         run_id,
         index,
     } = *plan;
-    let refused = |error: rdkafka::error::KafkaError| BaselineError::Create(error.to_string());
     let group = format!("stream-sum-baseline-{run_id}");
     let consumer = worker_consumer(config, &group, StatisticsContext, |consumer| {
         consumer
@@ -221,18 +232,6 @@ fn clients(
         }
     })
     .map_err(|error| BaselineError::Create(error.to_string()))?;
-    let mut assignment = TopicPartitionList::new();
-    for range in ranges {
-        assignment
-            .add_partition_offset(
-                &config.stream_sum.input_topic,
-                range.partition,
-                Offset::Offset(range.start),
-            )
-            .map_err(refused)?;
-    }
-    consumer.assign(&assignment).map_err(refused)?;
-
     let client_id = format!("stream_sum-baseline-{index}");
     let sink = match kind {
         BaselineKind::Transactional => output_sink_config(
