@@ -29,6 +29,19 @@ impl PartitionRange {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// `topic`'s partitions of `ranges`, each at the offset `at` picks (its start, its end).
+    pub fn offsets(
+        topic: &str,
+        ranges: &[PartitionRange],
+        at: impl Fn(&PartitionRange) -> i64,
+    ) -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for range in ranges {
+            list.add_partition_offset(topic, range.partition, Offset::Offset(at(range)))?;
+        }
+        Ok(list)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,6 @@ use crate::kafka::topic_reader::{ranges_between, read_ranges, retained_ranges, P
 use crate::stream_sum::{partition_count, worker_consumer, StreamSumError};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Message, Timestamp};
-use rdkafka::{Offset, TopicPartitionList};
 use std::time::Duration;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,16 +85,9 @@ pub(super) fn commit_starts(
     backlog: &[PartitionRange],
 ) -> Result<(), BenchError> {
     let consumer = worker_consumer(config, group, StatisticsContext, |_| {})?;
-    let mut starts = TopicPartitionList::new();
-    for range in backlog {
-        starts
-            .add_partition_offset(
-                &config.stream_sum.input_topic,
-                range.partition,
-                Offset::Offset(range.start),
-            )
+    let starts =
+        PartitionRange::offsets(&config.stream_sum.input_topic, backlog, |range| range.start)
             .map_err(crate::kafka::KafkaError::from)?;
-    }
     consumer
         .commit(&starts, CommitMode::Sync)
         .map_err(crate::kafka::KafkaError::from)?;

@@ -25,7 +25,6 @@ use crate::kafka::topic_reader::PartitionRange;
 use crate::stream_sum::{output_sink_config, worker_consumer};
 use rdkafka::consumer::Consumer;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Barrier;
 use std::time::Duration;
 
@@ -168,18 +167,9 @@ fn thread(
     // Assigned at the start line, as stream_sum's workers take their partitions at theirs:
     // assigned before, the consumers fetched (`queued.min.messages` 200,000 a partition)
     // while the producers got ready, outside the timed window.
-    let mut assignment = TopicPartitionList::new();
-    for range in ranges {
-        assignment
-            .add_partition_offset(
-                &config.stream_sum.input_topic,
-                range.partition,
-                Offset::Offset(range.start),
-            )
-            .map_err(|error| BaselineError::Create(error.to_string()))?;
-    }
-    consumer
-        .assign(&assignment)
+    let input = &config.stream_sum.input_topic;
+    PartitionRange::offsets(input, ranges, |range| range.start)
+        .and_then(|starts| consumer.assign(&starts))
         .map_err(|error| BaselineError::Create(error.to_string()))?;
     let share = worker::Share {
         topic: config.stream_sum.input_topic.clone(),
@@ -192,15 +182,8 @@ fn thread(
     drop(topic);
     if kind != BaselineKind::Transactional {
         // Where its share ends: the commit the C program's close makes.
-        let mut ends = TopicPartitionList::new();
-        for range in ranges {
-            ends.add_partition_offset(
-                &config.stream_sum.input_topic,
-                range.partition,
-                Offset::Offset(range.end),
-            )
+        let ends = PartitionRange::offsets(input, ranges, |range| range.end)
             .map_err(|error| BaselineError::Create(error.to_string()))?;
-        }
         if ends.count() > 0 {
             consumer
                 .commit(&ends, rdkafka::consumer::CommitMode::Sync)
