@@ -16,8 +16,9 @@
 
 use super::batch_queue::{BatchQueue, Popped};
 use super::checkpoint::Checkpoint;
+use super::connect_output;
 use super::{dead_letter, sum_of, StreamOutputSerializer};
-use super::{known_partitions, output_sink, worker_consumer, Counters, Seat, SINK_READY_TIMEOUT};
+use super::{known_partitions, output_sink, worker_consumer, Counters, Seat};
 use super::{StreamOutput, StreamSumError};
 use crate::config::Config;
 use crate::kafka::fetch_queue::FetchQueue;
@@ -244,7 +245,7 @@ pub fn run_worker(
     // Ready before the partitions come: an idempotent producer without its id holds every
     // result back (librdkafka asks for one only once a broker is up, else every 0.5 s).
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
-    sink.connect_blocking(SINK_READY_TIMEOUT)?;
+    connect_output(&sink, index);
     seat.take(&consumer, &settings.input_topic, partitions, stop)?;
     let dlq_topic = format!("{}.dlq", settings.input_topic);
     let queue = &handoff.queue;

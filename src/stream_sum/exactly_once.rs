@@ -12,7 +12,7 @@
 //! rewound to the committed offsets: its records are read again, by this worker or by the
 //! partition's new owner.
 
-use super::SINK_READY_TIMEOUT;
+use super::connect_output;
 use super::{dead_letter, sum_of, StreamOutputSerializer, StreamSumError};
 use super::{known_partitions, output_sink, worker_consumer, Counters, Seat};
 use super::{StreamContext, StreamOutput};
@@ -78,7 +78,7 @@ pub fn run_worker(
     // 0.5 s later; the start line keeps the other workers from starting without this one.
     // (Connecting first made that the rule, not the exception: 7 in 12 against 2 in 9.)
     sink.init_transactions_blocking()?;
-    sink.connect_blocking(SINK_READY_TIMEOUT)?;
+    connect_output(&sink, index);
     seat.take(&consumer, &settings.input_topic, partitions, stop)?;
     let mut worker = TransactionalWorker {
         index,

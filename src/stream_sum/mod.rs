@@ -46,6 +46,15 @@ pub const DLQ_ERROR_HEADER: &str = "stream_sum.error";
 /// message until it has one, and asks for one only once a broker is up, else every 0.5 s:
 /// half a second of results queued, docs/BENCHMARKS.md). Past it, the worker starts anyway.
 const SINK_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Waits up to [`SINK_READY_TIMEOUT`] for worker `index`'s output producer to be able to
+/// send. An unreachable broker is only reported: the worker starts anyway and its results
+/// wait in the producer's queue, as they would have (librdkafka keeps reconnecting).
+pub(crate) fn connect_output(sink: &KafkaSink<StreamOutput, StreamOutputSerializer>, index: usize) {
+    if let Err(error) = sink.connect_blocking(SINK_READY_TIMEOUT) {
+        tracing::warn!(event = "retry", worker = index, error = %Report(&error), "output producer not ready: starting anyway");
+    }
+}
+
 /// How often the output producers report statistics: how a worker sees its producer id
 /// arrive (and the producer metrics of `kafka::statistics`).
 const SINK_STATISTICS_INTERVAL: Duration = Duration::from_millis(100);

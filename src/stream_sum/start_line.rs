@@ -5,11 +5,10 @@
 //! Getting ready waits on librdkafka's timers (a transaction coordinator is looked for once
 //! a broker is up, else every 0.5 s: 2 of 9 exactly-once workers' `init_transactions` took
 //! 502 ms instead of 52), so workers were ready up to half a second apart, and the first
-//! ones worked alone meanwhile. From the start line on, they
-//! start together: with static shares their processing does, and in a consumer group the
-//! members join together (one rebalance, not one per member). A worker that ends before it
-//! is ready, or the process stopping, releases the others; nobody waits more than
-//! [`PATIENCE`].
+//! ones worked alone meanwhile. From the start line on, they start together: with static
+//! shares their processing does, and in a consumer group the members join together (one
+//! rebalance, not one per member). A worker that ends before it is ready, or the process
+//! stopping, releases the others; nobody waits more than [`PATIENCE`].
 
 use super::Membership;
 use super::StreamSumError;

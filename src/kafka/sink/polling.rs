@@ -48,8 +48,11 @@ struct Polling {
 }
 
 pub(crate) struct PolledProducer {
-    /// The sink's default topic, for the fast path. Declared first: dropped before the
-    /// producer (fields drop in order, after `drop` joined the thread).
+    /// The sink's default topic, for the fast path, made with the first message that uses
+    /// it: made with the sink, its metadata request came before a broker was up, and an
+    /// idempotent producer waited 0.5 s more for its id (docs/BENCHMARKS.md). Declared
+    /// first: dropped before the producer (fields drop in order, after `drop` joined the
+    /// thread).
     default_topic: OnceLock<Option<TopicHandle>>,
     default_topic_name: String,
     producer: Arc<Inner>,

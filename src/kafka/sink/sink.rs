@@ -236,10 +236,11 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     }
 
     /// Waits until the producer can send: it has the topic's metadata, and, when it is
-    /// idempotent and statistics are on, its producer id (librdkafka asks for one only after
-    /// the bootstrap connection gave way to the real broker, up to 0.5 s after start, and
-    /// holds every message back until then). Use it when the first messages' latency
-    /// matters. Without statistics only the metadata is awaited.
+    /// idempotent (not transactional) and statistics are on, its producer id (librdkafka
+    /// holds every message back until then, and asks for one after a metadata response
+    /// while a broker is up, else every 0.5 s: this asks for metadata again every 20 ms
+    /// until the id comes). Use it when the first messages' latency matters. Without
+    /// statistics only the metadata is awaited. Past `timeout` it returns anyway.
     pub async fn connect(&self, timeout: Duration) -> Result<(), SinkError> {
         let (producer, shared) = (self.producer.clone(), self.shared.clone());
         let (topic, wait_for_id) = (self.config.topic.clone(), self.waits_for_id());
