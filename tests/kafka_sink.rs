@@ -659,11 +659,19 @@ async fn permanent_errors_fail_at_once_and_the_breaker_trips() {
 /// A tiny queue with the broker down: sends wait for room instead of failing or dropping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_back_pressure() {
+    // Through rust-rdkafka's send (header) and through the sink's topic handle (none).
+    for content_type_header in [true, false] {
+        back_pressure(content_type_header).await;
+    }
+}
+
+async fn back_pressure(content_type_header: bool) {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let topic = support::unique_name("sink-backpressure");
     cluster.create_topic(&topic, 1, 1).unwrap();
     let mut settings = config(&brokers, &topic);
+    settings.content_type_header = content_type_header;
     settings.buffer_messages = 10;
     settings.breaker_threshold = 0;
     let sink = Arc::new(KafkaSink::<Order>::new(settings).unwrap());

@@ -16,7 +16,7 @@ pub mod at_least_once;
 pub mod batch_queue;
 mod checkpoint;
 pub mod exactly_once;
-pub mod start_line;
+mod start_line;
 
 use crate::avro::encode_sum_result;
 use crate::config::Config;
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub use start_line::{Seat, StartLine};
+pub use start_line::{Departure, Seat, StartLine};
 
 /// How often the throughput line is logged (the spec: every 5 seconds).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -175,7 +175,12 @@ pub(crate) fn output_sink_config(
     sink.buffer_messages = config.stream_sum.producer_queue_messages;
     // Failures stop the worker (its offsets are not committed); nothing to trip.
     sink.breaker_threshold = 0;
-    sink.statistics_interval = Some(SINK_STATISTICS_INTERVAL);
+    sink.statistics_interval = Some(
+        sink.statistics_interval
+            .map_or(SINK_STATISTICS_INTERVAL, |interval| {
+                interval.min(SINK_STATISTICS_INTERVAL)
+            }),
+    );
     if let Some(id) = transactional_id {
         sink = sink.with_guarantee(crate::kafka::sink::DeliveryGuarantee::ExactlyOnce);
         sink.transactional_id = Some(id);
@@ -561,6 +566,11 @@ pub async fn run_stream_sum_with(
                     membership: Membership::of(&config.stream_sum, index, workers),
                     start_line: &start_line,
                 };
+                let _departure = Departure {
+                    start_line: &start_line,
+                    index,
+                    stop: &stop,
+                };
                 let outcome = exactly_once::run_worker(
                     seat,
                     &config,
@@ -569,7 +579,6 @@ pub async fn run_stream_sum_with(
                     &counters,
                     &stop,
                 );
-                start_line.leave(index);
                 if outcome.is_err() {
                     stop.cancel();
                 }
@@ -583,6 +592,11 @@ pub async fn run_stream_sum_with(
                     membership: Membership::of(&config.stream_sum, index, workers),
                     start_line: &start_line,
                 };
+                let _departure = Departure {
+                    start_line: &start_line,
+                    index,
+                    stop: &stop,
+                };
                 let outcome = at_least_once::run_worker(
                     seat,
                     &config,
@@ -590,7 +604,6 @@ pub async fn run_stream_sum_with(
                     &counters,
                     &stop,
                 );
-                start_line.leave(index);
                 if outcome.is_err() {
                     stop.cancel();
                 }

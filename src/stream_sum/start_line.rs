@@ -82,6 +82,23 @@ impl StartLine {
     }
 }
 
+/// Leaves the start line when dropped, however the worker ended: with an error, or a
+/// panic (then `stop` is cancelled too, as a failed worker's error would have it).
+pub struct Departure<'a> {
+    pub start_line: &'a StartLine,
+    pub index: usize,
+    pub stop: &'a CancellationToken,
+}
+
+impl Drop for Departure<'_> {
+    fn drop(&mut self) {
+        self.start_line.leave(self.index);
+        if std::thread::panicking() {
+            self.stop.cancel();
+        }
+    }
+}
+
 /// A worker's place: its index, how it gets its partitions, and the start line it waits at
 /// before it does.
 #[derive(Clone, Copy)]
@@ -125,6 +142,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!early.is_finished(), "worker 0 waits for the others");
         line.leave(2);
+        std::thread::sleep(Duration::from_millis(50));
         assert!(!early.is_finished(), "worker 1 is still getting ready");
         let released = Instant::now();
         line.arrive(1, &stop);
@@ -132,6 +150,26 @@ mod tests {
             early.join().unwrap() >= released,
             "worker 0 started with worker 1"
         );
+    }
+
+    #[test]
+    fn a_worker_that_panics_releases_the_others_and_stops_them() {
+        let line = Arc::new(StartLine::new(2));
+        let stop = CancellationToken::new();
+        let failing = {
+            let (line, stop) = (line.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let _departure = Departure {
+                    start_line: &line,
+                    index: 1,
+                    stop: &stop,
+                };
+                panic!("a worker's set-up panicked");
+            })
+        };
+        assert!(failing.join().is_err());
+        assert!(stop.is_cancelled(), "the others are told to stop");
+        line.arrive(0, &CancellationToken::new());
     }
 
     #[test]

@@ -113,9 +113,15 @@ thread_local! {
 
 /// How long [`await_ready`] waits for the producer id before asking for metadata again.
 const PRODUCER_ID_RETRIGGER: Duration = Duration::from_millis(20);
+/// How long [`await_ready`] keeps asking: past librdkafka's own retry (every 0.5 s) more
+/// requests gain nothing.
+const PRODUCER_ID_NUDGES: Duration = Duration::from_millis(600);
+/// A deadline far enough to mean "none", for a timeout too large to add to now.
+const ONE_YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// [`KafkaSink::connect`]'s wait: the topic's metadata, then (`wait_for_id`) the producer id,
-/// until `timeout` (then it returns anyway: the messages wait in librdkafka's queue).
+/// [`KafkaSink::connect`]'s wait: the topic's metadata (an error if it does not come within
+/// `timeout`), then (`wait_for_id`) the producer id until `timeout` (then it returns anyway:
+/// the messages wait in librdkafka's queue).
 fn await_ready(
     producer: &PolledProducer,
     topic: &str,
@@ -123,7 +129,8 @@ fn await_ready(
     wait_for_id: bool,
     timeout: Duration,
 ) -> Result<(), SinkError> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started.checked_add(timeout).unwrap_or(started + ONE_YEAR);
     let metadata = |timeout: Duration| {
         producer
             .client()
@@ -146,7 +153,9 @@ fn await_ready(
         // librdkafka asks for a producer id after a metadata response when a broker is up,
         // otherwise only every 0.5 s: another request gets it sooner. Only a nudge: its
         // failure is the id's wait's, up to the deadline.
-        let _ = metadata(deadline.saturating_duration_since(Instant::now()));
+        if started.elapsed() < PRODUCER_ID_NUDGES {
+            let _ = metadata(deadline.saturating_duration_since(Instant::now()));
+        }
     }
 }
 

@@ -62,6 +62,8 @@ pub enum BaselineError {
     TopicName(String),
     #[error("the output topic's metadata did not come: {0}")]
     Metadata(RDKafkaErrorCode),
+    #[error("the consumer could not be connected or assigned its share")]
+    Consumer(#[source] rdkafka::error::KafkaError),
     #[error("librdkafka refused a topic handle for {0}")]
     TopicHandle(String),
     #[error("no record for {0:?} while {1} of the backlog's records were still unread")]
@@ -170,7 +172,7 @@ fn thread(
     let input = &config.stream_sum.input_topic;
     PartitionRange::offsets(input, ranges, |range| range.start)
         .and_then(|starts| consumer.assign(&starts))
-        .map_err(|error| BaselineError::Create(error.to_string()))?;
+        .map_err(BaselineError::Consumer)?;
     let share = worker::Share {
         topic: config.stream_sum.input_topic.clone(),
         ends: ranges.iter().map(|r| (r.partition, r.end)).collect(),
@@ -183,7 +185,7 @@ fn thread(
     if kind != BaselineKind::Transactional {
         // Where its share ends: the commit the C program's close makes.
         let ends = PartitionRange::offsets(input, ranges, |range| range.end)
-            .map_err(|error| BaselineError::Create(error.to_string()))?;
+            .map_err(BaselineError::Consumer)?;
         if ends.count() > 0 {
             consumer
                 .commit(&ends, rdkafka::consumer::CommitMode::Sync)
@@ -220,7 +222,7 @@ fn clients(config: &Config, plan: &Plan<'_>) -> Result<Clients, BaselineError> {
     // ~0.8 s while its first connection and metadata came (0.85 against 2.9 M/s rounds).
     consumer
         .fetch_metadata(Some(&config.stream_sum.input_topic), READY_TIMEOUT)
-        .map_err(|error| BaselineError::Create(error.to_string()))?;
+        .map_err(BaselineError::Consumer)?;
     let client_id = format!("stream_sum-baseline-{index}");
     let sink = match kind {
         BaselineKind::Transactional => output_sink_config(
@@ -233,6 +235,8 @@ fn clients(config: &Config, plan: &Plan<'_>) -> Result<Clients, BaselineError> {
             let mut sink = output_sink_config(config, client_id, None);
             sink.acks = Acks::Leader;
             sink.idempotence = false;
+            // No producer id to wait for: no statistics, as in the C program.
+            sink.statistics_interval = None;
             sink
         }
     };

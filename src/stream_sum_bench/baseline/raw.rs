@@ -260,14 +260,16 @@ unsafe extern "C" fn note_producer_id(
     // SAFETY: librdkafka passes `len` bytes of JSON, live during the call, and the opaque
     // set in RawProducer::new.
     unsafe {
+        let reports = &*(reports as *const Reports);
+        if reports.producer_id_assigned.load(Ordering::Relaxed) {
+            return 0;
+        }
         let json = std::slice::from_raw_parts(json as *const u8, len);
         if json
             .windows(PRODUCER_ID_ASSIGNED.len())
             .any(|window| window == PRODUCER_ID_ASSIGNED)
         {
-            (*(reports as *const Reports))
-                .producer_id_assigned
-                .store(true, Ordering::Release);
+            reports.producer_id_assigned.store(true, Ordering::Release);
         }
     }
     0
