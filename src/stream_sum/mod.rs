@@ -17,6 +17,7 @@ pub mod batch_queue;
 mod checkpoint;
 pub mod exactly_once;
 mod start_line;
+mod threads;
 
 use crate::avro::encode_sum_result;
 use crate::config::Config;
@@ -33,7 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub use start_line::{Departure, Seat, StartLine};
+use start_line::Departure;
+pub use start_line::{Seat, StartLine};
+use threads::run_seated;
 
 /// How often the throughput line is logged (the spec: every 5 seconds).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
@@ -374,8 +377,10 @@ impl Membership {
         Ok(())
     }
 
-    fn of(settings: &crate::config::StreamSumConfig, index: usize, workers: usize) -> Self {
-        if settings.static_assignment {
+    /// Worker `index` of `workers`'s: its static share with `stream_sum.static_assignment`,
+    /// else the group's.
+    fn of(static_assignment: bool, index: usize, workers: usize) -> Self {
+        if static_assignment {
             Self::Static { index, workers }
         } else {
             Self::Group
@@ -464,52 +469,6 @@ async fn report_throughput(counters: Arc<Counters>, shutdown: CancellationToken)
     }
 }
 
-/// Runs `work(index)` on `workers` named threads and waits for all; the first error wins.
-async fn run_on_threads<F>(name: &str, workers: usize, work: F) -> Result<(), StreamSumError>
-where
-    F: Fn(usize) -> Result<(), StreamSumError> + Send + Sync + 'static,
-{
-    let work = Arc::new(work);
-    let mut threads = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let work = work.clone();
-        let (done, finished) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("{name}-{index}"))
-            .spawn(move || {
-                let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(index)));
-                let _ = done.send(outcome.unwrap_or_else(|panic| {
-                    let reason = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panicked".into());
-                    Err(StreamSumError::WorkerPanicked {
-                        worker: index,
-                        reason,
-                    })
-                }));
-            })
-            .map_err(StreamSumError::Thread)?;
-        threads.push(finished);
-    }
-    let mut first_error = None;
-    for (index, finished) in threads.into_iter().enumerate() {
-        let outcome = finished
-            .await
-            .unwrap_or(Err(StreamSumError::WorkerPanicked {
-                worker: index,
-                reason: "thread ended without a result".into(),
-            }));
-        if let Err(error) = outcome {
-            tracing::error!(worker = index, error = %Report(&error), "worker failed");
-            first_error.get_or_insert(error);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
 /// Runs the continuous processor until `shutdown`; then drains, flushes and commits.
 pub async fn run_stream_sum(
     config: &Config,
@@ -547,68 +506,51 @@ pub async fn run_stream_sum_with(
         "stream_sum started"
     );
     let reporter = tokio::spawn(report_throughput(counters.clone(), shutdown.clone()));
-    // One worker's failure stops them all: the process then exits with the error for its
-    // supervisor to restart it (with static shares, nobody else would read its partitions).
+    // One worker's failure stops them all (see `threads.rs`).
     let stop = shutdown.child_token();
     let outcome = {
         let config = config.clone();
         let counters = counters.clone();
-        let start_line = StartLine::new(workers);
+        let static_assignment = settings.static_assignment;
         if settings.exactly_once {
             let broker =
                 crate::kafka::broker::BrokerKind::detect_for(&config.kafka, "stream_sum").await;
             if broker.is_mock() {
                 tracing::info!("the broker is librdkafka's mock cluster (dev broker): each transaction's offsets are also committed plainly, since it does not store offsets sent to a transaction");
             }
-            run_on_threads("stream-sum-txn", workers, move |index| {
-                let seat = Seat {
-                    index,
-                    membership: Membership::of(&config.stream_sum, index, workers),
-                    start_line: &start_line,
-                };
-                let _departure = Departure {
-                    start_line: &start_line,
-                    index,
-                    stop: &stop,
-                };
-                let outcome = exactly_once::run_worker(
-                    seat,
-                    &config,
-                    &config.stream_sum.group_id,
-                    broker,
-                    &counters,
-                    &stop,
-                );
-                if outcome.is_err() {
-                    stop.cancel();
-                }
-                outcome
-            })
+            run_seated(
+                "stream-sum-txn",
+                workers,
+                static_assignment,
+                stop,
+                move |seat, stop| {
+                    exactly_once::run_worker(
+                        seat,
+                        &config,
+                        &config.stream_sum.group_id,
+                        broker,
+                        &counters,
+                        stop,
+                    )
+                },
+            )
             .await
         } else {
-            run_on_threads("stream-sum", workers, move |index| {
-                let seat = Seat {
-                    index,
-                    membership: Membership::of(&config.stream_sum, index, workers),
-                    start_line: &start_line,
-                };
-                let _departure = Departure {
-                    start_line: &start_line,
-                    index,
-                    stop: &stop,
-                };
-                let outcome = at_least_once::run_worker(
-                    seat,
-                    &config,
-                    &config.stream_sum.group_id,
-                    &counters,
-                    &stop,
-                );
-                if outcome.is_err() {
-                    stop.cancel();
-                }
-                outcome
-            })
+            run_seated(
+                "stream-sum",
+                workers,
+                static_assignment,
+                stop,
+                move |seat, stop| {
+                    at_least_once::run_worker(
+                        seat,
+                        &config,
+                        &config.stream_sum.group_id,
+                        &counters,
+                        stop,
+                    )
+                },
+            )
             .await
         }
     };
