@@ -103,23 +103,136 @@ impl Shared {
         };
         FastPathTicket { opaque, sampled }
     }
+}
 
-    /// Accounts a fast-path or group message's delivery: the metrics and the breaker.
-    /// `latency` is asked only for a delivered message.
-    fn account(&self, result: &DeliveryResult<'_>, latency: impl FnOnce() -> Option<Duration>) {
-        match result {
-            Ok(message) => {
-                let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                self.metrics.delivered(bytes, latency());
-                self.breaker.record_success();
+/// One message's delivery report, however it was served.
+pub(super) struct Report {
+    /// The opaque the message was produced with: fast path, group, or an awaited send.
+    pub(super) opaque: usize,
+    /// `None` when the broker acknowledged it.
+    pub(super) error: Option<RdKafkaError>,
+    /// Key and payload bytes.
+    pub(super) bytes: usize,
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+}
+
+/// Reports accounted together ([`Shared::note`] each, then [`Shared::settle`] once): the
+/// counters are added to once, and a group is looked up once per run of its reports, not
+/// once per message (per message it cost a lock, a hash lookup and a dozen atomic operations:
+/// the largest share of stream_sum's own CPU time, docs/BENCHMARKS.md).
+#[derive(Default)]
+pub(super) struct Tally {
+    reports: u64,
+    delivered: u64,
+    delivered_bytes: u64,
+    /// Deliveries since the last failure: the breaker hears of them before the next failure.
+    unrecorded_success: bool,
+    /// The group of the current run of reports and how many of them it has had.
+    group: Option<(u64, Option<Arc<GroupState>>, u64)>,
+}
+
+impl Shared {
+    /// Accounts one report into `tally`; [`settle`](Self::settle) finishes the accounting.
+    pub(super) fn note(&self, tally: &mut Tally, report: Report) {
+        tally.reports += 1;
+        let opaque = report.opaque;
+        if opaque & 1 == 1 || opaque & GROUP_TAG == GROUP_TAG {
+            if opaque & 1 == 0 {
+                self.count_in_group(tally, (opaque >> 2) as u64);
             }
-            Err((error, _)) => {
-                self.metrics.failed(error);
-                if self.breaker.record_failure() {
-                    self.metrics.breaker_trip();
+            match &report.error {
+                None => {
+                    tally.delivered += 1;
+                    tally.delivered_bytes += report.bytes as u64;
+                    tally.unrecorded_success = true;
+                    // The fast path's sampled messages carry their enqueue time.
+                    let enqueued = opaque >> 1;
+                    if opaque & 1 == 1 && enqueued > 0 {
+                        let enqueued = Duration::from_micros(enqueued as u64);
+                        self.metrics
+                            .latency(self.epoch.elapsed().saturating_sub(enqueued));
+                    }
+                }
+                Some(error) => {
+                    if std::mem::take(&mut tally.unrecorded_success) {
+                        self.breaker.record_success();
+                    }
+                    self.metrics.failed(error);
+                    if self.breaker.record_failure() {
+                        self.metrics.breaker_trip();
+                    }
+                    if let (0, Some((_, Some(group), _))) = (opaque & 1, &tally.group) {
+                        group.failed.fetch_add(1, Ordering::AcqRel);
+                        if let Ok(mut last) = group.last_error.lock() {
+                            *last = Some(error.clone());
+                        }
+                    }
                 }
             }
+            return;
         }
+        let waiter = self
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|mut waiters| waiters.remove(&((opaque >> 2) as u64)));
+        let outcome = match report.error {
+            None => {
+                self.metrics.delivered(report.bytes, None);
+                Ok(DeliveryReport {
+                    partition: report.partition,
+                    offset: report.offset,
+                })
+            }
+            Some(error) => Err(error),
+        };
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    /// Counts one more report of group `id`; the run of the group before it is settled
+    /// first.
+    fn count_in_group(&self, tally: &mut Tally, id: u64) {
+        if tally
+            .group
+            .as_ref()
+            .is_none_or(|(current, _, _)| *current != id)
+        {
+            self.settle_group(tally);
+            let state = self
+                .groups
+                .lock()
+                .ok()
+                .and_then(|groups| groups.get(&id).cloned());
+            tally.group = Some((id, state, 0));
+        }
+        if let Some((_, _, reports)) = &mut tally.group {
+            *reports += 1;
+        }
+    }
+
+    /// Tells the current group its reports came (after their failures were recorded: a
+    /// waiter that sees none pending reads them).
+    fn settle_group(&self, tally: &mut Tally) {
+        if let Some((_, Some(group), reports)) = tally.group.take() {
+            if group.pending.fetch_sub(reports, Ordering::AcqRel) == reports {
+                group.done.notify_one();
+            }
+        }
+    }
+
+    /// Finishes the accounting of the reports noted in `tally`.
+    pub(super) fn settle(&self, tally: &mut Tally) {
+        self.settle_group(tally);
+        self.metrics
+            .delivered_many(tally.delivered, tally.delivered_bytes);
+        if tally.unrecorded_success {
+            self.breaker.record_success();
+        }
+        self.outstanding.fetch_sub(tally.reports, Ordering::AcqRel);
+        *tally = Tally::default();
     }
 }
 
@@ -215,59 +328,25 @@ pub(super) struct StatisticsTotals {
 impl ProducerContext<StrategyPartitioner> for SinkContext {
     type DeliveryOpaque = usize;
 
+    /// rust-rdkafka's own poll (inside its flush) hands reports over one at a time; the
+    /// sink's event loop (`events.rs`) hands them over an event at a time.
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let shared = &self.shared;
-        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-        if opaque & 1 == 1 {
-            // Fast path: account here; nobody awaits this message.
-            let enqueued = opaque >> 1;
-            shared.account(result, || {
-                (enqueued > 0).then(|| {
-                    let enqueued = Duration::from_micros(enqueued as u64);
-                    shared.epoch.elapsed().saturating_sub(enqueued)
-                })
-            });
-            return;
-        }
-        if opaque & GROUP_TAG == GROUP_TAG {
-            let group = shared
-                .groups
-                .lock()
-                .ok()
-                .and_then(|groups| groups.get(&((opaque >> 2) as u64)).cloned());
-            shared.account(result, || None);
-            if let (Err((error, _)), Some(group)) = (result, &group) {
-                group.failed.fetch_add(1, Ordering::AcqRel);
-                if let Ok(mut last) = group.last_error.lock() {
-                    *last = Some(error.clone());
-                }
-            }
-            if let Some(group) = group {
-                if group.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    group.done.notify_one();
-                }
-            }
-            return;
-        }
-        let waiter = shared
-            .waiters
-            .lock()
-            .ok()
-            .and_then(|mut waiters| waiters.remove(&((opaque >> 2) as u64)));
-        let outcome = match result {
-            Ok(message) => {
-                let bytes = message.payload_len() + message.key().map_or(0, <[u8]>::len);
-                shared.metrics.delivered(bytes, None);
-                Ok(DeliveryReport {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                })
-            }
-            Err((error, _)) => Err(error.clone()),
+        let (message, error) = match result {
+            Ok(message) => (message, None),
+            Err((error, message)) => (message, Some(error.clone())),
         };
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(outcome);
-        }
+        let mut tally = Tally::default();
+        self.shared.note(
+            &mut tally,
+            Report {
+                opaque,
+                error,
+                bytes: message.payload_len() + message.key().map_or(0, <[u8]>::len),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+        );
+        self.shared.settle(&mut tally);
     }
 
     fn get_custom_partitioner(&self) -> Option<&StrategyPartitioner> {

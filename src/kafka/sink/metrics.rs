@@ -90,7 +90,11 @@ impl SinkMetrics {
     }
 
     pub(crate) fn attempt(&self) {
-        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.attempts(1);
+    }
+
+    pub(crate) fn attempts(&self, messages: u64) {
+        self.attempts.fetch_add(messages, Ordering::Relaxed);
     }
 
     pub(crate) fn retry(&self) {
@@ -104,17 +108,31 @@ impl SinkMetrics {
     }
 
     pub(crate) fn delivered(&self, bytes: usize, latency: Option<Duration>) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.facade.sent.increment(1);
-        self.facade.bytes.increment(bytes as u64);
+        self.delivered_many(1, bytes as u64);
         if let Some(latency) = latency {
-            let micros = (latency.as_micros() as u64).clamp(1, LATENCY_CEILING_US);
-            self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
-            self.facade.latency.record(latency.as_secs_f64());
-            if let Ok(mut histogram) = self.latency.lock() {
-                histogram.saturating_record(micros);
-            }
+            self.latency(latency);
+        }
+    }
+
+    /// Counts `messages` acknowledged messages of `bytes` key and payload bytes in all: the
+    /// delivery reports of one librdkafka event, counted once.
+    pub(crate) fn delivered_many(&self, messages: u64, bytes: u64) {
+        if messages == 0 {
+            return;
+        }
+        self.sent.fetch_add(messages, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.facade.sent.increment(messages);
+        self.facade.bytes.increment(bytes);
+    }
+
+    /// Records one acknowledged message's enqueue-to-report latency.
+    pub(crate) fn latency(&self, latency: Duration) {
+        let micros = (latency.as_micros() as u64).clamp(1, LATENCY_CEILING_US);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+        self.facade.latency.record(latency.as_secs_f64());
+        if let Ok(mut histogram) = self.latency.lock() {
+            histogram.saturating_record(micros);
         }
     }
 

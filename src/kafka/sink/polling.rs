@@ -14,9 +14,10 @@
 //! [`KafkaSink::enqueue`]: super::KafkaSink::enqueue
 
 use super::context::SinkContext;
+use super::events::EventQueue;
 use super::partition::StrategyPartitioner;
 use super::topic_handle::TopicHandle;
-use rdkafka::producer::BaseProducer;
+use rdkafka::producer::{BaseProducer, Producer};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -56,6 +57,9 @@ pub(crate) struct PolledProducer {
     default_topic: OnceLock<Option<TopicHandle>>,
     default_topic_name: String,
     producer: Arc<Inner>,
+    /// The producer's events, served in batches (`events.rs`); `None` if librdkafka gave no
+    /// handle on its queue: rust-rdkafka's poll serves them then.
+    events: Option<Arc<EventQueue>>,
     polling: Arc<Polling>,
     thread: Option<JoinHandle<()>>,
 }
@@ -69,8 +73,9 @@ impl PolledProducer {
             sender_polls: AtomicU64::new(0),
             serving: AtomicUsize::new(0),
         });
+        let events = EventQueue::main_of(producer.client().native_ptr()).map(Arc::new);
         let thread = {
-            let (producer, polling) = (producer.clone(), polling.clone());
+            let (producer, polling, events) = (producer.clone(), polling.clone(), events.clone());
             std::thread::Builder::new()
                 .name("kafka-sink-poll".into())
                 .spawn(move || {
@@ -82,7 +87,7 @@ impl PolledProducer {
                         if moved && polling.serving.load(Ordering::Acquire) == 0 {
                             std::thread::park_timeout(STAND_ASIDE);
                         } else {
-                            producer.poll(THREAD_POLL + DEADLINE_SLACK);
+                            serve(&producer, events.as_deref(), THREAD_POLL);
                         }
                     }
                 })?
@@ -91,6 +96,7 @@ impl PolledProducer {
             default_topic: OnceLock::new(),
             default_topic_name: default_topic.to_owned(),
             producer,
+            events,
             polling,
             thread: Some(thread),
         })
@@ -124,11 +130,23 @@ impl PolledProducer {
     /// Serves delivery reports from the sender's thread, waiting up to `timeout` for one.
     pub(super) fn sender_poll(&self, timeout: Duration) {
         self.polling.sender_polls.fetch_add(1, Ordering::Relaxed);
-        if timeout.is_zero() {
-            self.producer.poll(Duration::ZERO);
-        } else {
-            self.producer.poll(timeout + DEADLINE_SLACK);
+        self.serve(timeout);
+    }
+
+    /// Serves the events that are ready, waiting up to `timeout` for the first.
+    pub(super) fn serve(&self, timeout: Duration) {
+        serve(&self.producer, self.events.as_deref(), timeout);
+    }
+}
+
+/// Serves `producer`'s events through `events`, or through rust-rdkafka's poll without it.
+fn serve(producer: &Inner, events: Option<&EventQueue>, timeout: Duration) {
+    match events {
+        Some(events) => {
+            events.serve(producer.context(), timeout);
         }
+        None if timeout.is_zero() => producer.poll(Duration::ZERO),
+        None => producer.poll(timeout + DEADLINE_SLACK),
     }
 }
 

@@ -153,7 +153,7 @@ fn flush_for_commit(
             {
                 // A zero-timeout poll serves one event (one produce response's reports);
                 // a short wait serves every event that is ready.
-                producer.poll(SERVE_BETWEEN_SLICES);
+                producer.serve(SERVE_BETWEEN_SLICES);
             }
             code => return Err(rdkafka::error::KafkaError::Flush(code)),
         }
