@@ -794,3 +794,121 @@ async fn metrics_are_published_through_the_facade() {
         .iter()
         .any(|(name, _)| name == "kafka_sink_bytes_sent_total"));
 }
+
+/// The partition and id of every message of `topic`, in the order each partition holds them.
+async fn placed(brokers: &str, topic: &str, count: usize) -> Vec<(i32, i64)> {
+    let mut messages = read(brokers, topic, count, false).await;
+    messages.sort_by_key(|message| (message.partition(), message.offset()));
+    messages
+        .iter()
+        .map(|message| (message.partition(), json_id(message)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_their_order_through_a_full_queue() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = support::unique_name("sink-batches");
+    cluster.create_topic(&topic, 3, 1).unwrap();
+    let mut settings = config(&brokers, &topic);
+    settings.content_type_header = false;
+    // Room for 50: each batch of 400 waits for room several times and goes on in order.
+    settings.buffer_messages = 50;
+    settings.breaker_threshold = 0;
+    let sink = Arc::new(KafkaSink::<Order>::new(settings).unwrap());
+    sink.connect(Duration::from_secs(10)).await.unwrap();
+    // Keyless messages with a partition of their own, and keyed ones the partitioner places.
+    let batch = |ids: std::ops::Range<i64>| -> Vec<KafkaMessage<Order>> {
+        ids.map(|id| match id % 2 {
+            0 => KafkaMessage::new(order(id)).partition((id % 3) as i32),
+            _ => KafkaMessage::new(order(id)).key(format!("key-{}", id % 5)),
+        })
+        .collect()
+    };
+    let fast = sink.clone();
+    let group = tokio::task::spawn_blocking(move || {
+        let group = fast.delivery_group();
+        fast.enqueue_batch_in(&group, &batch(0..400)).unwrap();
+        fast.enqueue_batch(&batch(400..800)).unwrap();
+        group
+    })
+    .await
+    .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), sink.wait_group(group))
+        .await
+        .expect("the group's reports came");
+    assert_eq!((delivery.failed, delivery.last_error), (0, None));
+    assert_eq!(sink.flush(Duration::from_secs(30)).await.unwrap(), 0);
+    let metrics = sink.metrics();
+    assert_eq!((metrics.messages_sent, metrics.messages_failed), (800, 0));
+    assert!(metrics.attempts > 800, "a full queue made some tries again");
+
+    let placed = placed(&brokers, &topic, 800).await;
+    assert_eq!(placed.len(), 800);
+    let mut key_partitions = std::collections::HashMap::new();
+    for (partition, id) in &placed {
+        if id % 2 == 0 {
+            assert_eq!(
+                *partition,
+                (id % 3) as i32,
+                "message {id} went to its partition"
+            );
+        } else {
+            let first = key_partitions.entry(id % 5).or_insert(*partition);
+            assert_eq!(first, partition, "one key, one partition");
+        }
+    }
+    for partition in 0..3 {
+        let ids: Vec<i64> = placed
+            .iter()
+            .filter(|(p, _)| *p == partition)
+            .map(|(_, id)| *id)
+            .collect();
+        assert!(
+            ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "partition {partition} holds its messages in the order they were given: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_fails_its_batch_and_the_group_still_ends() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let topic = support::unique_name("sink-batch-refused");
+    cluster.create_topic(&topic, 2, 1).unwrap();
+    let mut settings = config(&brokers, &topic);
+    settings.content_type_header = false;
+    settings.breaker_threshold = 0;
+    let sink = Arc::new(KafkaSink::<Order>::new(settings).unwrap());
+    sink.connect(Duration::from_secs(10)).await.unwrap();
+    let fast = sink.clone();
+    let (group, refused) = tokio::task::spawn_blocking(move || {
+        let group = fast.delivery_group();
+        let batch = [
+            KafkaMessage::new(order(1)).partition(0),
+            // The topic has no partition 7.
+            KafkaMessage::new(order(2)).partition(7),
+            KafkaMessage::new(order(3)).partition(1),
+        ];
+        let refused = fast.enqueue_batch_in(&group, &batch);
+        (group, refused)
+    })
+    .await
+    .unwrap();
+    let error = refused.expect_err("a message to a partition the topic lacks is refused");
+    assert!(
+        format!("{error:?}").contains("UnknownPartition"),
+        "{error:?}"
+    );
+    // The others went out; the group ends with them.
+    let delivery = tokio::time::timeout(Duration::from_secs(30), sink.wait_group(group))
+        .await
+        .expect("the group's reports came");
+    assert_eq!(delivery.failed, 0);
+    let metrics = sink.metrics();
+    assert_eq!((metrics.messages_sent, metrics.messages_failed), (2, 1));
+    let placed = placed(&brokers, &topic, 2).await;
+    assert_eq!(placed, vec![(0, 1), (1, 3)]);
+}

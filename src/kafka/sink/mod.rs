@@ -10,6 +10,8 @@
 //! | `metrics.rs`        | counters, latency histogram, `metrics` facade                        |
 //! | `context.rs`        | `SinkContext`: delivery reports, statistics, the partitioner; the   |
 //! |                     | state it shares with the sink; delivery groups                      |
+//! | `events.rs`         | the producer's events served by the sink, reports a batch at a time  |
+//! | `batch.rs`          | `enqueue_batch_in`: many messages in one librdkafka call             |
 //! | `polling.rs`        | `PolledProducer`: delivery reports served by the fast-path sender,   |
 //! |                     | or by a thread while no sender does                                  |
 //! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, flush, close   |
@@ -17,10 +19,12 @@
 //!
 //! Retries reuse [`crate::backoff`]; errors are classified by [`crate::kafka::error`].
 
+mod batch;
 pub mod circuit_breaker;
 pub mod config;
 pub mod context;
 mod delivery_group;
+mod events;
 pub mod message;
 pub mod metrics;
 pub mod partition;

@@ -162,7 +162,7 @@ fn await_ready(
 /// A generic Kafka producer for values of type `T`, serialized by `S`.
 pub struct KafkaSink<T, S = JsonSerializer> {
     pub(super) producer: Arc<PolledProducer>,
-    serializer: S,
+    pub(super) serializer: S,
     pub(super) config: SinkConfig,
     pub(super) shared: Arc<Shared>,
     closed: AtomicBool,
@@ -328,7 +328,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
 
     /// The default topic's handle, when `message` needs nothing `rd_kafka_produce` cannot
     /// carry: no other topic, no headers, no timestamp of its own.
-    fn handle_for(&self, message: &KafkaMessage<T>) -> Option<&TopicHandle> {
+    pub(super) fn handle_for(&self, message: &KafkaMessage<T>) -> Option<&TopicHandle> {
         let plain = message
             .topic
             .as_ref()
@@ -427,7 +427,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     }
 
     /// Accounts a message refused without an attempt (breaker open).
-    fn refuse(&self, error: SinkError) -> SinkError {
+    pub(super) fn refuse(&self, error: SinkError) -> SinkError {
         self.shared.metrics.failed(&Report(&error));
         error
     }
