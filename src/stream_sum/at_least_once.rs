@@ -17,12 +17,13 @@
 use super::batch_queue::{BatchQueue, Popped};
 use super::checkpoint::Checkpoint;
 use super::connect_output;
+use super::results::Results;
 use super::{dead_letter, sum_of, StreamOutputSerializer};
 use super::{known_partitions, output_sink, worker_consumer, Counters, Seat};
 use super::{StreamOutput, StreamSumError};
 use crate::config::Config;
 use crate::kafka::fetch_queue::FetchQueue;
-use crate::kafka::sink::{KafkaMessage, KafkaSink};
+use crate::kafka::sink::KafkaSink;
 use crate::kafka::KafkaError;
 use crate::report::Report;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -242,6 +243,7 @@ pub fn run_worker(
     let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
     let partitions = known_partitions(&consumer, &settings.input_topic);
     fetch.route(0..partitions);
+    let output_partitions = known_partitions(&consumer, &settings.output_topic);
     // Ready before the partitions come: an idempotent producer without its id holds every
     // result back (librdkafka asks for one only once a broker is up, else every 0.5 s).
     let sink = output_sink(config, format!("stream_sum-{index}"), None)?;
@@ -258,6 +260,7 @@ pub fn run_worker(
                     &sink,
                     &consumer,
                     &settings.input_topic,
+                    output_partitions,
                     &dlq_topic,
                     counters,
                 );
@@ -458,25 +461,22 @@ fn produce(
     sink: &KafkaSink<StreamOutput, StreamOutputSerializer>,
     consumer: &BaseConsumer<HandoffContext>,
     input_topic: &str,
+    output_partitions: i32,
     dlq_topic: &str,
     counters: &Counters,
 ) -> Result<(), StreamSumError> {
-    let mut message = KafkaMessage::new(StreamOutput::Sum(0));
-    let mut spare_key = Vec::new();
+    let mut results = Results::new(output_partitions);
     let mut checkpoint = Checkpoint::new(sink, consumer, input_topic);
     loop {
         let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpoint.since_seal());
         match queue.pop(wait) {
             Popped::Batch(batch) => {
-                let mut sums = 0;
+                results.clear();
                 let mut dead = 0;
                 for item in &batch {
                     match &item.outcome {
                         Outcome::Sum(sum) => {
-                            message.value = StreamOutput::Sum(*sum);
-                            set_key(&mut message.key, &mut spare_key, item.key.as_slice());
-                            sink.enqueue_in(checkpoint.group(), &message)?;
-                            sums += 1;
+                            results.push(item.partition, item.key.as_slice(), *sum);
                         }
                         Outcome::Undecodable(record) => {
                             let (payload, reason) = record.as_ref();
@@ -500,10 +500,11 @@ fn produce(
                         }
                     }
                 }
+                sink.enqueue_batch_in(checkpoint.group(), results.as_slice())?;
                 sink.serve_deliveries();
                 checkpoint.note(batch.iter().map(|item| (item.partition, item.offset)));
                 queue.recycle(batch);
-                counters.add(sums, dead);
+                counters.add(results.len() as u64, dead);
             }
             Popped::Empty => {}
             Popped::CheckpointRequested => {
@@ -518,22 +519,6 @@ fn produce(
             checkpoint.seal();
         }
         checkpoint.commit_delivered()?;
-    }
-}
-
-/// Reuses the message's key buffer: no allocation per record.
-pub(crate) fn set_key(key: &mut Option<Vec<u8>>, spare: &mut Vec<u8>, value: Option<&[u8]>) {
-    match value {
-        Some(value) => {
-            let buffer = key.get_or_insert_with(|| std::mem::take(spare));
-            buffer.clear();
-            buffer.extend_from_slice(value);
-        }
-        None => {
-            if let Some(buffer) = key.take() {
-                *spare = buffer;
-            }
-        }
     }
 }
 

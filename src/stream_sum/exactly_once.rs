@@ -13,13 +13,14 @@
 //! partition's new owner.
 
 use super::connect_output;
+use super::results::Results;
 use super::{dead_letter, sum_of, StreamOutputSerializer, StreamSumError};
 use super::{known_partitions, output_sink, worker_consumer, Counters, Seat};
 use super::{StreamContext, StreamOutput};
 use crate::config::Config;
 use crate::kafka::broker::BrokerKind;
 use crate::kafka::fetch_queue::FetchQueue;
-use crate::kafka::sink::{KafkaMessage, KafkaSink, SinkError};
+use crate::kafka::sink::{KafkaSink, SinkError};
 use crate::kafka::KafkaError;
 use crate::report::Report;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -66,6 +67,7 @@ pub fn run_worker(
     let mut fetch = FetchQueue::new(&consumer, &settings.input_topic)?;
     let partitions = known_partitions(&consumer, &settings.input_topic);
     fetch.route(0..partitions);
+    let output_partitions = known_partitions(&consumer, &settings.output_topic);
     let sink = output_sink(
         config,
         format!("stream_sum-txn-{index}"),
@@ -88,8 +90,7 @@ pub fn run_worker(
         dlq_topic: format!("{}.dlq", settings.input_topic),
         max_records: settings.transaction_records,
         plain_commit: broker.is_mock(),
-        message: KafkaMessage::new(StreamOutput::Sum(0)),
-        spare_key: Vec::new(),
+        results: Results::new(output_partitions),
         next_offsets: HashMap::new(),
         open_since: None,
         sums: 0,
@@ -113,8 +114,8 @@ struct TransactionalWorker<'a> {
     input_topic: &'a str,
     dlq_topic: String,
     max_records: usize,
-    message: KafkaMessage<StreamOutput>,
-    spare_key: Vec<u8>,
+    /// Sums of the records taken since they were last handed to the sink (`hand_over`).
+    results: Results,
     /// The next offset to read per partition, for the open transaction.
     next_offsets: HashMap<i32, i64>,
     open_since: Option<Instant>,
@@ -198,6 +199,7 @@ impl TransactionalWorker<'_> {
                     )?,
                 }
             }
+            self.hand_over()?;
         }
     }
 
@@ -237,9 +239,7 @@ impl TransactionalWorker<'_> {
     ) -> Result<(), StreamSumError> {
         match sum_of(payload) {
             Ok(sum) => {
-                self.message.value = StreamOutput::Sum(sum);
-                super::at_least_once::set_key(&mut self.message.key, &mut self.spare_key, key);
-                self.sink.enqueue(&self.message)?;
+                self.results.push(partition, key, sum);
                 self.sums += 1;
             }
             Err(reason) => {
@@ -263,9 +263,19 @@ impl TransactionalWorker<'_> {
         Ok(())
     }
 
+    /// Hands the sums taken so far to the sink, in one call, inside the open transaction.
+    fn hand_over(&mut self) -> Result<(), StreamSumError> {
+        if self.results.len() > 0 {
+            self.sink.enqueue_batch(self.results.as_slice())?;
+            self.results.clear();
+        }
+        Ok(())
+    }
+
     /// Sends the offsets to the transaction and commits it. A commit that fails is aborted
     /// and the consumer rewound, so its records are processed again.
     fn commit(&mut self, counters: &Counters) -> Result<(), StreamSumError> {
+        self.hand_over()?;
         let mut offsets = TopicPartitionList::new();
         for (&partition, &next) in &self.next_offsets {
             offsets.add_partition_offset(self.input_topic, partition, Offset::Offset(next))?;
@@ -308,6 +318,8 @@ impl TransactionalWorker<'_> {
     }
 
     fn reset(&mut self) {
+        // Sums not handed over yet belong to the transaction being dropped or committed.
+        self.results.clear();
         self.next_offsets.clear();
         self.open_since = None;
         self.sums = 0;

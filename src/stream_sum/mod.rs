@@ -16,6 +16,7 @@ pub mod at_least_once;
 pub mod batch_queue;
 mod checkpoint;
 pub mod exactly_once;
+mod results;
 mod start_line;
 mod threads;
 
