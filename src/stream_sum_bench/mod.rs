@@ -17,7 +17,7 @@ mod processor;
 mod verify;
 mod watch;
 
-pub use baseline::{BaselineError, BaselineKind};
+pub use baseline::{Baseline, BaselineError, BaselineKind, Placement};
 pub use watch::Timed;
 
 use crate::config::Config;
@@ -139,7 +139,7 @@ pub struct BenchReport {
     pub workers: usize,
     pub exactly_once: bool,
     pub input_sum: i64,
-    pub kinds: Vec<BaselineKind>,
+    pub kinds: Vec<Baseline>,
     pub rounds: Vec<Round>,
 }
 
@@ -335,6 +335,10 @@ fn check(
     Ok(())
 }
 
+fn baseline(kind: BaselineKind, placement: Placement) -> Baseline {
+    Baseline { kind, placement }
+}
+
 /// Loads (or reuses) the backlog, runs the rounds and verifies every output. Errors when an
 /// output does not match.
 pub async fn run_bench(
@@ -386,8 +390,15 @@ pub async fn run_bench(
     };
     let kinds = match (options.baseline, options.exactly_once) {
         (false, _) => vec![],
-        (true, true) => vec![BaselineKind::Transactional],
-        (true, false) => vec![BaselineKind::Acks1, BaselineKind::Idempotent],
+        (true, true) => vec![
+            baseline(BaselineKind::Transactional, Placement::Partitioner),
+            baseline(BaselineKind::Transactional, Placement::InputPartition),
+        ],
+        (true, false) => vec![
+            baseline(BaselineKind::Acks1, Placement::Partitioner),
+            baseline(BaselineKind::Idempotent, Placement::Partitioner),
+            baseline(BaselineKind::Idempotent, Placement::InputPartition),
+        ],
     };
     let baseline_topic = format!("{}.baseline", options.output_topic);
     let baseline_partitions = if kinds.is_empty() {
@@ -458,9 +469,17 @@ pub async fn run_bench(
             let produced = {
                 let (config, backlog, topic) =
                     (config.clone(), backlog.clone(), baseline_topic.clone());
-                let run_id = format!("{pid}-{round}-{}", kind.label().replace(' ', "-"));
+                let run_id = format!("{pid}-{round}-{}", kind.label().replace([' ', ','], "-"));
                 tokio::task::spawn_blocking(move || {
-                    baseline::run_baseline(&config, &backlog, &topic, workers, kind, &run_id)
+                    baseline::run_baseline(
+                        &config,
+                        &backlog,
+                        &topic,
+                        baseline_partitions,
+                        workers,
+                        kind,
+                        &run_id,
+                    )
                 })
                 .await
                 .map_err(|e| BenchError::Thread("baseline", e))??

@@ -14,6 +14,11 @@
 //!   (`acks=all`, idempotence), so a ratio does not hang on acknowledging less;
 //! - [`BaselineKind::Transactional`]: stream_sum `--exactly-once`'s: transactions of
 //!   `stream_sum.transaction_records` results or 100 ms, the consumed offsets sent inside.
+//!
+//! And two placements of the results ([`Placement`]): the partitioner's, as the C program
+//! (keyless results go to librdkafka's sticky partitioner), or stream_sum's (a keyless
+//! result on its record's partition), so a ratio does not hang on placing results
+//! differently either.
 
 mod raw;
 mod worker;
@@ -40,6 +45,35 @@ pub enum BaselineKind {
     Idempotent,
     /// `acks=all`, idempotence and transactions: stream_sum `--exactly-once`'s producer.
     Transactional,
+}
+
+/// Where a baseline's results go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// librdkafka's partitioner picks, as in the C program.
+    Partitioner,
+    /// Each result on its record's partition (when the output has it), as stream_sum
+    /// places keyless results.
+    InputPartition,
+}
+
+/// One baseline: what its producers promise and where its results go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Baseline {
+    pub kind: BaselineKind,
+    pub placement: Placement,
+}
+
+impl Baseline {
+    /// As the report prints it.
+    pub fn label(self) -> String {
+        match self.placement {
+            Placement::Partitioner => self.kind.label().to_string(),
+            Placement::InputPartition => {
+                format!("{}, results on their input partition", self.kind.label())
+            }
+        }
+    }
 }
 
 impl BaselineKind {
@@ -84,16 +118,18 @@ pub enum BaselineError {
     Panicked,
 }
 
-/// Processes `backlog` of `config.stream_sum.input_topic` into `output_topic` on `threads`
-/// threads; returns once every result is delivered (and, transactional, committed).
+/// Processes `backlog` of `config.stream_sum.input_topic` into `output_topic` (of
+/// `output_partitions` partitions) on `threads` threads; returns once every result is
+/// delivered (and, transactional, committed).
 /// Thread `i` reads the partitions `p` with `p % threads == i`; the threads start their
 /// loops together, once every one has its clients.
 pub fn run_baseline(
     config: &Config,
     backlog: &[PartitionRange],
     output_topic: &str,
+    output_partitions: usize,
     threads: usize,
-    kind: BaselineKind,
+    baseline: Baseline,
     run_id: &str,
 ) -> Result<u64, BaselineError> {
     let threads = threads.max(1);
@@ -111,7 +147,9 @@ pub fn run_baseline(
                     .collect();
                 scope.spawn(move || {
                     let plan = Plan {
-                        kind,
+                        kind: baseline.kind,
+                        placement: baseline.placement,
+                        output_partitions,
                         run_id,
                         index,
                     };
@@ -139,6 +177,8 @@ pub fn run_baseline(
 /// What one thread is to do, beside its ranges.
 struct Plan<'a> {
     kind: BaselineKind,
+    placement: Placement,
+    output_partitions: usize,
     run_id: &'a str,
     index: usize,
 }
@@ -180,7 +220,11 @@ fn thread(
     };
     let max_records =
         (kind == BaselineKind::Transactional).then_some(config.stream_sum.transaction_records);
-    let produced = worker::run_thread(&consumer, &producer, &topic, share, max_records)?;
+    let placement = match plan.placement {
+        Placement::Partitioner => None,
+        Placement::InputPartition => Some(i32::try_from(plan.output_partitions).unwrap_or(0)),
+    };
+    let produced = worker::run_thread(&consumer, &producer, &topic, share, max_records, placement)?;
     drop(topic);
     if kind != BaselineKind::Transactional {
         // Where its share ends: the commit the C program's close makes.
@@ -206,6 +250,7 @@ fn clients(config: &Config, plan: &Plan<'_>) -> Result<Clients, BaselineError> {
         kind,
         run_id,
         index,
+        ..
     } = *plan;
     let group = format!("stream-sum-baseline-{run_id}");
     let consumer = worker_consumer(config, &group, StatisticsContext, |consumer| {

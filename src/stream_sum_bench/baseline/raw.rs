@@ -369,10 +369,12 @@ impl Drop for ConsumerQueue {
     }
 }
 
-/// Produces the sum of one consumed record under its key, `value` a reused buffer. Waits
-/// for room when the producer queue is full, as the C program does.
+/// Produces the sum of one consumed record under its key, to `partition` or the one the
+/// partitioner picks, `value` a reused buffer. Waits for room when the producer queue is
+/// full, as the C program does.
 pub(super) fn produce_sum(
     record: &Consumed<'_>,
+    partition: Option<i32>,
     topic: &TopicHandle,
     producer: &RawProducer,
     value: &mut Vec<u8>,
@@ -391,7 +393,7 @@ pub(super) fn produce_sum(
         let status = unsafe {
             rdsys::rd_kafka_produce(
                 topic.0,
-                PARTITION_UNASSIGNED,
+                partition.unwrap_or(PARTITION_UNASSIGNED),
                 rdsys::RD_KAFKA_MSG_F_COPY,
                 value.as_mut_ptr() as *mut c_void,
                 value.len(),
