@@ -1,6 +1,7 @@
 //! End-to-end send throughput to the broker in `KAFKA_BROKERS` (else the dev stack's, from
-//! `.dev/env`): a plain rdkafka `BaseProducer` loop, `KafkaSink::enqueue` (the fast path)
-//! and `KafkaSink::send_batch` (awaited deliveries), on the same record and settings
+//! `.dev/env`): a plain rdkafka `BaseProducer` loop, `KafkaSink::enqueue` (the fast path),
+//! `KafkaSink::enqueue_batch` (the fast path, 1,024 messages a call) and
+//! `KafkaSink::send_batch` (awaited deliveries), on the same record and settings
 //! (acks=all, idempotence, linger 5 ms, 10,000-message batches, no compression), each with
 //! and without a `content-type` header (headers cost librdkafka throughput, so the pairs are
 //! like for like).
@@ -19,6 +20,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: u64 = 20_000;
+/// Messages per `enqueue_batch` call (stream_sum's batch length).
+const ENQUEUE_BATCH: u64 = 1_024;
+
+/// `write!` into a byte buffer (a key) without a `String` in between.
+struct DigitsInto<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for DigitsInto<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+}
 
 #[derive(Clone, Serialize)]
 struct Request {
@@ -152,6 +165,40 @@ fn throughput(c: &mut Criterion) {
         });
         fast_sinks.push((fast_name, fast));
     }
+
+    // The same messages as the fast path without a header, handed over 1,024 at a time.
+    let batch_name = "sink_enqueue_batch";
+    let mut config = sink_config(&brokers, &topic(batch_name));
+    config.content_type_header = false;
+    let batched = KafkaSink::<Request>::new(config).expect("sink");
+    group.bench_function(batch_name, |b| {
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            let mut messages: Vec<_> = (0..ENQUEUE_BATCH)
+                .map(|_| KafkaMessage::new(request(0)).key(Vec::with_capacity(24)))
+                .collect();
+            let mut n = 0;
+            while n < iterations * BATCH {
+                let len = ENQUEUE_BATCH.min(iterations * BATCH - n);
+                for message in &mut messages[..len as usize] {
+                    message.value.user_id = n;
+                    let key = message.key.get_or_insert_with(Vec::new);
+                    key.clear();
+                    let _ = write!(DigitsInto(key), "{n}");
+                    n += 1;
+                }
+                batched
+                    .enqueue_batch(&messages[..len as usize])
+                    .expect("enqueue_batch");
+            }
+            let left = runtime
+                .block_on(batched.flush(Duration::from_secs(60)))
+                .expect("flush");
+            assert_eq!(left, 0, "undelivered after flush");
+            started.elapsed()
+        })
+    });
+    fast_sinks.push((batch_name.to_string(), batched));
 
     let awaited_topic = topic("awaited");
     let awaited =

@@ -873,7 +873,7 @@ async fn batches_keep_their_order_through_a_full_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_message_fails_its_batch_and_the_group_still_ends() {
+async fn a_refused_message_stops_its_batch_and_the_group_still_ends() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     let topic = support::unique_name("sink-batch-refused");
@@ -902,13 +902,20 @@ async fn a_refused_message_fails_its_batch_and_the_group_still_ends() {
         format!("{error:?}").contains("UnknownPartition"),
         "{error:?}"
     );
-    // The others went out; the group ends with them.
+    // The one before it went out, the one after it did not; the group ends with the first.
     let delivery = tokio::time::timeout(Duration::from_secs(30), sink.wait_group(group))
         .await
         .expect("the group's reports came");
     assert_eq!(delivery.failed, 0);
     let metrics = sink.metrics();
-    assert_eq!((metrics.messages_sent, metrics.messages_failed), (2, 1));
-    let placed = placed(&brokers, &topic, 2).await;
-    assert_eq!(placed, vec![(0, 1), (1, 3)]);
+    assert_eq!((metrics.messages_sent, metrics.messages_failed), (1, 1));
+    // Nothing of the refused message stays in librdkafka's count (one refused inside a batch
+    // with a partition per message would, in librdkafka 2.12: every flush then waits out its
+    // whole timeout, here a minute).
+    let flushed =
+        tokio::time::timeout(Duration::from_secs(20), sink.flush(Duration::from_secs(60)))
+            .await
+            .expect("the flush ended once the one message was delivered");
+    assert_eq!(flushed.unwrap(), 0);
+    assert_eq!(placed(&brokers, &topic, 1).await, vec![(0, 1)]);
 }

@@ -591,8 +591,13 @@ fn small_bench_run_verifies_its_output() {
         "{}",
         finished.stdout
     );
-    // Both durability settings: the C program's acks=1 and stream_sum's own.
-    for kind in ["(acks=1) = ", "(acks=all idempotent) = "] {
+    // Both durability settings: the C program's acks=1 and stream_sum's own; and the
+    // results placed as the C program places them and as stream_sum does.
+    for kind in [
+        "(acks=1) = ",
+        "(acks=all idempotent) = ",
+        "(acks=all idempotent, results on their input partition) = ",
+    ] {
         assert!(
             finished
                 .stdout
@@ -646,14 +651,17 @@ fn exactly_once_bench_run_verifies_its_output() {
         "{}",
         finished.stdout
     );
-    // The transactional baseline ran on the same backlog, its output verified the same way.
-    assert!(
-        finished
-            .stdout
-            .contains("stream_sum / baseline (transactional acks=all idempotent) = "),
-        "{}",
-        finished.stdout
-    );
+    // The transactional baselines ran on the same backlog, their output verified the same
+    // way: results placed by the partitioner, and on their input partition.
+    for placement in ["", ", results on their input partition"] {
+        assert!(
+            finished.stdout.contains(&format!(
+                "stream_sum / baseline (transactional acks=all idempotent{placement}) = "
+            )),
+            "{}",
+            finished.stdout
+        );
+    }
     // Where the workers' time went: at least one transaction committed, timed.
     let commits = finished
         .stdout

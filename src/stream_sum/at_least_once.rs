@@ -7,12 +7,12 @@
 //! and keeps polling, so rebalances are still served while the producer catches up (a
 //! consumer that stops polling stalls its whole group until the session times out).
 //!
-//! The producing thread enqueues each result on the worker's own output sink (the
-//! allocation-free fast path), in one delivery group per [`CHECKPOINT_INTERVAL`]; the input
-//! offsets behind a group are stored and committed once it and every group before it are
-//! delivered, without stopping to wait (a flush every interval cost a fifth of the
-//! throughput: docs/BENCHMARKS.md). A crash repeats sums, never loses one. Undecodable
-//! records go through the same sink to `<input>.dlq`.
+//! The producing thread hands each batch's results to the worker's own output sink in one
+//! call ([`Results`], the allocation-free fast path), in one delivery group per
+//! [`CHECKPOINT_INTERVAL`]; the input offsets behind a group are stored and committed once
+//! it and every group before it are delivered, without stopping to wait (a flush every
+//! interval cost a fifth of the throughput: docs/BENCHMARKS.md). A crash repeats sums, never
+//! loses one. Undecodable records go through the same sink to `<input>.dlq`.
 
 use super::batch_queue::{BatchQueue, Popped};
 use super::checkpoint::Checkpoint;

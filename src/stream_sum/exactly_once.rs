@@ -1,5 +1,6 @@
 //! One exactly-once worker: a transactional consume-transform-produce loop, its records
-//! taken in batches ([`FetchQueue`]).
+//! taken in batches ([`FetchQueue`]) and each batch's results handed to the sink in one call
+//! ([`Results`]).
 //!
 //! Each transaction holds up to `stream_sum.transaction_records` results (or 100 ms of
 //! them) and the input offsets that produced them, sent to the transaction with the

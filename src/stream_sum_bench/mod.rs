@@ -4,7 +4,7 @@
 //! Phase 1 loads N random `IntegerList`s into the benchmark input topic ([`load`]). Phase 2
 //! runs, `rounds` times in turn on that backlog: stream_sum as users run it (a new consumer
 //! group whose commits start at the backlog, stopped once it processed it: [`processor`]),
-//! then each [`baseline`] kind into `<output>.baseline`. Each run's new output is read back
+//! then each [`baseline`] into `<output>.baseline`. Each run's new output is read back
 //! ([`verify`]): it must hold N results whose sums add up to the sum of every input number.
 //! Each run is timed the same way, from outside: from its first result produced to its
 //! last delivered ([`watch`]), so start-up, the group's join and the stop stay out of the
@@ -122,7 +122,7 @@ pub enum BenchError {
     },
 }
 
-/// One round: stream_sum, then each baseline kind in [`BenchReport::kinds`] order.
+/// One round: stream_sum, then each baseline in [`BenchReport::baselines`] order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Round {
     pub stream_sum: Timed,
@@ -139,7 +139,7 @@ pub struct BenchReport {
     pub workers: usize,
     pub exactly_once: bool,
     pub input_sum: i64,
-    pub kinds: Vec<Baseline>,
+    pub baselines: Vec<Baseline>,
     pub rounds: Vec<Round>,
 }
 
@@ -173,7 +173,7 @@ impl BenchReport {
         )
     }
 
-    /// The `index`th baseline kind's msg/s: min, median, max over the rounds.
+    /// The `index`th baseline's msg/s: min, median, max over the rounds.
     pub fn baseline_rates(&self, index: usize) -> (f64, f64, f64) {
         spread(
             self.rounds
@@ -238,7 +238,7 @@ impl fmt::Display for BenchReport {
         if let Some(cpu) = stream_sum_cpu {
             write!(f, " cpu_us_per_record={cpu:.2}")?;
         }
-        for (index, kind) in self.kinds.iter().enumerate() {
+        for (index, baseline) in self.baselines.iter().enumerate() {
             let (low, middle, high) = self.baseline_rates(index);
             let ratios = spread(
                 self.rounds
@@ -252,12 +252,12 @@ impl fmt::Display for BenchReport {
                 f,
                 "\n  baseline    (librdkafka batch loop, {} threads, {}) msg_per_sec={:.0} min/median/max={:.0}/{:.0}/{:.0}\n  ratio       stream_sum / baseline ({}) = {:.2} (medians; per round {:.2}..{:.2})",
                 self.workers,
-                kind.label(),
+                baseline.label(),
                 middle,
                 low,
                 middle,
                 high,
-                kind.label(),
+                baseline.label(),
                 median / middle.max(f64::MIN_POSITIVE),
                 ratios.0,
                 ratios.2,
@@ -267,7 +267,7 @@ impl fmt::Display for BenchReport {
                 write!(
                     f,
                     "\n  cpu         this process, us per record (medians): stream_sum {ours:.2}, baseline ({}) {theirs:.2}: {:.2}x the baseline's",
-                    kind.label(),
+                    baseline.label(),
                     ours / theirs.max(f64::MIN_POSITIVE),
                 )?;
             }
@@ -304,8 +304,8 @@ impl fmt::Display for BenchReport {
                     number + 1,
                     self.rate(&round.stream_sum)
                 )?;
-                for (kind, timed) in self.kinds.iter().zip(&round.baselines) {
-                    write!(f, ", {} {:.0}", kind.label(), self.rate(timed))?;
+                for (baseline, timed) in self.baselines.iter().zip(&round.baselines) {
+                    write!(f, ", {} {:.0}", baseline.label(), self.rate(timed))?;
                 }
                 write!(f, " msg/s")?;
             }
@@ -388,7 +388,7 @@ pub async fn run_bench(
         0 => partitions,
         workers => workers.min(partitions),
     };
-    let kinds = match (options.baseline, options.exactly_once) {
+    let baselines = match (options.baseline, options.exactly_once) {
         (false, _) => vec![],
         (true, true) => vec![
             baseline(BaselineKind::Transactional, Placement::Partitioner),
@@ -401,7 +401,7 @@ pub async fn run_bench(
         ],
     };
     let baseline_topic = format!("{}.baseline", options.output_topic);
-    let baseline_partitions = if kinds.is_empty() {
+    let baseline_partitions = if baselines.is_empty() {
         0
     } else {
         ensure_topics(&config, &[&baseline_topic]).await?;
@@ -412,7 +412,7 @@ pub async fn run_bench(
         workers,
         exactly_once: options.exactly_once,
         input_sum: expected_sum,
-        kinds: kinds.clone(),
+        baselines: baselines.clone(),
         rounds: Vec::new(),
     };
     let pid = std::process::id();
@@ -457,19 +457,22 @@ pub async fn run_bench(
             summary.processed,
             summary.dead_lettered,
         )?;
-        let mut baselines = Vec::new();
-        for &kind in &kinds {
+        let mut timings = Vec::new();
+        for &contender in &baselines {
             if shutdown.is_cancelled() {
                 break;
             }
-            tracing::info!(round, kind = kind.label(), topic = %baseline_topic, "baseline on the backlog");
+            tracing::info!(round, baseline = contender.label(), topic = %baseline_topic, "baseline on the backlog");
             let before = retained(&config, &baseline_topic)?;
             let watch = watch::Watch::start(&config, &baseline_topic, baseline_partitions)?;
             let cpu = cpu::CpuClock::start();
             let produced = {
                 let (config, backlog, topic) =
                     (config.clone(), backlog.clone(), baseline_topic.clone());
-                let run_id = format!("{pid}-{round}-{}", kind.label().replace([' ', ','], "-"));
+                let run_id = format!(
+                    "{pid}-{round}-{}",
+                    contender.label().replace([' ', ','], "-")
+                );
                 tokio::task::spawn_blocking(move || {
                     baseline::run_baseline(
                         &config,
@@ -477,7 +480,7 @@ pub async fn run_bench(
                         &topic,
                         baseline_partitions,
                         workers,
-                        kind,
+                        contender,
                         &run_id,
                     )
                 })
@@ -491,12 +494,12 @@ pub async fn run_bench(
                 ..watch.finish(output.first_ms)?
             };
             check(&output, expected_records, expected_sum, produced, 0)?;
-            baselines.push(timed);
+            timings.push(timed);
         }
-        if baselines.len() == kinds.len() {
+        if timings.len() == baselines.len() {
             report.rounds.push(Round {
                 stream_sum,
-                baselines,
+                baselines: timings,
                 commits,
             });
         }

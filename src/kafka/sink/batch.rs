@@ -1,24 +1,26 @@
-//! Many fast-path messages in one librdkafka call ([`KafkaSink::enqueue_batch`], and
-//! [`KafkaSink::enqueue_batch_in`] into a [`DeliveryGroup`]): the messages are serialized into one buffer and handed
-//! over with `rd_kafka_produce_batch`, which reads the clock and locks the topic once for
-//! the batch where `rd_kafka_produce` does both for every message (about a tenth of
-//! stream_sum's CPU time went to librdkafka's clock reads alone: docs/BENCHMARKS.md).
+//! Many fast-path messages in few librdkafka calls ([`KafkaSink::enqueue_batch`], and
+//! [`KafkaSink::enqueue_batch_in`] into a [`DeliveryGroup`]): the messages are serialized
+//! into one buffer and each run of them to one partition is handed over with
+//! `rd_kafka_produce_batch`, which reads the clock, locks the topic and looks the partition
+//! up once for the run where `rd_kafka_produce` does each for every message (librdkafka's
+//! clock reads alone were about a tenth of stream_sum's CPU time: docs/BENCHMARKS.md).
 
 use super::context::{DeliveryGroup, GROUP_TAG};
 use super::message::KafkaMessage;
 use super::serializer::MessageSerializer;
 use super::sink::{KafkaSink, SinkError};
-use super::topic_handle::BatchMessage;
+use super::topic_handle::{RunMessage, MAX_RUN};
 use rdkafka::bindings as rdsys;
 use rdkafka::error::KafkaError as RdKafkaError;
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// A thread's buffers for batches, reused: the serialized payloads end to end, where each
-/// ends, and the records librdkafka reads.
+/// A thread's buffers for batches, reused: one message serialized, the payloads end to end,
+/// where each ends, and the records librdkafka reads.
 #[derive(Default)]
 struct Scratch {
+    one: Vec<u8>,
     payloads: Vec<u8>,
     ends: Vec<usize>,
     records: Vec<rdsys::rd_kafka_message_t>,
@@ -36,6 +38,14 @@ struct Taken {
     refused: Option<SinkError>,
 }
 
+/// What [`KafkaSink::enqueue_all`] tells its caller about each try.
+enum Handing {
+    /// About to hand this many messages over.
+    Before(u64),
+    /// Of the messages just handed over, librdkafka took `accepted`.
+    After { handed: u64, accepted: u64 },
+}
+
 impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     /// [`enqueue`](Self::enqueue) for many messages at once, in order, as
     /// [`enqueue_batch_in`](Self::enqueue_batch_in) hands them over; then serves the delivery
@@ -45,16 +55,19 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         if !self.shared.breaker.allow() {
             return Err(self.refuse(SinkError::CircuitOpen));
         }
-        self.enqueue_all(messages, None, |_, _| {})?;
+        self.enqueue_all(messages, None, |_| {})?;
         self.producer.sender_poll(Duration::ZERO);
         Ok(())
     }
 
-    /// [`enqueue_in`](Self::enqueue_in) for many messages at once, in order: one librdkafka
-    /// call for the batch when every message goes to the sink's topic without headers or a
-    /// timestamp of its own (else one call each). A full queue is waited out (serving
-    /// delivery reports meanwhile) up to `send_timeout`, and the rest of the batch follows
-    /// in order. On an error, the messages librdkafka took before it are on their way.
+    /// [`enqueue_in`](Self::enqueue_in) for many messages at once, in order: each run of
+    /// messages to the same partition (or to the partitioner) goes to librdkafka in one call
+    /// when the messages go to the sink's topic without headers or a timestamp of their own
+    /// (else one call each). A full queue is waited out (serving delivery reports meanwhile)
+    /// up to `send_timeout`, and the batch goes on from the first message refused. A message
+    /// refused for another reason (too large, a partition the topic lacks) fails the call:
+    /// the messages before it are on their way, and so may be later ones of its run
+    /// (librdkafka goes on after a message refused alone); no later run is handed over.
     pub fn enqueue_batch_in(
         &self,
         group: &DeliveryGroup,
@@ -62,33 +75,36 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     ) -> Result<(), SinkError> {
         self.check_open()?;
         let opaque = ((group.id as usize) << 2) | GROUP_TAG;
-        self.enqueue_all(messages, Some(opaque), |handed, accepted| {
-            // Counted before the send (`accepted` is None): delivery reports may arrive
-            // before it returns.
-            match accepted {
-                None => group.state.pending.fetch_add(handed, Ordering::AcqRel),
-                Some(accepted) => group
-                    .state
-                    .pending
-                    .fetch_sub(handed - accepted, Ordering::AcqRel),
+        self.enqueue_all(messages, Some(opaque), |handing| {
+            let pending = &group.state.pending;
+            match handing {
+                // Counted before the send: delivery reports may arrive before it returns.
+                Handing::Before(handed) => pending.fetch_add(handed, Ordering::AcqRel),
+                Handing::After { handed, accepted } => {
+                    pending.fetch_sub(handed - accepted, Ordering::AcqRel)
+                }
             };
         })
     }
 
-    /// Hands every message over in order, waiting out a full queue; `count` hears how many
-    /// are handed over before each try and how many were accepted after it.
+    /// Hands every message over in order, waiting out a full queue; `count` hears of each
+    /// try before and after it.
     fn enqueue_all(
         &self,
         messages: &[KafkaMessage<T>],
         opaque: Option<usize>,
-        count: impl Fn(u64, Option<u64>),
+        count: impl Fn(Handing),
     ) -> Result<(), SinkError> {
         let mut rest = messages;
         let mut deadline = None;
         while !rest.is_empty() {
-            count(rest.len() as u64, None);
+            let handed = rest.len() as u64;
+            count(Handing::Before(handed));
             let taken = self.try_produce_batch(rest, opaque);
-            count(rest.len() as u64, Some(taken.accepted as u64));
+            count(Handing::After {
+                handed,
+                accepted: taken.accepted as u64,
+            });
             if let Some(error) = taken.refused {
                 return Err(self.fail(error));
             }
@@ -107,8 +123,8 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         Ok(())
     }
 
-    /// Hands `messages` to librdkafka, in one call when they all can go through the topic
-    /// handle; each carries `opaque`, or without it a fast-path ticket.
+    /// Hands `messages` to librdkafka, a run of one partition a call when they all can go
+    /// through the topic handle; each carries `opaque`, or without it a fast-path ticket.
     fn try_produce_batch(&self, messages: &[KafkaMessage<T>], opaque: Option<usize>) -> Taken {
         let handle = messages
             .iter()
@@ -121,6 +137,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let Scratch {
+                one,
                 payloads,
                 ends,
                 records,
@@ -128,7 +145,9 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
             payloads.clear();
             ends.clear();
             for message in messages {
-                if let Err(error) = self.serializer.serialize(&message.value, payloads) {
+                // A serializer may clear its buffer: each gets an empty one.
+                one.clear();
+                if let Err(error) = self.serializer.serialize(&message.value, one) {
                     // Nothing was handed over yet.
                     return Taken {
                         accepted: 0,
@@ -136,33 +155,51 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
                         refused: Some(error.into()),
                     };
                 }
+                payloads.extend_from_slice(one);
                 ends.push(payloads.len());
             }
-            let count = messages.len() as u64;
-            self.shared.metrics.attempts(count);
-            self.shared.outstanding.fetch_add(count, Ordering::AcqRel);
-            let mut start = 0;
-            let batch = messages.iter().zip(ends.iter()).map(|(message, &end)| {
-                let payload = &payloads[start..end];
-                start = end;
-                BatchMessage {
-                    partition: message.partition,
-                    payload: (!self.serializer.is_null(&message.value)).then_some(payload),
-                    key: message.key.as_deref(),
-                    opaque: opaque.unwrap_or_else(|| self.shared.fast_path_ticket().opaque),
+            let mut taken = Taken {
+                accepted: 0,
+                queue_full_at: None,
+                refused: None,
+            };
+            let mut first = 0;
+            while first < messages.len() {
+                let partition = messages[first].partition;
+                let run = messages[first..]
+                    .iter()
+                    .take(MAX_RUN)
+                    .take_while(|message| message.partition == partition)
+                    .count();
+                let count = run as u64;
+                self.shared.metrics.attempts(count);
+                self.shared.outstanding.fetch_add(count, Ordering::AcqRel);
+                let run_messages = (first..first + run).map(|index| {
+                    let start = index.checked_sub(1).map_or(0, |before| ends[before]);
+                    let message = &messages[index];
+                    RunMessage {
+                        payload: (!self.serializer.is_null(&message.value))
+                            .then(|| &payloads[start..ends[index]]),
+                        key: message.key.as_deref(),
+                        opaque: opaque.unwrap_or_else(|| self.shared.fast_path_ticket().opaque),
+                    }
+                });
+                let outcome = handle.produce_run(partition, run_messages, records);
+                self.shared
+                    .outstanding
+                    .fetch_sub(count - outcome.accepted as u64, Ordering::AcqRel);
+                taken.accepted += outcome.accepted;
+                if let Some(code) = outcome.refused {
+                    taken.refused = Some(RdKafkaError::MessageProduction(code).into());
+                    return taken;
                 }
-            });
-            let outcome = handle.produce_batch(batch, records);
-            self.shared
-                .outstanding
-                .fetch_sub(count - outcome.accepted as u64, Ordering::AcqRel);
-            Taken {
-                accepted: outcome.accepted,
-                queue_full_at: outcome.queue_full_at,
-                refused: outcome
-                    .refused
-                    .map(|code| RdKafkaError::MessageProduction(code).into()),
+                if let Some(at) = outcome.queue_full_at {
+                    taken.queue_full_at = Some(first + at);
+                    return taken;
+                }
+                first += run;
             }
+            taken
         })
     }
 

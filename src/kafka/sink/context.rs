@@ -106,7 +106,7 @@ impl Shared {
 }
 
 /// One message's delivery report, however it was served.
-pub(super) struct Report {
+pub(super) struct DeliveryRecord {
     /// The opaque the message was produced with: fast path, group, or an awaited send.
     pub(super) opaque: usize,
     /// `None` when the broker acknowledged it.
@@ -128,13 +128,24 @@ pub(super) struct Tally {
     delivered_bytes: u64,
     /// Deliveries since the last failure: the breaker hears of them before the next failure.
     unrecorded_success: bool,
-    /// The group of the current run of reports and how many of them it has had.
-    group: Option<(u64, Option<Arc<GroupState>>, u64)>,
+    /// The group of the current run of reports.
+    group: Option<GroupRun>,
+    /// Runs of groups before it, told only once the counters are settled (a waiter woken
+    /// reads them).
+    finished: Vec<GroupRun>,
+}
+
+/// A run of consecutive reports of one group.
+struct GroupRun {
+    id: u64,
+    /// `None` when the group is forgotten already.
+    state: Option<Arc<GroupState>>,
+    reports: u64,
 }
 
 impl Shared {
     /// Accounts one report into `tally`; [`settle`](Self::settle) finishes the accounting.
-    pub(super) fn note(&self, tally: &mut Tally, report: Report) {
+    pub(super) fn note(&self, tally: &mut Tally, report: DeliveryRecord) {
         tally.reports += 1;
         let opaque = report.opaque;
         if opaque & 1 == 1 || opaque & GROUP_TAG == GROUP_TAG {
@@ -162,7 +173,8 @@ impl Shared {
                     if self.breaker.record_failure() {
                         self.metrics.breaker_trip();
                     }
-                    if let (0, Some((_, Some(group), _))) = (opaque & 1, &tally.group) {
+                    let group = tally.group.as_ref().and_then(|run| run.state.as_ref());
+                    if let (0, Some(group)) = (opaque & 1, group) {
                         group.failed.fetch_add(1, Ordering::AcqRel);
                         if let Ok(mut last) = group.last_error.lock() {
                             *last = Some(error.clone());
@@ -192,46 +204,46 @@ impl Shared {
         }
     }
 
-    /// Counts one more report of group `id`; the run of the group before it is settled
-    /// first.
+    /// Counts one more report of group `id`, in a new run when the one before was another
+    /// group's.
     fn count_in_group(&self, tally: &mut Tally, id: u64) {
-        if tally
-            .group
-            .as_ref()
-            .is_none_or(|(current, _, _)| *current != id)
-        {
-            self.settle_group(tally);
+        if tally.group.as_ref().is_none_or(|run| run.id != id) {
+            if let Some(run) = tally.group.take() {
+                tally.finished.push(run);
+            }
             let state = self
                 .groups
                 .lock()
                 .ok()
                 .and_then(|groups| groups.get(&id).cloned());
-            tally.group = Some((id, state, 0));
+            tally.group = Some(GroupRun {
+                id,
+                state,
+                reports: 0,
+            });
         }
-        if let Some((_, _, reports)) = &mut tally.group {
-            *reports += 1;
-        }
-    }
-
-    /// Tells the current group its reports came (after their failures were recorded: a
-    /// waiter that sees none pending reads them).
-    fn settle_group(&self, tally: &mut Tally) {
-        if let Some((_, Some(group), reports)) = tally.group.take() {
-            if group.pending.fetch_sub(reports, Ordering::AcqRel) == reports {
-                group.done.notify_one();
-            }
+        if let Some(run) = &mut tally.group {
+            run.reports += 1;
         }
     }
 
-    /// Finishes the accounting of the reports noted in `tally`.
+    /// Finishes the accounting of the reports noted in `tally`: the counters, then the
+    /// groups (a waiter woken by its group reads the counters and the group's failures).
     pub(super) fn settle(&self, tally: &mut Tally) {
-        self.settle_group(tally);
         self.metrics
             .delivered_many(tally.delivered, tally.delivered_bytes);
         if tally.unrecorded_success {
             self.breaker.record_success();
         }
         self.outstanding.fetch_sub(tally.reports, Ordering::AcqRel);
+        let runs = std::mem::take(&mut tally.finished);
+        for run in runs.into_iter().chain(tally.group.take()) {
+            if let Some(group) = run.state {
+                if group.pending.fetch_sub(run.reports, Ordering::AcqRel) == run.reports {
+                    group.done.notify_one();
+                }
+            }
+        }
         *tally = Tally::default();
     }
 }
@@ -338,7 +350,7 @@ impl ProducerContext<StrategyPartitioner> for SinkContext {
         let mut tally = Tally::default();
         self.shared.note(
             &mut tally,
-            Report {
+            DeliveryRecord {
                 opaque,
                 error,
                 bytes: message.payload_len() + message.key().map_or(0, <[u8]>::len),

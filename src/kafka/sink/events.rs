@@ -10,7 +10,7 @@
 //! rust-rdkafka hands them. rust-rdkafka's own poll (its flush calls it) still works on the
 //! same queue: whichever takes an event serves it.
 
-use super::context::{Report, SinkContext, Tally};
+use super::context::{DeliveryRecord, SinkContext, Tally};
 use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -131,7 +131,7 @@ fn serve_reports(context: &SinkContext, event: *mut rdsys::rd_kafka_event_t) {
                 .then(|| KafkaError::MessageProduction(RDKafkaErrorCode::from(message.err)));
             context.shared.note(
                 &mut tally,
-                Report {
+                DeliveryRecord {
                     // The delivery opaque as rust-rdkafka gives it back: the pointer's value.
                     opaque: message._private as usize,
                     error,
@@ -145,6 +145,7 @@ fn serve_reports(context: &SinkContext, event: *mut rdsys::rd_kafka_event_t) {
     context.shared.settle(&mut tally);
 }
 
+/// A C string of an event as text (lossy), empty for none.
 fn text<'a>(raw: *const c_char) -> Cow<'a, str> {
     if raw.is_null() {
         return Cow::Borrowed("");

@@ -56,10 +56,11 @@ pub(crate) struct PolledProducer {
     /// thread).
     default_topic: OnceLock<Option<TopicHandle>>,
     default_topic_name: String,
-    producer: Arc<Inner>,
     /// The producer's events, served in batches (`events.rs`); `None` if librdkafka gave no
-    /// handle on its queue: rust-rdkafka's poll serves them then.
+    /// handle on its queue: rust-rdkafka's poll serves them then. Released before the
+    /// producer, as the topic handle is.
     events: Option<Arc<EventQueue>>,
+    producer: Arc<Inner>,
     polling: Arc<Polling>,
     thread: Option<JoinHandle<()>>,
 }

@@ -88,74 +88,80 @@ impl TopicHandle {
     }
 }
 
-/// One message of a batch for [`TopicHandle::produce_batch`].
-pub(super) struct BatchMessage<'a> {
-    pub(super) partition: Option<i32>,
+/// One message of a run for [`TopicHandle::produce_run`].
+pub(super) struct RunMessage<'a> {
     pub(super) payload: Option<&'a [u8]>,
     pub(super) key: Option<&'a [u8]>,
     pub(super) opaque: usize,
 }
 
-/// What [`TopicHandle::produce_batch`] did with a batch.
+/// What [`TopicHandle::produce_run`] did with a run of messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct BatchOutcome {
+pub(super) struct RunOutcome {
     /// Messages librdkafka took.
     pub(super) accepted: usize,
     /// The first message refused because the queue was full: it and every one after it
     /// were refused (librdkafka stops there), the ones before it were not.
     pub(super) queue_full_at: Option<usize>,
-    /// The first refusal for another reason (librdkafka goes on after one).
+    /// The first refusal for another reason: the whole run when the partition is not there;
+    /// one message when it alone is refused (too large), and librdkafka goes on after it.
     pub(super) refused: Option<RDKafkaErrorCode>,
 }
 
+/// Most messages one `rd_kafka_produce_batch` call takes (its count is a C int).
+pub(super) const MAX_RUN: usize = 1 << 16;
+
 impl TopicHandle {
-    /// Hands `messages` (partition, payload, key) to librdkafka in one call,
-    /// `rd_kafka_produce_batch`: the clock is read and the topic locked once for all of
-    /// them, where `rd_kafka_produce` does both per message. librdkafka copies payloads and
-    /// keys; a message without a partition goes to the partitioner. Each message's opaque
-    /// comes back in its delivery report. `scratch` is reused between calls.
-    pub(super) fn produce_batch<'a>(
+    /// Hands a run of messages for one `partition` (or for the partitioner, `None`) to
+    /// librdkafka in one call, `rd_kafka_produce_batch`: the clock is read, the topic locked
+    /// and the partition looked up once for the run, where `rd_kafka_produce` does each per
+    /// message. librdkafka copies payloads and keys; each message's opaque comes back in its
+    /// delivery report. At most [`MAX_RUN`] messages are taken; `scratch` is reused.
+    ///
+    /// One partition a call, not a partition per message (`RD_KAFKA_MSG_F_PARTITION`):
+    /// librdkafka 2.12 leaks a message whose own partition is not there (it is counted
+    /// in flight for good, and every flush then waits out its timeout).
+    pub(super) fn produce_run<'a>(
         &self,
-        messages: impl Iterator<Item = BatchMessage<'a>>,
+        partition: Option<i32>,
+        messages: impl Iterator<Item = RunMessage<'a>>,
         scratch: &mut Vec<rdsys::rd_kafka_message_t>,
-    ) -> BatchOutcome {
+    ) -> RunOutcome {
         scratch.clear();
-        for message in messages {
-            let BatchMessage {
-                partition,
-                payload,
-                key,
-                opaque,
-            } = message;
-            let (payload, len) = payload.map_or((ptr::null(), 0), |p| (p.as_ptr(), p.len()));
-            let (key, key_len) = key.map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+        for message in messages.take(MAX_RUN) {
+            let (payload, len) = message
+                .payload
+                .map_or((ptr::null(), 0), |p| (p.as_ptr(), p.len()));
+            let (key, key_len) = message
+                .key
+                .map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
             scratch.push(rdsys::rd_kafka_message_t {
                 err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
                 rkt: ptr::null_mut(),
-                partition: partition.unwrap_or(PARTITION_UNASSIGNED),
+                partition: PARTITION_UNASSIGNED,
                 payload: payload as *mut c_void,
                 len,
                 key: key as *mut c_void,
                 key_len,
                 offset: 0,
-                _private: opaque as *mut c_void,
+                _private: message.opaque as *mut c_void,
             });
         }
-        let count = i32::try_from(scratch.len()).unwrap_or(i32::MAX);
+        // At most MAX_RUN: fits.
+        let count = i32::try_from(scratch.len()).unwrap_or(0);
         // SAFETY: the handle is live; every pointer in `scratch` points into a slice
         // borrowed for 'a, which outlives this call, and RD_KAFKA_MSG_F_COPY makes
         // librdkafka copy payload and key before returning (it never writes through them).
-        // RD_KAFKA_MSG_F_PARTITION: each message's own partition field (UA = partitioner).
         let accepted = unsafe {
             rdsys::rd_kafka_produce_batch(
                 self.raw.as_ptr(),
-                PARTITION_UNASSIGNED,
-                rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION,
+                partition.unwrap_or(PARTITION_UNASSIGNED),
+                rdsys::RD_KAFKA_MSG_F_COPY,
                 scratch.as_mut_ptr(),
                 count,
             )
         };
-        let mut outcome = BatchOutcome {
+        let mut outcome = RunOutcome {
             accepted: usize::try_from(accepted).unwrap_or(0),
             queue_full_at: None,
             refused: None,

@@ -151,8 +151,7 @@ fn flush_for_commit(
             RDKafkaErrorCode::OperationTimedOut
                 if deadline.is_none_or(|deadline| Instant::now() < deadline) =>
             {
-                // A zero-timeout poll serves one event (one produce response's reports);
-                // a short wait serves every event that is ready.
+                // Every event that is ready, waiting a moment for the first.
                 producer.serve(SERVE_BETWEEN_SLICES);
             }
             code => return Err(rdkafka::error::KafkaError::Flush(code)),

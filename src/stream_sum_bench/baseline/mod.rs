@@ -52,8 +52,8 @@ pub enum BaselineKind {
 pub enum Placement {
     /// librdkafka's partitioner picks, as in the C program.
     Partitioner,
-    /// Each result on its record's partition (when the output has it), as stream_sum
-    /// places keyless results.
+    /// A keyless result on its record's partition (when the output has it), as stream_sum
+    /// places it; a keyed one to the partitioner.
     InputPartition,
 }
 

@@ -299,6 +299,10 @@ impl Consumed<'_> {
         self.0.partition
     }
 
+    pub(super) fn has_key(&self) -> bool {
+        !self.0.key.is_null()
+    }
+
     pub(super) fn offset(&self) -> i64 {
         self.0.offset
     }

@@ -27,16 +27,16 @@ pub(super) struct Share {
 }
 
 /// Reads the thread's share to its ends, producing each sum; with `max_records`, inside
-/// transactions; with `input_partitions` (the output's partition count), each result on its
-/// record's partition when the output has it. Returns the results produced, every one
-/// delivered.
+/// transactions; with `output_partitions` (the output's partition count), a keyless result on
+/// its record's partition when the output has it, as stream_sum places it. Returns the
+/// results produced, every one delivered.
 pub(super) fn run_thread<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     producer: &RawProducer,
     topic: &TopicHandle,
     mut share: Share,
     max_records: Option<usize>,
-    input_partitions: Option<i32>,
+    output_partitions: Option<i32>,
 ) -> Result<u64, BaselineError> {
     let mut queue = ConsumerQueue::of(consumer, BATCH);
     let mut value = Vec::with_capacity(16);
@@ -78,8 +78,8 @@ pub(super) fn run_thread<C: ConsumerContext>(
             if !in_range {
                 return;
             }
-            let partition = input_partitions
-                .filter(|&partitions| record.partition() < partitions)
+            let partition = output_partitions
+                .filter(|&partitions| !record.has_key() && record.partition() < partitions)
                 .map(|_| record.partition());
             match produce_sum(&record, partition, topic, producer, &mut value) {
                 Ok(()) => {
