@@ -805,19 +805,35 @@ async fn placed(brokers: &str, topic: &str, count: usize) -> Vec<(i32, i64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_keep_their_order_through_a_full_queue() {
+/// A connected sink without headers (so batches go through the topic handle) on a new topic
+/// of `partitions` partitions of a mock cluster, with room for `buffer` messages.
+async fn batch_sink(
+    name: &str,
+    partitions: i32,
+    buffer: usize,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+    String,
+    Arc<KafkaSink<Order>>,
+) {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let topic = support::unique_name("sink-batches");
-    cluster.create_topic(&topic, 3, 1).unwrap();
+    let topic = support::unique_name(name);
+    cluster.create_topic(&topic, partitions, 1).unwrap();
     let mut settings = config(&brokers, &topic);
     settings.content_type_header = false;
-    // Room for 50: each batch of 400 waits for room several times and goes on in order.
-    settings.buffer_messages = 50;
+    settings.buffer_messages = buffer;
     settings.breaker_threshold = 0;
     let sink = Arc::new(KafkaSink::<Order>::new(settings).unwrap());
     sink.connect(Duration::from_secs(10)).await.unwrap();
+    (cluster, brokers, topic, sink)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_their_order_through_a_full_queue() {
+    // Room for 50: each batch of 400 waits for room several times and goes on in order.
+    let (_cluster, brokers, topic, sink) = batch_sink("sink-batches", 3, 50).await;
     // Keyless messages with a partition of their own, and keyed ones the partitioner places.
     let batch = |ids: std::ops::Range<i64>| -> Vec<KafkaMessage<Order>> {
         ids.map(|id| match id % 2 {
@@ -874,15 +890,7 @@ async fn batches_keep_their_order_through_a_full_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_message_stops_its_batch_and_the_group_still_ends() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let topic = support::unique_name("sink-batch-refused");
-    cluster.create_topic(&topic, 2, 1).unwrap();
-    let mut settings = config(&brokers, &topic);
-    settings.content_type_header = false;
-    settings.breaker_threshold = 0;
-    let sink = Arc::new(KafkaSink::<Order>::new(settings).unwrap());
-    sink.connect(Duration::from_secs(10)).await.unwrap();
+    let (_cluster, brokers, topic, sink) = batch_sink("sink-batch-refused", 2, 1_000_000).await;
     let fast = sink.clone();
     let (group, refused) = tokio::task::spawn_blocking(move || {
         let group = fast.delivery_group();
