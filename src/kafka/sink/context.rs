@@ -123,6 +123,7 @@ pub(super) struct DeliveryRecord {
 /// the largest share of stream_sum's own CPU time, docs/BENCHMARKS.md).
 #[derive(Default)]
 pub(super) struct Tally {
+    /// Fast-path and group reports noted (an awaited send's is accounted at once).
     reports: u64,
     delivered: u64,
     delivered_bytes: u64,
@@ -146,9 +147,9 @@ struct GroupRun {
 impl Shared {
     /// Accounts one report into `tally`; [`settle`](Self::settle) finishes the accounting.
     pub(super) fn note(&self, tally: &mut Tally, report: DeliveryRecord) {
-        tally.reports += 1;
         let opaque = report.opaque;
         if opaque & 1 == 1 || opaque & GROUP_TAG == GROUP_TAG {
+            tally.reports += 1;
             if opaque & 1 == 0 {
                 self.count_in_group(tally, (opaque >> 2) as u64);
             }
@@ -184,6 +185,8 @@ impl Shared {
             }
             return;
         }
+        // An awaited send: accounted at once, before its sender wakes.
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
         let waiter = self
             .waiters
             .lock()
