@@ -128,17 +128,30 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A line for `workers`, its stop, and `worker` run on a thread of its own with both.
+    fn line_with_worker<T: Send + 'static>(
+        workers: usize,
+        worker: impl FnOnce(&StartLine, &CancellationToken) -> T + Send + 'static,
+    ) -> (
+        Arc<StartLine>,
+        CancellationToken,
+        std::thread::JoinHandle<T>,
+    ) {
+        let line = Arc::new(StartLine::new(workers));
+        let stop = CancellationToken::new();
+        let thread = {
+            let (line, stop) = (line.clone(), stop.clone());
+            std::thread::spawn(move || worker(&line, &stop))
+        };
+        (line, stop, thread)
+    }
+
     #[test]
     fn workers_start_together_and_a_worker_that_left_is_not_waited_for() {
-        let line = Arc::new(StartLine::new(3));
-        let stop = CancellationToken::new();
-        let early = {
-            let (line, stop) = (line.clone(), stop.clone());
-            std::thread::spawn(move || {
-                line.arrive(0, &stop);
-                Instant::now()
-            })
-        };
+        let (line, stop, early) = line_with_worker(3, |line, stop| {
+            line.arrive(0, stop);
+            Instant::now()
+        });
         std::thread::sleep(Duration::from_millis(50));
         assert!(!early.is_finished(), "worker 0 waits for the others");
         line.leave(2);
@@ -154,19 +167,14 @@ mod tests {
 
     #[test]
     fn a_worker_that_panics_releases_the_others_and_stops_them() {
-        let line = Arc::new(StartLine::new(2));
-        let stop = CancellationToken::new();
-        let failing = {
-            let (line, stop) = (line.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let _departure = Departure {
-                    start_line: &line,
-                    index: 1,
-                    stop: &stop,
-                };
-                panic!("a worker's set-up panicked");
-            })
-        };
+        let (line, stop, failing) = line_with_worker(2, |line, stop| {
+            let _departure = Departure {
+                start_line: line,
+                index: 1,
+                stop,
+            };
+            panic!("a worker's set-up panicked");
+        });
         assert!(failing.join().is_err());
         assert!(stop.is_cancelled(), "the others are told to stop");
         line.arrive(0, &CancellationToken::new());

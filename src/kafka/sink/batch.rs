@@ -128,7 +128,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
     fn try_produce_batch(&self, messages: &[KafkaMessage<T>], opaque: Option<usize>) -> Taken {
         let handle = messages
             .iter()
-            .all(|message| self.handle_for(message).is_some())
+            .all(|message| self.is_plain(message))
             .then(|| self.producer.default_topic())
             .flatten();
         let Some(handle) = handle else {

@@ -328,15 +328,22 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
 
     /// The default topic's handle, when `message` needs nothing `rd_kafka_produce` cannot
     /// carry: no other topic, no headers, no timestamp of its own.
-    pub(super) fn handle_for(&self, message: &KafkaMessage<T>) -> Option<&TopicHandle> {
-        let plain = message
+    fn handle_for(&self, message: &KafkaMessage<T>) -> Option<&TopicHandle> {
+        self.is_plain(message)
+            .then(|| self.producer.default_topic())
+            .flatten()
+    }
+
+    /// Whether `message` can go through the default topic's handle: no other topic, no
+    /// headers, no timestamp of its own.
+    pub(super) fn is_plain(&self, message: &KafkaMessage<T>) -> bool {
+        message
             .topic
             .as_ref()
             .is_none_or(|t| *t == self.config.topic)
             && !self.config.content_type_header
             && message.headers.is_empty()
-            && message.timestamp.is_none();
-        plain.then(|| self.producer.default_topic()).flatten()
+            && message.timestamp.is_none()
     }
 
     /// Hands `message` to rust-rdkafka's `send`, headers and all.

@@ -63,9 +63,8 @@ impl TopicHandle {
         key: Option<&[u8]>,
         opaque: usize,
     ) -> Result<(), RDKafkaErrorCode> {
-        let (payload_ptr, payload_len) =
-            payload.map_or((ptr::null(), 0), |p| (p.as_ptr(), p.len()));
-        let (key_ptr, key_len) = key.map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+        let (payload_ptr, payload_len) = raw_parts(payload);
+        let (key_ptr, key_len) = raw_parts(key);
         // SAFETY: the handle is live; with RD_KAFKA_MSG_F_COPY librdkafka copies payload
         // and key before returning and never writes through the payload pointer.
         let status = unsafe {
@@ -129,12 +128,8 @@ impl TopicHandle {
     ) -> RunOutcome {
         scratch.clear();
         for message in messages.take(MAX_RUN) {
-            let (payload, len) = message
-                .payload
-                .map_or((ptr::null(), 0), |p| (p.as_ptr(), p.len()));
-            let (key, key_len) = message
-                .key
-                .map_or((ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+            let (payload, len) = raw_parts(message.payload);
+            let (key, key_len) = raw_parts(message.key);
             scratch.push(rdsys::rd_kafka_message_t {
                 err: rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
                 rkt: ptr::null_mut(),
@@ -181,6 +176,11 @@ impl TopicHandle {
         scratch.clear();
         outcome
     }
+}
+
+/// A payload or key as librdkafka takes it: pointer and length, null for none.
+fn raw_parts(bytes: Option<&[u8]>) -> (*const u8, usize) {
+    bytes.map_or((ptr::null(), 0), |bytes| (bytes.as_ptr(), bytes.len()))
 }
 
 impl Drop for TopicHandle {
