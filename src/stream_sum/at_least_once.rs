@@ -42,7 +42,7 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 const FULL_QUEUE_PATIENCE: Duration = Duration::from_millis(100);
 /// Records per batch handed from the consuming to the producing thread.
 const BATCH_LEN: usize = 1_024;
-/// How long a partly filled batch waits for more records before it is handed over.
+/// How long a partly filled batch waits for another record before it is handed over.
 const STAGED_LINGER: Duration = Duration::from_millis(1);
 /// How often the fetch queue's partitions are routed again (see [`FetchQueue`]).
 const REROUTE_INTERVAL: Duration = Duration::from_millis(100);
@@ -330,10 +330,10 @@ impl Consuming<'_> {
                 continue;
             }
             // Nothing staged: wait a while for data. Otherwise wait at most a millisecond
-            // before handing over what there is: handing over whenever the local queue runs
-            // dry made batches of a few records, and their hand-over cost showed in the
-            // profile. A batch never holds more than fits: nothing taken waits unstaged
-            // while the consumer is polled (a revocation hands over what is staged).
+            // for more before handing over what there is: handing over whenever the local
+            // queue runs dry made batches of a few records, and their hand-over cost showed
+            // in the profile. A batch never holds more than fits: nothing taken waits
+            // unstaged while the consumer is polled (a revocation hands over what is staged).
             let timeout = if staged_records == 0 {
                 Duration::from_millis(100)
             } else {
