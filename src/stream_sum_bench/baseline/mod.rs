@@ -213,11 +213,11 @@ fn thread(
     PartitionRange::offsets(input, ranges, |range| range.start)
         .and_then(|starts| consumer.assign(&starts))
         .map_err(BaselineError::Consumer)?;
-    let share = worker::Share {
-        topic: config.stream_sum.input_topic.clone(),
-        ends: ranges.iter().map(|r| (r.partition, r.end)).collect(),
-        unread: ranges.iter().map(|r| r.len() as u64).sum(),
-    };
+    let share = worker::Share::new(
+        config.stream_sum.input_topic.clone(),
+        ranges.iter().map(|r| (r.partition, r.end)),
+        ranges.iter().map(|r| r.len() as u64).sum(),
+    );
     let max_records =
         (kind == BaselineKind::Transactional).then_some(config.stream_sum.transaction_records);
     let placement = match plan.placement {

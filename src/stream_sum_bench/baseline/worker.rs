@@ -8,7 +8,6 @@ use super::BaselineError;
 use crate::stream_sum::exactly_once::TRANSACTION_MAX_DURATION;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Records per `rd_kafka_consume_batch_queue` call, as in the C program.
@@ -22,8 +21,44 @@ const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// What one thread reads: its partitions' end offsets and how many records remain.
 pub(super) struct Share {
     pub(super) topic: String,
-    pub(super) ends: HashMap<i32, i64>,
+    /// The end offset of each partition of the share, indexed by partition (0 for one not
+    /// in it): a lookup per record, an array's as in the C program, not a hash map's (whose
+    /// hashing cost the loop ~3% of its instructions, callgrind).
+    pub(super) ends: Vec<i64>,
     pub(super) unread: u64,
+}
+
+impl Share {
+    /// The share of `(partition, end offset)` pairs, `unread` records in all.
+    pub(super) fn new(
+        topic: String,
+        ends: impl IntoIterator<Item = (i32, i64)>,
+        unread: u64,
+    ) -> Self {
+        let mut by_partition = Vec::new();
+        for (partition, end) in ends {
+            let Ok(index) = usize::try_from(partition) else {
+                continue;
+            };
+            if by_partition.len() <= index {
+                by_partition.resize(index + 1, 0);
+            }
+            by_partition[index] = end;
+        }
+        Self {
+            topic,
+            ends: by_partition,
+            unread,
+        }
+    }
+
+    /// Whether the record at `partition`/`offset` is in the share.
+    fn holds(&self, partition: i32, offset: i64) -> bool {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|index| self.ends.get(index))
+            .is_some_and(|&end| offset < end)
+    }
 }
 
 /// Reads the thread's share to its ends, producing each sum; with `max_records`, inside
@@ -42,10 +77,18 @@ pub(super) fn run_thread<C: ConsumerContext>(
     let mut value = Vec::with_capacity(16);
     let mut produced = 0_u64;
     let mut last_progress = Instant::now();
-    // The open transaction: since when, its records, the next offset per partition.
+    // The open transaction: since when, its records, the next offset per partition (by
+    // partition, -1 for none; kept only with transactions).
     let mut open_since: Option<Instant> = None;
     let mut in_transaction = 0_usize;
-    let mut next = HashMap::new();
+    let mut next = vec![
+        -1_i64;
+        if max_records.is_some() {
+            share.ends.len()
+        } else {
+            0
+        }
+    ];
     while share.unread > 0 {
         let (max, wait_ms) = match (max_records, open_since) {
             (Some(limit), Some(since)) => (
@@ -71,11 +114,7 @@ pub(super) fn run_thread<C: ConsumerContext>(
                 failure = Some(BaselineError::Consume(code));
                 return;
             }
-            let in_range = share
-                .ends
-                .get(&record.partition())
-                .is_some_and(|end| record.offset() < *end);
-            if !in_range {
+            if !share.holds(record.partition(), record.offset()) {
                 return;
             }
             let partition = output_partitions
@@ -84,7 +123,10 @@ pub(super) fn run_thread<C: ConsumerContext>(
             match produce_sum(&record, partition, topic, producer, &mut value) {
                 Ok(()) => {
                     taken += 1;
-                    next.insert(record.partition(), record.offset() + 1);
+                    // `holds` checked the partition is an index of the share.
+                    if let Some(slot) = next.get_mut(record.partition() as usize) {
+                        *slot = record.offset() + 1;
+                    }
                 }
                 Err(error) => failure = Some(error),
             }
@@ -107,18 +149,48 @@ pub(super) fn run_thread<C: ConsumerContext>(
                 || share.unread == 0
             {
                 let mut offsets = TopicPartitionList::new();
-                for (&partition, &offset) in &next {
+                for (partition, &offset) in next.iter().enumerate() {
+                    if offset < 0 {
+                        continue;
+                    }
                     offsets
-                        .add_partition_offset(&share.topic, partition, Offset::Offset(offset))
+                        .add_partition_offset(
+                            &share.topic,
+                            partition as i32,
+                            Offset::Offset(offset),
+                        )
                         .map_err(|e| BaselineError::Transaction(e.to_string()))?;
                 }
                 producer.commit_transaction(consumer, &offsets, TRANSACTION_TIMEOUT)?;
                 open_since = None;
                 in_transaction = 0;
-                next.clear();
+                next.fill(-1);
             }
         }
     }
     producer.flush(Duration::from_secs(120))?;
     Ok(produced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Share;
+
+    #[test]
+    fn a_share_holds_the_records_before_its_partitions_ends_only() {
+        let share = Share::new("input".into(), [(3, 10), (0, 5)], 15);
+        assert!(share.holds(0, 4) && share.holds(3, 9));
+        assert!(
+            !share.holds(0, 5),
+            "the end is the first offset past the share"
+        );
+        assert!(
+            !share.holds(1, 0) && !share.holds(2, 0),
+            "partitions between: not in it"
+        );
+        assert!(
+            !share.holds(4, 0) && !share.holds(-1, 0),
+            "beyond it or no partition"
+        );
+    }
 }
