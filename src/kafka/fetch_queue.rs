@@ -18,8 +18,9 @@
 //!   any here: serve the consumer queue to empty after routing and before taking, so each
 //!   partition's records are seen in order.
 //!
-//! Records of a revoked partition still waiting here are outdated and never returned
-//! (librdkafka's version barrier).
+//! Records of a revoked partition still waiting here are outdated: they are dropped once
+//! librdkafka's version barrier reaches this queue (one taken just before it may still be
+//! returned, as between any two takes).
 
 use rdkafka::bindings as rdsys;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -118,7 +119,8 @@ impl<'c, C: ConsumerContext> FetchQueue<'c, C> {
         self.taken.resize(max, std::ptr::null_mut());
         let mut count = self.consume(0, 0)?;
         if count == 0 && max > 0 && !timeout.is_zero() {
-            let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // librdkafka counts whole milliseconds: a shorter wait is one, not none.
+            let timeout_ms = i32::try_from(timeout.as_millis().max(1)).unwrap_or(i32::MAX);
             self.taken.truncate(1);
             count = self.consume(0, timeout_ms)?;
             self.taken.resize(max, std::ptr::null_mut());

@@ -329,11 +329,12 @@ impl Consuming<'_> {
                 self.hand_over()?;
                 continue;
             }
-            // Nothing staged: wait a while for data. Otherwise wait at most a millisecond
-            // for more before handing over what there is: handing over whenever the local
-            // queue runs dry made batches of a few records, and their hand-over cost showed
-            // in the profile. A batch never holds more than fits: nothing taken waits
-            // unstaged while the consumer is polled (a revocation hands over what is staged).
+            // Nothing staged: wait a while for data. Otherwise hand over what there is once
+            // no record came for a millisecond: handing over whenever the local queue ran
+            // dry made batches of a few records, and their hand-over cost showed in the
+            // profile; waiting for a full batch held the last records of a backlog for the
+            // whole wait. A batch never holds more than fits: nothing taken waits unstaged
+            // while the consumer is polled (a revocation hands over what is staged).
             let timeout = if staged_records == 0 {
                 Duration::from_millis(100)
             } else {
