@@ -23,7 +23,7 @@ pub(super) struct Share {
     pub(super) topic: String,
     /// The end offset of each partition of the share, indexed by partition (0 for one not
     /// in it): a lookup per record, an array's as in the C program, not a hash map's (whose
-    /// hashing cost the loop ~3% of its instructions, callgrind).
+    /// hashing cost the loop about 290 instructions a record, callgrind).
     pub(super) ends: Vec<i64>,
     pub(super) unread: u64,
 }
@@ -81,14 +81,12 @@ pub(super) fn run_thread<C: ConsumerContext>(
     // partition, -1 for none; kept only with transactions).
     let mut open_since: Option<Instant> = None;
     let mut in_transaction = 0_usize;
-    let mut next = vec![
-        -1_i64;
-        if max_records.is_some() {
-            share.ends.len()
-        } else {
-            0
-        }
-    ];
+    let tracked_partitions = if max_records.is_some() {
+        share.ends.len()
+    } else {
+        0
+    };
+    let mut next = vec![-1_i64; tracked_partitions];
     while share.unread > 0 {
         let (max, wait_ms) = match (max_records, open_since) {
             (Some(limit), Some(since)) => (
