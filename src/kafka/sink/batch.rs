@@ -5,7 +5,7 @@
 //! up once for the run where `rd_kafka_produce` does each for every message (librdkafka's
 //! clock reads alone were about a tenth of stream_sum's CPU time: docs/BENCHMARKS.md).
 
-use super::context::{DeliveryGroup, GROUP_TAG};
+use super::context::DeliveryGroup;
 use super::message::KafkaMessage;
 use super::serializer::MessageSerializer;
 use super::sink::{KafkaSink, SinkError};
@@ -74,8 +74,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         messages: &[KafkaMessage<T>],
     ) -> Result<(), SinkError> {
         self.check_open()?;
-        let opaque = ((group.id as usize) << 2) | GROUP_TAG;
-        self.enqueue_all(messages, Some(opaque), |handing| {
+        self.enqueue_all(messages, Some(group.opaque()), |handing| {
             let pending = &group.state.pending;
             match handing {
                 // Counted before the send: delivery reports may arrive before it returns.

@@ -27,7 +27,7 @@ pub struct DeliveryReport {
 pub(super) type Waiter = oneshot::Sender<Result<DeliveryReport, RdKafkaError>>;
 
 /// The opaque bit that marks a message of a [`DeliveryGroup`].
-pub(super) const GROUP_TAG: usize = 0b10;
+const GROUP_TAG: usize = 0b10;
 
 /// Messages handed to librdkafka on the fast path whose delivery is awaited together, once,
 /// with [`KafkaSink::wait_group`] (the results of one batch, say): one registration per
@@ -35,6 +35,13 @@ pub(super) const GROUP_TAG: usize = 0b10;
 pub struct DeliveryGroup {
     pub(super) id: u64,
     pub(super) state: Arc<GroupState>,
+}
+
+impl DeliveryGroup {
+    /// The delivery opaque of the group's messages: its id and [`GROUP_TAG`].
+    pub(super) fn opaque(&self) -> usize {
+        ((self.id as usize) << 2) | GROUP_TAG
+    }
 }
 
 #[derive(Default)]

@@ -2,7 +2,7 @@
 //! a whole (without a future per message), so a caller can commit what is behind a group
 //! once all of it is delivered; and serving delivery reports on the sender's own thread.
 
-use super::context::{DeliveryGroup, GroupDelivery, GroupState, GROUP_TAG};
+use super::context::{DeliveryGroup, GroupDelivery, GroupState};
 use super::message::KafkaMessage;
 use super::serializer::MessageSerializer;
 use super::sink::{KafkaSink, SinkError};
@@ -37,7 +37,7 @@ impl<T, S: MessageSerializer<T>> KafkaSink<T, S> {
         message: &KafkaMessage<T>,
     ) -> Result<bool, SinkError> {
         self.check_open()?;
-        let opaque = ((group.id as usize) << 2) | GROUP_TAG;
+        let opaque = group.opaque();
         // Counted before the send: the delivery report may arrive before it returns.
         group.state.pending.fetch_add(1, Ordering::AcqRel);
         match self.try_produce(message, opaque) {
