@@ -16,22 +16,14 @@ use rdkafka::ClientConfig;
 use seckill_kafka::kafka::sink::{KafkaMessage, KafkaSink, SinkConfig};
 use serde::Serialize;
 use std::fmt::Write as _;
+// Keys are written into byte buffers too (a `Vec<u8>` is an `io::Write`).
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: u64 = 20_000;
 /// Messages per `enqueue_batch` call (stream_sum's batch length).
 const ENQUEUE_BATCH: u64 = 1_024;
-
-/// `write!` into a byte buffer (a key) without a `String` in between.
-struct DigitsInto<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for DigitsInto<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(text.as_bytes());
-        Ok(())
-    }
-}
 
 #[derive(Clone, Serialize)]
 struct Request {
@@ -184,7 +176,7 @@ fn throughput(c: &mut Criterion) {
                     message.value.user_id = n;
                     let key = message.key.get_or_insert_with(Vec::new);
                     key.clear();
-                    let _ = write!(DigitsInto(key), "{n}");
+                    let _ = write!(key, "{n}");
                     n += 1;
                 }
                 batched
