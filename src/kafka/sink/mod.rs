@@ -12,9 +12,12 @@
 //! |                     | state it shares with the sink; delivery groups                      |
 //! | `events.rs`         | the producer's events served by the sink, reports a batch at a time  |
 //! | `batch.rs`          | `enqueue_batch_in`: many messages in one librdkafka call             |
+//! | `delivery_group.rs` | `try_enqueue_in` / `wait_group`: messages awaited together, once     |
+//! | `topic_handle.rs`   | the default topic's handle: `rd_kafka_produce` and its batch call    |
 //! | `polling.rs`        | `PolledProducer`: delivery reports served by the fast-path sender,   |
 //! |                     | or by a thread while no sender does                                  |
 //! | `sink.rs`           | `KafkaSink`: send, send_batch, the enqueue fast path, flush, close   |
+//! | `connect.rs`        | `connect`: waiting for the topic's metadata and the producer id      |
 //! | `transaction.rs`    | the transaction state machine, async and blocking entry points      |
 //!
 //! Retries reuse [`crate::backoff`]; errors are classified by [`crate::kafka::error`].
@@ -22,6 +25,7 @@
 mod batch;
 pub mod circuit_breaker;
 pub mod config;
+mod connect;
 pub mod context;
 mod delivery_group;
 mod events;
